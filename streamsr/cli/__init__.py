@@ -1,0 +1,50 @@
+"""The `streamsr` command: a thin click shell over the Python API.
+
+Each command lives in a small module of this package and only parses options, calls one library
+function and prints. `StreamsrError`s become one red line and their exit code; `--debug` shows
+the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from streamsr import __version__
+from streamsr.errors import StreamsrError
+
+
+class _Group(click.Group):
+    """Turns user errors into one line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except StreamsrError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.secho(f"streamsr: error: {exc}", fg="red", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.secho("streamsr: interrupted", fg="red", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="streamsr")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug logs).")
+@click.pass_context
+def main(ctx: click.Context, debug: bool, verbose: int) -> None:
+    """Sharp x4 video from blurry low-resolution footage."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    level = logging.WARNING - 10 * verbose if not debug else logging.DEBUG
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+# Commands register themselves on `main` when their module is imported.
+from streamsr.cli import model_cmds  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""Data: the project's one bicubic kernel, colour transfer curves, datasets and generators."""

@@ -1,0 +1,89 @@
+"""The joint deblurring + x4 super-resolution model of Shoyan et al.
+
+MPRNet trunk -> each stage's features refined by a CAB -> concatenated -> 3x3 fusion conv ->
+GFN-style reconstruction (residual blocks, two pixel-shuffle x2 steps) -> the x4 image.
+The trunk's three deblurred LR images are returned too: they carry the deblurring loss.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from streamsr.models.configs import PAPER, DeblurSRConfig
+from streamsr.models.mprnet import CAB, MPRNet, conv, pad_to_multiple
+
+
+class ResBlock(nn.Module):
+    """conv3x3 -> ReLU -> conv3x3, plus the input (biases on, as in GFN)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv2(torch.relu(self.conv1(x))) + x
+
+
+class Reconstruction(nn.Module):
+    """Residual blocks, then x2 -> x2 pixel-shuffle up-sampling, then RGB in (0, 1)."""
+
+    def __init__(self, channels: int, n_blocks: int) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*[ResBlock(channels) for _ in range(n_blocks)])
+        self.up1 = nn.Conv2d(channels, 4 * channels, 3, padding=1)
+        self.up2 = nn.Conv2d(channels, 4 * channels, 3, padding=1)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.out = nn.Conv2d(channels, 3, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.blocks(x)
+        x = nn.functional.leaky_relu(self.shuffle(self.up1(x)), 0.1)
+        x = nn.functional.leaky_relu(self.shuffle(self.up2(x)), 0.2)
+        x = nn.functional.leaky_relu(self.conv(x), 0.2)
+        return torch.sigmoid(self.out(x))
+
+
+class DeblurSROutput(NamedTuple):
+    """`hr`: the x4 sharp image. `stages`: deblurred LR images, final stage (3) first."""
+
+    hr: Tensor
+    stages: tuple[Tensor, Tensor, Tensor]
+
+
+class DeblurSR(nn.Module):
+    """Blurry LR RGB in [0, 1] (any size) -> sharp x4 RGB in (0, 1) and the three LR stages."""
+
+    def __init__(self, config: DeblurSRConfig = PAPER) -> None:
+        super().__init__()
+        self.config = config
+        t = config.trunk
+        self.trunk = MPRNet(t)
+        act = self.trunk.act  # the network-wide shared PReLU
+        n, k, r = t.n_feat, t.kernel_size, t.reduction
+        self.reduce3 = conv(n + t.scale_orsnetfeats, n, k)  # ORSNet 128 ch -> 96
+        self.refine1 = CAB(n, k, r, act)
+        self.refine2 = CAB(n, k, r, act)
+        self.refine3 = CAB(n, k, r, act)
+        self.fuse = nn.Sequential(conv(3 * n, config.sr_feat, 3), act)
+        self.reconstruct = Reconstruction(config.sr_feat, config.sr_blocks)
+
+    def forward(self, x: Tensor) -> DeblurSROutput:
+        h, w = x.shape[-2:]
+        trunk = self.trunk(pad_to_multiple(x, 8))
+        f1, f2, f3 = trunk.features
+        fused = self.fuse(torch.cat((self.refine1(f1), self.refine2(f2),
+                                     self.refine3(self.reduce3(f3))), 1))
+        s = self.config.scale
+        hr = self.reconstruct(fused)[..., : s * h, : s * w]
+        stages = tuple(img[..., :h, :w] for img in trunk.stages)
+        return DeblurSROutput(hr, stages)  # type: ignore[arg-type]
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Learnable parameters, each shared tensor counted once (as `model.parameters()` yields)."""
+    return sum(p.numel() for p in model.parameters())

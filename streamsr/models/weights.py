@@ -1,0 +1,201 @@
+"""Weight files: safetensors with the model config in the metadata, and official MPRNet import.
+
+Nothing here unpickles arbitrary objects: streamsr weights are safetensors (no code can run on
+load) and official `.pth` checkpoints are read with `torch.load(weights_only=True)`.
+
+The shared PReLU appears under many state_dict names but is one tensor; files store it once
+(under its first name) and loading fills the aliases back in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from streamsr.errors import WeightsError
+from streamsr.models.configs import CONFIGS, PAPER, DeblurSRConfig, get_config
+from streamsr.models.deblur_sr import DeblurSR
+from streamsr.models.mprnet import MPRNet
+
+log = logging.getLogger(__name__)
+
+FORMAT = "streamsr-deblursr-v1"
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+BUNDLED = {"lite": WEIGHTS_DIR / "lite.safetensors"}
+
+
+def _aliases(model: nn.Module) -> dict[str, str]:
+    """Map every state_dict key that shares storage with an earlier key to that earlier key."""
+    first: dict[tuple[int, int], str] = {}
+    alias: dict[str, str] = {}
+    for key, t in model.state_dict(keep_vars=True).items():
+        ident = (t.data_ptr(), t.numel())
+        if ident in first:
+            alias[key] = first[ident]
+        else:
+            first[ident] = key
+    return alias
+
+
+def save_model(model: DeblurSR, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """Write `model` as safetensors, with its config in the metadata (atomic: temp + rename)."""
+    alias = _aliases(model)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in alias}
+    meta = {"format": FORMAT, "config": model.config.to_json(), **(metadata or {})}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of a streamsr weights file (config JSON, provenance)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except FileNotFoundError:
+        raise WeightsError(f"weights file not found: {path}") from None
+    except Exception as exc:  # safetensors raises its own error types for malformed headers
+        raise WeightsError(f"{path} is not a safetensors weights file ({_short(exc)})") from None
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def _read_tensors(path: str | os.PathLike) -> dict[str, Tensor]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise WeightsError(f"cannot read weights from {path} ({_short(exc)})") from None
+
+
+def check_state_dict(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """Refuse a state dict whose keys or shapes differ from the model's, naming the mismatches."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} != {expected[k]}" for k in expected
+              if k in state and tuple(state[k].shape) != expected[k]]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (first: {', '.join(missing[:3])})")
+    if extra:
+        problems.append(f"{len(extra)} unexpected (first: {', '.join(extra[:3])})")
+    if shapes:
+        problems.append(f"{len(shapes)} mis-shaped (first: {'; '.join(shapes[:3])})")
+    if problems:
+        raise WeightsError(f"{source} does not match the model: " + "; ".join(problems))
+
+
+def load_weights(model: DeblurSR, path: str | os.PathLike) -> DeblurSR:
+    """Load a safetensors file into an existing model (strict: every key, every shape)."""
+    state = _read_tensors(path)
+    for key, target in _aliases(model).items():
+        if key not in state and target in state:
+            state[key] = state[target]
+    check_state_dict(model, state, str(path))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def load_model(model: str | os.PathLike = "lite", device: str | torch.device = "cpu") -> DeblurSR:
+    """A ready model in eval mode: a bundled name (`lite`), or a path to a streamsr weights file.
+
+    `paper` (and any config without trained weights) is refused: running untrained weights
+    would produce noise that looks like a bug in the user's video.
+    """
+    name = str(model)
+    if name in CONFIGS:
+        path = BUNDLED.get(name)
+        if path is None or not path.exists():
+            raise WeightsError(
+                f"no trained weights are bundled for the {name!r} model; get weights with "
+                f"`streamsr train --recipe train/paper_gopro.toml ...` or convert the official MPRNet "
+                f"GOPRO checkpoint with `streamsr import-mprnet model_deblurring.pth {name}.safetensors`"
+                f" and fine-tune it, then pass --model PATH")
+    else:
+        path = Path(name)
+        if not path.exists():
+            raise WeightsError(f"no model named {name!r} and no such weights file "
+                               f"(bundled names: {sorted(BUNDLED)})")
+        if path.is_dir():
+            raise WeightsError(f"{path} is a directory, not a weights file")
+    meta = read_metadata(path)
+    if meta.get("format") != FORMAT or "config" not in meta:
+        raise WeightsError(f"{path} is not a streamsr weights file (no streamsr config in its "
+                           f"metadata); official MPRNet checkpoints go through `streamsr import-mprnet`")
+    net = DeblurSR(DeblurSRConfig.from_json(meta["config"]))
+    load_weights(net, path)
+    return net.to(device).eval()
+
+
+def model_config(model: str | os.PathLike) -> DeblurSRConfig:
+    """The config of a named model or of a weights file, without loading tensors."""
+    name = str(model)
+    if name in CONFIGS:
+        return get_config(name)
+    meta = read_metadata(name)
+    if "config" not in meta:
+        raise WeightsError(f"{name} has no streamsr config in its metadata")
+    return DeblurSRConfig.from_json(meta["config"])
+
+
+def read_mprnet_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The state dict of an official MPRNet checkpoint, unwrapped and without `module.`.
+
+    Read with `weights_only=True`: a pickle that tries to build arbitrary objects is refused.
+    """
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"checkpoint not found: {path}") from None
+    except Exception as exc:
+        raise WeightsError(f"refusing to load {path}: not a plain tensor checkpoint "
+                           f"({_short(exc)})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def import_mprnet(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None,
+                  seed: int = 0) -> DeblurSR:
+    """A paper-config joint model whose trunk comes from an official MPRNet checkpoint.
+
+    The head (refinement CABs, fusion, reconstruction) is freshly initialised with `seed`: the
+    file is a starting point for `streamsr train --init ...`, as in the paper's transfer learning.
+    """
+    state = read_mprnet_checkpoint(checkpoint)
+    torch.manual_seed(seed)
+    model = DeblurSR(PAPER)
+    check_state_dict(model.trunk, state, str(checkpoint))
+    model.trunk.load_state_dict(state, strict=True)
+    if out is not None:
+        save_model(model, out, {"source": f"MPRNet trunk from {Path(checkpoint).name}; head random (seed {seed})",
+                                "trained": "trunk-only"})
+    return model
+
+
+def load_mprnet(checkpoint: str | os.PathLike) -> MPRNet:
+    """The official MPRNet deblurring network alone (for the MPRNet + bicubic baseline)."""
+    state = read_mprnet_checkpoint(checkpoint)
+    net = MPRNet()
+    check_state_dict(net, state, str(checkpoint))
+    net.load_state_dict(state, strict=True)
+    return net.eval()
+
+
+def describe(meta: dict[str, str]) -> str:
+    """One line about a weights file's provenance, for logs."""
+    cfg = json.loads(meta.get("config", "{}"))
+    return f"{cfg.get('name', '?')} model ({meta.get('source', 'unknown source')})"
