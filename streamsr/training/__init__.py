@@ -1,0 +1,1 @@
+"""Training: losses, metrics, recipes and the training loop."""
