@@ -1,0 +1,406 @@
+"""Training triplets [L_blur, L, H] from blurry/sharp HR pairs: GOPRO, your own footage, stills.
+
+Every source ends up as HR pairs in the GOPRO layout, then as triplets:
+
+    DST/prepare.json                       patch/stride/scale, checked when a run resumes
+    DST/index.jsonl                        one line per finished source image (split, triplets)
+    DST/<split>/{lr_blur,lr,hr}/<name>.png the triplets (uint8 RGB, lossless)
+    DST/pairs/<split>/<seq>/{blur,sharp}/  HR pairs made by `frames` and `synthetic`
+
+Cropping follows the paper: HR blurry and sharp images are cut into `patch` x `patch` squares
+at `stride` (256 / 128), a plain sliding window from the top-left corner; the strip of fewer than
+`patch` pixels left at the right or bottom when (size - patch) is not a multiple of the stride is
+not covered, and images smaller than a patch give none. L_blur and L are each HR crop shrunk x4
+with `streamsr.data.transforms.bicubic_uint8`, the project's one bicubic kernel.
+
+Resuming: a source image counts as done once its index line is written (one line, after all of
+its files); re-running skips done images, rewrites half-written ones, and drops a torn last line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from streamsr.data.gopro import IMAGE_EXTS, ImagePair, find_pairs, read_pair, read_rgb, write_rgb
+from streamsr.data.transforms import bicubic_uint8, linear_to_srgb, srgb_to_linear
+from streamsr.errors import ConfigError, InputError, OutputError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "streamsr-triplets-v1"
+INDEX = "index.jsonl"
+SETTINGS = "prepare.json"
+KINDS = ("lr_blur", "lr", "hr")
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    """How HR pairs become triplets: patch and stride in HR pixels, down-sampling factor."""
+
+    patch: int = 256
+    stride: int = 128
+    scale: int = 4
+
+    def check(self) -> None:
+        if self.patch <= 0 or self.stride <= 0 or self.scale <= 0:
+            raise ConfigError("patch, stride and scale must be positive")
+        if self.patch % self.scale:
+            raise ConfigError(f"patch {self.patch} is not a multiple of the scale {self.scale}")
+
+
+@dataclass
+class PrepareSummary:
+    """What a prepare run did: images cropped now, images skipped as done, triplets written."""
+
+    dst: Path
+    images_done: int = 0
+    images_skipped: int = 0
+    triplets: int = 0
+    per_split: dict[str, int] = field(default_factory=dict)
+
+
+def crop_positions(size: int, patch: int, stride: int) -> list[int]:
+    """Top-left offsets of a sliding window: 0, stride, ... while the patch fits (border dropped)."""
+    return list(range(0, size - patch + 1, stride)) if size >= patch else []
+
+
+def crop_count(width: int, height: int, patch: int = 256, stride: int = 128) -> int:
+    """Triplets one W x H image gives: ((W - p) // s + 1) * ((H - p) // s + 1), 0 if smaller."""
+    return len(crop_positions(width, patch, stride)) * len(crop_positions(height, patch, stride))
+
+
+def make_triplets(blur: np.ndarray, sharp: np.ndarray, settings: CropSettings
+                  ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
+    """(y, x, L_blur, L, H) for every crop of an HR pair (uint8 RGB HWC)."""
+    p, lp = settings.patch, settings.patch // settings.scale
+    h, w = sharp.shape[:2]
+    for y in crop_positions(h, p, settings.stride):
+        for x in crop_positions(w, p, settings.stride):
+            hr_blur = blur[y:y + p, x:x + p]
+            hr = np.ascontiguousarray(sharp[y:y + p, x:x + p])
+            yield y, x, bicubic_uint8(hr_blur, (lp, lp)), bicubic_uint8(hr, (lp, lp)), hr
+
+
+# --- the index ----------------------------------------------------------------------------------
+
+def read_index(dst: str | os.PathLike) -> list[dict]:
+    """The finished-image records of a prepared folder (a torn or malformed line is skipped)."""
+    path = Path(dst) / INDEX
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            log.warning("%s: skipping a malformed line (interrupted write?)", path)
+            continue
+        if isinstance(rec, dict) and {"split", "source", "triplets"} <= set(rec):
+            records.append(rec)
+    return records
+
+
+def _open_index(dst: Path) -> tuple[dict[tuple[str, str], dict], object]:
+    """Load finished records, rewrite the index without torn lines, open it for appending."""
+    records = read_index(dst)
+    done = {(r["split"], r["source"]): r for r in records}
+    path = dst / INDEX
+    if path.exists():
+        tmp = path.with_name(INDEX + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in done.values()), encoding="utf-8")
+        os.replace(tmp, path)
+    return done, open(path, "a", encoding="utf-8")
+
+
+def _check_settings(dst: Path, settings: CropSettings) -> None:
+    """Write prepare.json, or refuse to mix triplets made with other crop settings."""
+    path = dst / SETTINGS
+    want = {"format": FORMAT, **asdict(settings)}
+    if path.exists():
+        try:
+            have = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            raise InputError(f"{path} is corrupt; delete {dst} or choose another --dst") from None
+        if have != want:
+            raise ConfigError(f"{dst} was prepared with {have}, not {want}; use another --dst")
+        return
+    path.write_text(json.dumps(want, indent=1) + "\n", encoding="utf-8")
+
+
+def read_settings(dst: str | os.PathLike) -> CropSettings:
+    """The crop settings of a prepared folder."""
+    path = Path(dst) / SETTINGS
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{dst} is not a prepared triplet folder (no {SETTINGS}); run "
+                         f"`streamsr prepare ...` first") from None
+    except ValueError:
+        raise InputError(f"{path} is corrupt") from None
+    if data.get("format") != FORMAT:
+        raise InputError(f"{path}: unknown format {data.get('format')!r}")
+    return CropSettings(data["patch"], data["stride"], data["scale"])
+
+
+# --- the generic writer ---------------------------------------------------------------------------
+
+def write_triplets(pairs: Sequence[ImagePair], dst: str | os.PathLike,
+                   settings: CropSettings = CropSettings(), progress: bool = False) -> PrepareSummary:
+    """Crop every pair not yet done into triplets under `dst`, recording each image in the index."""
+    settings.check()
+    dst = Path(dst)
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {dst}: {exc.strerror}") from None
+    _check_settings(dst, settings)
+    done, index = _open_index(dst)
+    summary = PrepareSummary(dst)
+    made_dirs: set[str] = set()
+    try:
+        for pair in tqdm(pairs, desc="prepare", unit="img", disable=not progress):
+            split = pair.split or "train"
+            if (split, pair.key) in done:
+                summary.images_skipped += 1
+                continue
+            if split not in made_dirs:
+                for kind in KINDS:
+                    (dst / split / kind).mkdir(parents=True, exist_ok=True)
+                made_dirs.add(split)
+            blur, sharp = read_pair(pair)
+            names = []
+            for y, x, lr_blur, lr, hr in make_triplets(blur, sharp, settings):
+                name = f"{pair.key}_y{y:04d}_x{x:04d}"
+                for kind, img in zip(KINDS, (lr_blur, lr, hr)):
+                    write_rgb(dst / split / kind / f"{name}.png", img)
+                names.append(name)
+            if not names:
+                log.warning("%s is %dx%d, smaller than one %d px patch: no triplets",
+                            pair.blur, sharp.shape[1], sharp.shape[0], settings.patch)
+            rec = {"split": split, "source": pair.key, "triplets": names}
+            index.write(json.dumps(rec) + "\n")
+            index.flush()
+            os.fsync(index.fileno())
+            done[(split, pair.key)] = rec
+            summary.images_done += 1
+    finally:
+        index.close()
+    for (split, _), rec in done.items():
+        summary.per_split[split] = summary.per_split.get(split, 0) + len(rec["triplets"])
+    summary.triplets = sum(summary.per_split.values())
+    log.info("prepared %s: %d images now, %d skipped, %d triplets (%s)", dst, summary.images_done,
+             summary.images_skipped, summary.triplets, summary.per_split)
+    return summary
+
+
+# --- GOPRO --------------------------------------------------------------------------------------
+
+def prepare_gopro(src: str | os.PathLike, dst: str | os.PathLike,
+                  settings: CropSettings = CropSettings(), splits: Sequence[str] = ("train", "test"),
+                  progress: bool = False) -> PrepareSummary:
+    """Triplets from GOPRO_Large (`train/` and `test/`; the held-out split is `test`)."""
+    pairs = [p for p in find_pairs(src) if not p.split or p.split in splits]
+    return write_triplets(pairs, dst, settings, progress)
+
+
+# --- your own high-frame-rate footage -------------------------------------------------------------
+
+def iter_frames(source: str | os.PathLike) -> Iterator[np.ndarray]:
+    """uint8 RGB frames of a video file (decoded with PyAV) or of a folder of images (sorted)."""
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        if not files:
+            raise InputError(f"no image files in {source}")
+        for f in files:
+            yield read_rgb(f)
+        return
+    if not source.exists():
+        raise InputError(f"no such video or folder: {source}")
+    import av  # imported here: only this source kind needs FFmpeg
+
+    try:
+        container = av.open(str(source))
+    except (av.error.FFmpegError, OSError) as exc:
+        raise InputError(f"cannot open {source} as a video ({exc})") from None
+    with container:
+        if not container.streams.video:
+            raise InputError(f"{source} has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for frame in container.decode(stream):
+                yield frame.to_ndarray(format="rgb24")
+        except av.error.FFmpegError as exc:
+            raise InputError(f"{source}: decoding failed ({exc})") from None
+
+
+def average_frames(frames: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(blurry, sharp): the mean of the frames in linear light, and the middle frame.
+
+    This is how GOPRO was made: a long exposure is the sum of the light of short ones, so the
+    frames are decoded from the sRGB curve, averaged, and re-encoded.
+    """
+    lin = np.mean([srgb_to_linear(f.astype(np.float64) / 255.0) for f in frames], axis=0)
+    blur = np.clip(np.round(linear_to_srgb(lin) * 255.0), 0, 255).astype(np.uint8)
+    return blur, frames[len(frames) // 2]
+
+
+def _pair_dir(dst: Path, split: str, seq: str, kind: str) -> Path:
+    return dst / "pairs" / split / seq / kind
+
+
+def make_frame_pairs(source: str | os.PathLike, dst: str | os.PathLike, average: int,
+                     val_fraction: float = 0.1, max_pairs: int | None = None,
+                     progress: bool = False) -> int:
+    """Write blurry/sharp HR pairs from groups of `average` consecutive frames; returns the count.
+
+    Groups do not overlap. The last `val_fraction` of the groups (a block at the end of the clip,
+    so held-out frames are not neighbours of training frames) go to the `test` split.
+    """
+    if average < 3 or average % 2 == 0:
+        raise ConfigError(f"--average must be an odd number >= 3 (the sharp frame is the middle "
+                          f"one), got {average}")
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    dst = Path(dst)
+    seq = Path(source).stem or "frames"
+    marker = dst / "pairs" / f".{seq}.done"
+    want = {"source": str(Path(source).resolve()), "average": average,
+            "val_fraction": val_fraction, "max_pairs": max_pairs}
+    if marker.exists() and json.loads(marker.read_text(encoding="utf-8")).get("settings") == want:
+        n = json.loads(marker.read_text(encoding="utf-8"))["pairs"]
+        log.info("pairs from %s already made (%d); skipping decode", source, n)
+        return n
+    for kind in ("blur", "sharp"):
+        _pair_dir(dst, "train", seq, kind).mkdir(parents=True, exist_ok=True)
+    group: list[np.ndarray] = []
+    n = 0
+    bar = tqdm(desc="pairs", unit="pair", disable=not progress)
+    for frame in iter_frames(source):
+        if group and frame.shape != group[0].shape:
+            raise InputError(f"{source}: frame size changes mid-stream "
+                             f"({group[0].shape[1]}x{group[0].shape[0]} -> {frame.shape[1]}x{frame.shape[0]})")
+        group.append(frame)
+        if len(group) < average:
+            continue
+        blur, sharp = average_frames(group)
+        group = []
+        name = f"{n:06d}.png"
+        write_rgb(_pair_dir(dst, "train", seq, "blur") / name, blur)
+        write_rgb(_pair_dir(dst, "train", seq, "sharp") / name, sharp)
+        n += 1
+        bar.update()
+        if max_pairs is not None and n >= max_pairs:
+            break
+    bar.close()
+    if n == 0:
+        raise InputError(f"{source} has fewer than {average} frames: no pair can be made")
+    n_test = math.floor(n * val_fraction)
+    if val_fraction > 0 and n_test == 0:
+        log.warning("only %d pairs: none held out for validation", n)
+    if n_test:
+        for kind in ("blur", "sharp"):
+            test_dir = _pair_dir(dst, "test", seq, kind)
+            test_dir.mkdir(parents=True, exist_ok=True)
+            for i in range(n - n_test, n):
+                os.replace(_pair_dir(dst, "train", seq, kind) / f"{i:06d}.png", test_dir / f"{i:06d}.png")
+    marker.write_text(json.dumps({"settings": want, "pairs": n}), encoding="utf-8")
+    log.info("%s: %d pairs (%d held out)", source, n, n_test)
+    return n
+
+
+def prepare_frames(source: str | os.PathLike, dst: str | os.PathLike, average: int,
+                   settings: CropSettings = CropSettings(), val_fraction: float = 0.1,
+                   max_pairs: int | None = None, progress: bool = False) -> PrepareSummary:
+    """Pairs by averaging `average` consecutive frames (GOPRO's method), then triplets."""
+    make_frame_pairs(source, dst, average, val_fraction, max_pairs, progress)
+    return write_triplets(find_pairs(Path(dst) / "pairs"), dst, settings, progress)
+
+
+# --- synthetic camera shake on still images -------------------------------------------------------
+
+def _still_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise InputError(f"no such image folder: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise InputError(f"no images in {folder}")
+    return files
+
+
+def held_out(i: int, n: int, val_fraction: float) -> bool:
+    """Whether item `i` of `n` is held out: every k-th item, k = round(1 / fraction)."""
+    if val_fraction <= 0 or n < 2:
+        return False
+    k = max(2, round(1 / val_fraction))
+    return i % k == k - 1
+
+
+def make_synthetic_pairs(images: str | os.PathLike, dst: str | os.PathLike, variants: int = 1,
+                         seed: int = 0, val_fraction: float = 0.1, progress: bool = False,
+                         synth: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None,
+                         **opts) -> int:
+    """Blurry/sharp HR pairs from sharp stills with random camera shake; returns the pair count.
+
+    Each (image, variant) draws from its own generator seeded by (seed, crc32(name), variant),
+    so the pairs do not depend on order and a resumed run skips those already written. Whole
+    images are held out (every k-th), never a variant of an image that is also trained on.
+    """
+    if synth is None:
+        from streamsr.data.synthetic import synthetic_pair as synth
+    if variants < 1:
+        raise ConfigError("--variants must be at least 1")
+    folder, dst = Path(images), Path(dst)
+    files = _still_images(folder)
+    n = 0
+    for i, f in enumerate(tqdm(files, desc="synthesise", unit="img", disable=not progress)):
+        split = "test" if held_out(i, len(files), val_fraction) else "train"
+        rel = f.relative_to(folder).with_suffix("")
+        stem = "_".join(rel.parts)
+        dirs = {k: _pair_dir(dst, split, "synthetic", k) for k in ("blur", "sharp")}
+        img = None
+        for v in range(variants):
+            name = f"{stem}_v{v}.png"
+            if (dirs["blur"] / name).exists() and (dirs["sharp"] / name).exists():
+                n += 1
+                continue
+            if img is None:
+                img = read_rgb(f)
+                for d in dirs.values():
+                    d.mkdir(parents=True, exist_ok=True)
+            rng = np.random.default_rng([seed, zlib.crc32(str(rel).encode()), v])
+            blur, sharp = synth(img, rng, **opts)
+            write_rgb(dirs["sharp"] / name, sharp)
+            write_rgb(dirs["blur"] / name, blur)  # written last: its presence marks the pair done
+            n += 1
+    return n
+
+
+def prepare_synthetic(images: str | os.PathLike, dst: str | os.PathLike,
+                      settings: CropSettings = CropSettings(), variants: int = 1, seed: int = 0,
+                      val_fraction: float = 0.1, progress: bool = False, **opts) -> PrepareSummary:
+    """Synthetic camera-shake pairs from still images, then triplets."""
+    make_synthetic_pairs(images, dst, variants, seed, val_fraction, progress, **opts)
+    return write_triplets(find_pairs(Path(dst) / "pairs"), dst, settings, progress)
+
+
+def iter_sources(dst: str | os.PathLike) -> Iterable[str]:
+    """Source keys already done in a prepared folder (for reports and tests)."""
+    return [r["source"] for r in read_index(dst)]
+
+
+__all__ = ["CropSettings", "PrepareSummary", "average_frames", "crop_count", "crop_positions",
+           "iter_frames", "make_frame_pairs", "make_synthetic_pairs", "make_triplets",
+           "prepare_frames", "prepare_gopro", "prepare_synthetic", "read_index", "read_settings",
+           "write_triplets"]

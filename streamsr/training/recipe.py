@@ -1,0 +1,193 @@
+"""Training recipes: every hyperparameter in one flat TOML file, overridable with `--set k=v`.
+
+A recipe selects values only (a model config name, numbers, switches); it never names code.
+Unknown keys and values of the wrong type are refused, so a typo cannot silently fall back to a
+default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import types
+import typing
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from streamsr.errors import ConfigError
+from streamsr.models.configs import CONFIGS
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a training run depends on besides the data and the initial weights."""
+
+    name: str = "custom"
+    model: str = "lite"  # a named model config: paper | lite | tiny
+    # schedule
+    epochs: int = 21
+    max_steps: int = 0  # > 0: stop after this many optimizer steps (the cosine spans them)
+    batch: int = 13  # per process; the global batch is batch x world size
+    lr: float = 1e-4
+    lr_min: float = 1e-5  # cosine annealing ends here
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    # loss: MSE(H_hat, H) + alpha * (sum Charbonnier + edge_weight * sum Edge)
+    alpha: float = 0.5
+    edge_weight: float = 0.05
+    # data
+    patch: int = 0  # LR crop fed to the network (random within a stored triplet); 0 = whole triplet
+    augment: bool = True  # random flip and rot90
+    train_split: str = "train"
+    val_split: str = "test"
+    val_max: int = 500  # at most this many validation triplets, evenly spaced; 0 = all
+    val_batch: int = 8
+    num_workers: int = 2
+    # numerics and reproducibility
+    precision: str = "auto"  # auto = bf16 on CUDA GPUs that support it, fp32 elsewhere
+    seed: int = 0
+    deterministic: bool = True
+    # bookkeeping
+    log_every: int = 20  # steps
+    val_every: int = 0  # steps between extra validations; 0 = once per epoch only
+    checkpoint_every: int = 1000  # steps; a checkpoint is also written at the end of every epoch
+    keep_last: int = 3  # step/epoch checkpoints kept (the best weights are kept apart)
+
+    def __post_init__(self) -> None:
+        if self.model not in CONFIGS:
+            raise ConfigError(f"recipe model {self.model!r} is not one of {sorted(CONFIGS)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"recipe precision {self.precision!r} is not one of {PRECISIONS}")
+        positive = ("epochs", "batch", "log_every", "checkpoint_every", "keep_last", "val_batch")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ConfigError(f"recipe {key} must be at least 1, got {getattr(self, key)}")
+        for key in ("max_steps", "patch", "val_max", "num_workers", "val_every", "grad_clip",
+                    "weight_decay", "alpha", "edge_weight"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"recipe {key} must not be negative, got {getattr(self, key)}")
+        if not 0 < self.lr_min <= self.lr:
+            raise ConfigError(f"recipe needs 0 < lr_min <= lr, got lr={self.lr} lr_min={self.lr_min}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"recipe betas must be in [0, 1), got {self.betas}")
+
+    def to_dict(self) -> dict:
+        """Plain values (tuples as lists), as stored in checkpoints and TOML."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def to_toml(self) -> str:
+        """The recipe as TOML (round-trips through `load_recipe`)."""
+        def fmt(v) -> str:
+            if isinstance(v, bool):
+                return "true" if v else "false"
+            if isinstance(v, str):
+                return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            if isinstance(v, (list, tuple)):
+                return "[" + ", ".join(fmt(x) for x in v) + "]"
+            return repr(v)
+        return "".join(f"{k} = {fmt(v)}\n" for k, v in self.to_dict().items())
+
+
+_HINTS = typing.get_type_hints(Recipe)
+
+
+def _coerce(key: str, value, source: str):
+    """`value` as the type of recipe field `key`, or a ConfigError that says what was expected."""
+    hint = _HINTS[key]
+    bad = ConfigError(f"{source}: {key} = {value!r} is not a valid {_type_name(hint)}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if typing.get_origin(hint) is tuple:
+        n = len(typing.get_args(hint))
+        if (isinstance(value, (list, tuple)) and len(value) == n
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            return tuple(float(v) for v in value)
+        raise bad
+    raise TypeError(f"unsupported recipe field type {hint}")  # a bug, not a user error
+
+
+def _type_name(hint) -> str:
+    if isinstance(hint, type):
+        return {"bool": "boolean (true/false)", "int": "integer", "float": "number",
+                "str": "string"}.get(hint.__name__, hint.__name__)
+    if isinstance(hint, types.GenericAlias) and typing.get_origin(hint) is tuple:
+        return f"list of {len(typing.get_args(hint))} numbers"
+    return str(hint)
+
+
+def recipe_from_dict(data: dict, source: str = "recipe") -> Recipe:
+    """A checked Recipe from plain values (unknown keys and wrong types are refused)."""
+    known = {f.name for f in fields(Recipe)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown recipe key(s) {unknown}; known keys: {sorted(known)}")
+    return Recipe(**{k: _coerce(k, v, source) for k, v in data.items()})
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Read a flat TOML recipe."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"recipe not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    nested = [k for k, v in data.items() if isinstance(v, dict)]
+    if nested:
+        raise ConfigError(f"{path}: recipes are flat; unexpected table(s) {nested}")
+    data.setdefault("name", path.stem)
+    return recipe_from_dict(data, str(path))
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """`key=value` -> (key, value): the value is read as a TOML value, else as a bare string."""
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    if raw.startswith("(") and raw.endswith(")"):
+        raw = "[" + raw[1:-1] + "]"
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # bare words such as `model=lite`
+    if _HINTS.get(key) is str and not isinstance(value, str):
+        value = raw  # `name=123` is the string "123"
+    if typing.get_origin(_HINTS.get(key)) is tuple and isinstance(value, str) and "," in value:
+        try:
+            value = [float(v) for v in value.split(",")]
+        except ValueError:
+            pass
+    return key, value
+
+
+def apply_overrides(recipe: Recipe, overrides: list[str] | tuple[str, ...]) -> Recipe:
+    """The recipe with `key=value` overrides applied, each checked like a recipe file value."""
+    changes = {}
+    for text in overrides:
+        key, value = parse_override(text)
+        if key not in _HINTS:
+            raise ConfigError(f"--set {text}: unknown recipe key {key!r}; known keys: {sorted(_HINTS)}")
+        changes[key] = _coerce(key, value, f"--set {text}")
+    return replace(recipe, **changes) if changes else recipe
+
+
+__all__ = ["Recipe", "apply_overrides", "load_recipe", "parse_override", "recipe_from_dict"]
