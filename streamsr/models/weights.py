@@ -143,6 +143,9 @@ def model_config(model: str | os.PathLike) -> DeblurSRConfig:
     name = str(model)
     if name in CONFIGS:
         return get_config(name)
+    if not Path(name).is_file():
+        raise WeightsError(f"no model named {name!r} and no such weights file "
+                           f"(names: {sorted(CONFIGS)})")
     meta = read_metadata(name)
     if "config" not in meta:
         raise WeightsError(f"{name} has no streamsr config in its metadata")

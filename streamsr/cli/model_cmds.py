@@ -1,0 +1,64 @@
+"""`streamsr info` and `streamsr import-mprnet`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from streamsr.cli import main
+from streamsr.errors import OutputError
+from streamsr.models import DeblurSR
+from streamsr.models.info import model_info
+from streamsr.models.weights import BUNDLED, import_mprnet, load_model, model_config, read_metadata
+
+
+@main.command()
+@click.option("--model", "model_name", default="lite", show_default=True,
+              help="paper, lite, tiny, or a weights file.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def info(model_name: str, as_json: bool) -> None:
+    """Print a model's config, parameter count and MACs per input pixel."""
+    config = model_config(model_name)
+    path = Path(model_name) if Path(model_name).is_file() else BUNDLED.get(model_name)
+    if path is not None and path.exists():
+        net = load_model(path)
+        weights = {"path": str(path), **{k: v for k, v in read_metadata(path).items() if k != "config"}}
+    else:
+        net = DeblurSR(config).eval()
+        weights = None
+    data = model_info(net)
+    data["weights"] = weights
+    if as_json:
+        click.echo(json.dumps(data, indent=None, sort_keys=True))
+        return
+    click.echo(f"model        {data['name']}  (x{data['scale']} joint deblur + super-resolution)")
+    click.echo(f"parameters   {data['parameters']:,}  (MPRNet trunk {data['trunk_parameters']:,}, "
+               f"head {data['head_parameters']:,})")
+    click.echo(f"compute      {data['macs_per_input_pixel']:,} MACs per input pixel "
+               f"({data['gmacs_per_320x180_frame']} GMACs for a 320x180 frame)")
+    t = data["config"]["trunk"]
+    click.echo(f"trunk        n_feat {t['n_feat']}, unet +{t['scale_unetfeats']}, orsnet "
+               f"+{t['scale_orsnetfeats']}, {t['num_cab']} CABs per ORB, reduction {t['reduction']}")
+    click.echo(f"head         {data['config']['sr_feat']} features, {data['config']['sr_blocks']} "
+               f"residual blocks")
+    click.echo(f"weights      {weights['path'] if weights else 'none (untrained config)'}")
+
+
+@main.command("import-mprnet")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--seed", default=0, show_default=True, help="Seed for the new head's initialisation.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def import_mprnet_cmd(checkpoint: str, out: str, seed: int, overwrite: bool) -> None:
+    """Convert an official MPRNet deblurring checkpoint into a joint-model weights file.
+
+    The trunk comes from CHECKPOINT (loaded with weights_only=True); the SR head is freshly
+    initialised. Fine-tune it with `streamsr train --init OUT`.
+    """
+    if Path(out).exists() and not overwrite:
+        raise OutputError(f"{out} exists; pass --overwrite to replace it")
+    model = import_mprnet(checkpoint, out, seed=seed)
+    n = sum(1 for _ in model.trunk.state_dict())
+    click.echo(f"wrote {out}: MPRNet trunk ({n} tensors) from {checkpoint}, new SR head (seed {seed})")

@@ -1,0 +1,225 @@
+"""The model matches the paper: parameter counts, official key layout, shapes, weight files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from streamsr.errors import WeightsError
+from streamsr.models import LITE, PAPER, TINY, DeblurSR, MPRNet, count_parameters
+from streamsr.models.mprnet import pad_to_multiple
+from streamsr.models.weights import (
+    import_mprnet,
+    load_model,
+    load_mprnet,
+    read_metadata,
+    save_model,
+)
+
+KEYS_TSV = Path(__file__).parent / "data" / "mprnet_keys.tsv"
+
+
+def official_layout() -> list[tuple[str, tuple[int, ...]]]:
+    rows = []
+    for line in KEYS_TSV.read_text().splitlines():
+        key, shape = line.split("\t")
+        rows.append((key, tuple(int(s) for s in shape.split(","))))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def paper_model() -> DeblurSR:
+    torch.manual_seed(0)
+    return DeblurSR(PAPER).eval()
+
+
+def test_paper_parameter_counts(paper_model):
+    # Table 1 of the paper, and MPRNet's deblurring model alone.
+    assert count_parameters(paper_model) == 21_839_972
+    assert count_parameters(paper_model.trunk) == 20_127_073
+
+
+def test_paper_head_breakdown(paper_model):
+    # paper.md's arithmetic for the head, piece by piece.
+    m = paper_model
+    assert count_parameters(m.fuse[0]) == 165_888
+    assert count_parameters(m.refine1) == count_parameters(m.refine3) == 170_496 + 1  # + shared PReLU
+    assert count_parameters(m.reduce3) == 110_592
+    assert count_parameters(m.reconstruct) == 924_931
+    assert count_parameters(m.reconstruct.blocks) == 590_848
+
+
+def test_shared_prelu_is_one_parameter(paper_model):
+    prelus = {id(mod) for mod in paper_model.modules() if isinstance(mod, torch.nn.PReLU)}
+    assert len(prelus) == 1
+    state = paper_model.trunk.state_dict()
+    assert sum(k.endswith("body.1.weight") for k in state) == 55
+
+
+def test_trunk_state_dict_matches_official_layout(paper_model):
+    expected = official_layout()
+    assert len(expected) == 316
+    got = [(k, tuple(v.shape)) for k, v in paper_model.trunk.state_dict().items()]
+    assert sorted(got) == sorted(expected)
+
+
+def random_official_checkpoint(path: Path, prefix: str = "", wrap: bool = True, drop: str | None = None,
+                               reshape: str | None = None) -> dict:
+    g = torch.Generator().manual_seed(1)
+    state = {}
+    for key, shape in official_layout():
+        if key == drop:
+            continue
+        if key == reshape:
+            shape = (shape[0] + 1,) + shape[1:]
+        state[prefix + key] = torch.randn(shape, generator=g) * 0.02
+    torch.save({"state_dict": state} if wrap else state, path)
+    return state
+
+
+@pytest.mark.parametrize("prefix,wrap", [("", True), ("module.", True), ("", False)])
+def test_official_checkpoint_loads_strict(tmp_path, prefix, wrap):
+    ckpt = tmp_path / "model_deblurring.pth"
+    state = random_official_checkpoint(ckpt, prefix, wrap)
+    net = load_mprnet(ckpt)
+    key = "stage3_orsnet.orb2.body.3.body.0.weight"
+    assert torch.equal(net.state_dict()[key], state[prefix + key])
+    out = tmp_path / "joint.safetensors"
+    joint = import_mprnet(ckpt, out)
+    assert torch.equal(joint.trunk.state_dict()[key], state[prefix + key])
+    reloaded = load_model(out)
+    assert torch.equal(reloaded.trunk.state_dict()[key], state[prefix + key])
+
+
+def test_corrupted_checkpoints_are_refused_with_names(tmp_path):
+    missing = tmp_path / "missing.pth"
+    random_official_checkpoint(missing, drop="sam23.conv2.weight")
+    with pytest.raises(WeightsError, match="missing.*sam23.conv2.weight"):
+        import_mprnet(missing)
+    shaped = tmp_path / "shaped.pth"
+    random_official_checkpoint(shaped, reshape="tail.weight")
+    with pytest.raises(WeightsError, match=r"mis-shaped.*tail.weight"):
+        import_mprnet(shaped)
+    extra = tmp_path / "extra.pth"
+    state = random_official_checkpoint(extra)
+    state["bogus.weight"] = torch.zeros(1)
+    torch.save({"state_dict": state}, extra)
+    with pytest.raises(WeightsError, match="unexpected.*bogus.weight"):
+        import_mprnet(extra)
+
+
+def test_pickle_with_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": Payload()}, evil)
+    with pytest.raises(WeightsError, match="refusing"):
+        import_mprnet(evil)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("h,w", [(57, 101), (1, 1), (2, 3), (8, 8), (33, 17)])
+def test_forward_any_size(h, w):
+    torch.manual_seed(0)
+    model = DeblurSR(TINY).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, h, w))
+    assert out.hr.shape == (2, 3, 4 * h, 4 * w)
+    assert len(out.stages) == 3
+    assert all(s.shape == (2, 3, h, w) for s in out.stages)
+    assert 0 <= out.hr.min() and out.hr.max() <= 1
+
+
+def test_stages_are_final_first_and_residual():
+    # With all trunk weights zero every stage predicts its input exactly (residual learning),
+    # so stages equal the input; then perturb layers used only by stage 3: only the first
+    # returned stage changes.
+    model = DeblurSR(TINY).eval()
+    for p in model.trunk.parameters():
+        p.data.zero_()
+    x = torch.rand(1, 3, 16, 24)
+    with torch.no_grad():
+        out = model(x)
+        assert all(torch.allclose(s, x) for s in out.stages)
+        for layer in (model.trunk.shallow_feat3[0], model.trunk.concat23, model.trunk.tail):
+            layer.weight.data.fill_(0.01)
+        out = model(x)
+    assert not torch.allclose(out.stages[0], x)
+    assert torch.allclose(out.stages[1], x) and torch.allclose(out.stages[2], x)
+
+
+def test_batched_patches_match_per_patch_reference():
+    # The trunk runs the four stage-1 quarters as one batch; compare with running each image
+    # alone (a batch must not mix images: channel attention pools per sample).
+    torch.manual_seed(0)
+    net = MPRNet(TINY.trunk).eval()
+    x = torch.rand(3, 3, 32, 48)
+    with torch.no_grad():
+        joint = net(x).stages
+        single = [net(x[i : i + 1]).stages for i in range(3)]
+    for s in range(3):
+        assert torch.allclose(joint[s], torch.cat([o[s] for o in single]), atol=1e-5)
+
+
+def test_padding_is_reflect_then_cropped():
+    x = torch.arange(2 * 3 * 5 * 6, dtype=torch.float32).view(2, 3, 5, 6)
+    p = pad_to_multiple(x, 8)
+    assert p.shape[-2:] == (8, 8)
+    assert torch.equal(p[..., :5, :6], x)
+    assert torch.equal(p[..., 5, :6], x[..., 3, :])  # reflect: row 5 mirrors row 3
+
+
+def test_safetensors_round_trip_is_bit_exact(tmp_path):
+    torch.manual_seed(3)
+    model = DeblurSR(TINY).eval()
+    model.trunk.act.weight.data.fill_(0.17)  # the shared PReLU must survive the round trip
+    path = tmp_path / "m.safetensors"
+    save_model(model, path, {"note": "test"})
+    meta = read_metadata(path)
+    assert meta["note"] == "test"
+    loaded = load_model(path)  # config comes from the file's metadata
+    assert loaded.config == TINY
+    x = torch.rand(1, 3, 20, 28)
+    with torch.no_grad():
+        a, b = model(x), loaded(x)
+    assert torch.equal(a.hr, b.hr)
+    assert all(torch.equal(s, t) for s, t in zip(a.stages, b.stages))
+    assert loaded.trunk.act.weight.item() == pytest.approx(0.17)
+
+
+def test_weights_with_wrong_shapes_are_refused(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = tmp_path / "m.safetensors"
+    save_model(DeblurSR(TINY), path)
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = f.metadata()
+    meta["config"] = LITE.to_json()  # config no longer matches the tensors
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
+    with pytest.raises(WeightsError, match="mis-shaped"):
+        load_model(tmp_path / "bad.safetensors")
+
+
+def test_paper_without_weights_refuses_with_instructions():
+    with pytest.raises(WeightsError, match="import-mprnet"):
+        load_model("paper")
+
+
+def test_non_safetensors_file_is_refused(tmp_path):
+    bad = tmp_path / "x.safetensors"
+    bad.write_bytes(b"not a weights file at all")
+    with pytest.raises(WeightsError):
+        load_model(bad)
+
+
+def test_lite_is_cpu_sized():
+    n = count_parameters(DeblurSR(LITE))
+    assert 1_000_000 <= n <= 3_000_000
