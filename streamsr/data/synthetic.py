@@ -1,0 +1,232 @@
+"""Camera-shake motion blur made from sharp images, so training pairs and samples need no dataset.
+
+A camera pose is `(dx, dy, angle[, scale])`: the camera's offset in source pixels from where it
+looks by default, its roll in degrees, and its zoom (1 = one source pixel per output pixel). A
+blurry frame is the average of the scene seen from the poses the camera passes through during
+one exposure, taken in linear light as a sensor integrates it (like GOPRO, which averages
+consecutive 240 fps frames). The matching sharp frame is the scene seen from the middle pose, so
+the pair is aligned the way GOPRO's pairs are.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from streamsr.data.transforms import linear_to_srgb, srgb_to_linear
+
+__all__ = ["shake_trajectory", "camera_path", "render_exposure", "synthetic_pair"]
+
+
+def _smooth_noise(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
+    """White noise low-passed by a Gaussian of `sigma` samples, rescaled to unit std."""
+    pad = int(math.ceil(4 * sigma)) + 1
+    x = rng.standard_normal(n + 2 * pad)
+    if sigma > 0:
+        r = np.arange(-pad, pad + 1)
+        k = np.exp(-0.5 * (r / sigma) ** 2)
+        x = np.convolve(x, k / k.sum(), mode="same")
+    x = x[pad:pad + n]
+    std = x.std()
+    return x / std if std > 0 else x
+
+
+def shake_trajectory(rng: np.random.Generator, n: int, max_shift: float,
+                     max_angle: float = 0.5) -> np.ndarray:
+    """Random handheld motion during one exposure as `n` poses (dx, dy, angle), centred on the middle one.
+
+    The path is a random walk of the velocity with inertia (the direction drifts, the speed
+    varies smoothly, sometimes it jerks), in the spirit of Boracchi & Foi's trajectories. Its
+    length is `max_shift` pixels, so its extent is at most that; the roll sweeps `max_angle`
+    degrees. Poses are relative to pose `n // 2`, which is exactly (0, 0, 0).
+    """
+    if n < 1:
+        raise ValueError("a trajectory needs at least one pose")
+    poses = np.zeros((n, 3))
+    if n == 1:
+        return poses
+    steps = n - 1
+    heading = rng.uniform(0, 2 * math.pi)
+    turn = rng.standard_normal(steps) * 0.35
+    jerks = rng.random(steps) < 0.08
+    turn[jerks] += rng.choice([-1.0, 1.0], size=int(jerks.sum())) * rng.uniform(0.6, 1.8, int(jerks.sum()))
+    heading = heading + np.cumsum(turn)
+    speed = np.exp(0.4 * _smooth_noise(rng, steps, max(1.0, steps / 6)))
+    v = np.stack([np.cos(heading), np.sin(heading)], 1) * speed[:, None]
+    xy = np.concatenate([np.zeros((1, 2)), np.cumsum(v, 0)])
+    length = float(speed.sum())
+    xy *= max_shift / length
+    ang = np.concatenate([[0.0], np.cumsum(_smooth_noise(rng, steps, max(1.0, steps / 4)))])
+    span = np.ptp(ang)
+    ang = ang * (max_angle / span) if span > 0 else ang * 0
+    poses[:, :2] = xy
+    poses[:, 2] = ang * rng.choice([-1.0, 1.0])
+    return poses - poses[n // 2]
+
+
+def camera_path(rng: np.random.Generator, n_frames: int, substeps: int,
+                kind: Literal["handheld", "dashcam"] = "handheld", *, fps: float = 12.0,
+                amplitude: float = 10.0, tremor: float = 1.5, roll: float = 0.6,
+                pan: float = 40.0, zoom: tuple[float, float] = (1.0, 1.15),
+                vibration: float = 1.5) -> np.ndarray:
+    """A smooth random camera path over a whole clip: (n_frames * substeps, 4) poses (dx, dy, angle, scale).
+
+    Samples are `substeps` per frame interval, so frame `i`'s exposure is a run of poses starting
+    at `i * substeps`. `handheld`: slow drift of about `amplitude` px and `roll` degrees plus a
+    physiological tremor of about `tremor` px at 5-11 Hz. `dashcam`: forward motion (zoom from
+    `zoom[0]` to `zoom[1]`, exponential like an approach), a pan of `pan` px with some steering
+    wander, and road vibration of about `vibration` px and a tenth of `roll` at 8-16 Hz.
+    """
+    if kind not in ("handheld", "dashcam"):
+        raise ValueError(f"unknown camera path kind {kind!r}: use 'handheld' or 'dashcam'")
+    n = n_frames * substeps
+    rate = fps * substeps  # samples per second
+    t = np.arange(n) / rate
+    poses = np.zeros((n, 4))
+    poses[:, 3] = 1.0
+
+    def band(lo: float, hi: float, k: int = 3) -> np.ndarray:
+        """A sum of `k` sinusoids with random frequencies in [lo, hi] Hz, unit RMS."""
+        f = rng.uniform(lo, hi, k)
+        ph = rng.uniform(0, 2 * math.pi, k)
+        a = rng.uniform(0.5, 1.0, k)
+        s = (a[:, None] * np.sin(2 * math.pi * f[:, None] * t[None] + ph[:, None])).sum(0)
+        return s / math.sqrt((a**2).sum() / 2)
+
+    if kind == "handheld":
+        drift = max(1.0, 0.35 * rate)
+        poses[:, 0] = amplitude * _smooth_noise(rng, n, drift) + tremor * band(5, 11)
+        poses[:, 1] = amplitude * _smooth_noise(rng, n, drift) + tremor * band(5, 11)
+        poses[:, 2] = roll * _smooth_noise(rng, n, drift) + 0.15 * roll * band(5, 11)
+    else:
+        u = t / max(t[-1], 1e-9)
+        z0, z1 = zoom
+        poses[:, 3] = z0 * (z1 / z0) ** (u**1.5)
+        wander = _smooth_noise(rng, n, max(1.0, 0.6 * rate))
+        poses[:, 0] = pan * (u - 0.5) + 0.15 * pan * wander
+        poses[:, 1] = 0.25 * amplitude * _smooth_noise(rng, n, max(1.0, 0.5 * rate))
+        poses[:, 1] += vibration * band(8, 16, 4)
+        poses[:, 0] += 0.4 * vibration * band(8, 16, 3)
+        poses[:, 2] = 0.1 * roll * band(8, 16, 3) + 0.3 * roll * _smooth_noise(rng, n, max(1.0, 0.5 * rate))
+    return poses
+
+
+def _as_poses(poses: np.ndarray) -> np.ndarray:
+    p = np.asarray(poses, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] not in (3, 4) or len(p) == 0:
+        raise ValueError(f"poses must be (n, 3) or (n, 4), got {p.shape}")
+    if p.shape[1] == 3:
+        p = np.concatenate([p, np.ones((len(p), 1))], 1)
+    return p
+
+
+def pose_matrix(pose: np.ndarray, center: tuple[float, float],
+                out_size: tuple[int, int]) -> np.ndarray:
+    """The 2x3 affine map from source pixels to output pixels for one pose (forward map)."""
+    dx, dy, angle, scale = (list(pose) + [1.0])[:4]
+    th = math.radians(angle)
+    c, s = math.cos(th) * scale, math.sin(th) * scale
+    m = np.array([[c, -s], [s, c]])
+    oc = np.array([(out_size[1] - 1) / 2, (out_size[0] - 1) / 2])
+    look = np.array([center[0] + dx, center[1] + dy])
+    return np.concatenate([m, (oc - m @ look)[:, None]], 1)
+
+
+def _densify(p: np.ndarray, radius: float, max_step: float | None) -> np.ndarray:
+    """Subdivide every interval equally so no pixel moves more than `max_step` between poses."""
+    if max_step is None or len(p) < 2:
+        return p
+    d = np.diff(p, axis=0)
+    move = np.hypot(d[:, 0], d[:, 1]) + radius * (np.abs(np.radians(d[:, 2])) + np.abs(d[:, 3]))
+    k = int(min(64, max(1, math.ceil(move.max() / max_step))))
+    if k == 1:
+        return p
+    tau = np.linspace(0, len(p) - 1, (len(p) - 1) * k + 1)
+    return np.stack([np.interp(tau, np.arange(len(p)), p[:, j]) for j in range(p.shape[1])], 1)
+
+
+def render_exposure(image: np.ndarray, poses: np.ndarray, *, out_size: tuple[int, int] | None = None,
+                    center: tuple[float, float] | None = None, max_step: float | None = 1.0,
+                    interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
+    """Average of `image` (linear light, float HWC) seen from each pose: the exposure, float32.
+
+    The camera looks at `center` (x, y in source pixels; default the image centre) and makes an
+    `out_size` (h, w) picture (default the image size). Consecutive poses further apart than
+    `max_step` pixels anywhere are linearly subdivided so the blur is a continuous streak, not
+    ghost copies; `max_step=None` averages the poses exactly as given. Borders reflect.
+    """
+    img = np.ascontiguousarray(image, dtype=np.float32)
+    h, w = img.shape[:2]
+    oh, ow = out_size if out_size is not None else (h, w)
+    cx, cy = center if center is not None else ((w - 1) / 2, (h - 1) / 2)
+    p = _densify(_as_poses(poses), 0.5 * math.hypot(oh, ow), max_step)
+    acc = np.zeros((oh, ow) + img.shape[2:], np.float64)
+    for pose in p:
+        m = pose_matrix(pose, (cx, cy), (oh, ow))
+        warped = cv2.warpAffine(img, m, (ow, oh), flags=interpolation,
+                                borderMode=cv2.BORDER_REFLECT_101)
+        acc += warped.reshape(acc.shape)
+    return (acc / len(p)).astype(np.float32)
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    """Grey -> RGB; RGBA -> RGB; uint8 only."""
+    img = np.asarray(image)
+    if img.dtype != np.uint8:
+        raise ValueError(f"synthetic_pair takes uint8 images, got {img.dtype}")
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, 2)
+    elif img.shape[2] == 1:
+        img = np.repeat(img, 3, 2)
+    elif img.shape[2] == 4:
+        img = img[:, :, :3]
+    return np.ascontiguousarray(img)
+
+
+def synthetic_pair(image: np.ndarray, rng: np.random.Generator, *,
+                   size: tuple[int, int] | int | None = None, max_shift: float = 24.0,
+                   max_angle: float = 0.6, exposures: int = 13, noise_sigma: float = 0.0,
+                   jpeg_quality: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(blurry, sharp) uint8 HWC RGB: a random shake blur of a random `size` crop of `image`.
+
+    The blur path has `exposures` poses and a length drawn uniformly in [0, `max_shift`] pixels
+    (so some pairs are nearly sharp) and a roll of up to `max_angle` degrees. `sharp` is the
+    crop itself, the scene at the middle pose. `noise_sigma` (8-bit code values) adds Gaussian
+    noise and `jpeg_quality` JPEG-compresses the blurry image, after the blur.
+    """
+    img = _rgb(image)
+    H, W = img.shape[:2]
+    if size is None:
+        h, w = H, W
+    else:
+        h, w = (size, size) if isinstance(size, int) else size
+    if h > H or w > W:
+        raise ValueError(f"crop {h}x{w} is larger than the image {H}x{W}")
+    y = int(rng.integers(0, H - h + 1))
+    x = int(rng.integers(0, W - w + 1))
+    shift = float(rng.uniform(0, max_shift))
+    angle = float(rng.uniform(0, max_angle))
+    poses = shake_trajectory(rng, exposures, shift, angle)
+
+    # render only the crop plus enough margin for the motion (and the cubic kernel's reach)
+    reach = np.abs(poses[:, :2]).max() + math.radians(np.abs(poses[:, 2]).max()) * 0.5 * math.hypot(h, w)
+    m = int(math.ceil(reach)) + 3
+    y0, x0 = max(0, y - m), max(0, x - m)
+    y1, x1 = min(H, y + h + m), min(W, x + w + m)
+    work = img[y0:y1, x0:x1]
+    lin = srgb_to_linear(work.astype(np.float32) / 255.0)
+    blur = linear_to_srgb(render_exposure(lin, poses)) * 255.0
+    blur = blur[y - y0:y - y0 + h, x - x0:x - x0 + w]
+    if noise_sigma > 0:
+        blur = blur + rng.normal(0.0, noise_sigma, blur.shape)
+    blurry = np.clip(np.rint(blur), 0, 255).astype(np.uint8)
+    if jpeg_quality is not None:
+        ok, buf = cv2.imencode(".jpg", blurry[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+        if not ok:
+            raise RuntimeError("JPEG encoding failed")
+        blurry = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1])
+    sharp = np.ascontiguousarray(img[y:y + h, x:x + w])
+    return np.ascontiguousarray(blurry), sharp
