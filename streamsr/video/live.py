@@ -1,0 +1,413 @@
+"""Live network sources: low-delay opening, reconnect with backoff, a bounded queue with drops.
+
+A camera feed does not wait for the model. `LiveSource` decodes on its own thread into a small
+queue; when inference falls behind, the oldest frames are dropped (or, with `drop="none"`, the
+reader waits) and every drop is counted. Frames older than `max_latency` when the consumer
+picks them up are dropped too. When the feed stalls or closes, the source reconnects with capped
+exponential backoff and carries on. Output timestamps follow the source clock: within a
+connection they are the stream's own pts, and each new connection is anchored at the wall-clock
+time its first frame arrived, so outages and drops show up as gaps, never as time squeezed out.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from urllib.parse import urlsplit
+
+import av
+
+from streamsr.errors import ConfigError, SourceError
+from streamsr.video.source import ColorInfo, Frame, VideoInfo
+
+log = logging.getLogger(__name__)
+
+NETWORK_SCHEMES = frozenset(
+    {"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "rtp", "tcp", "srt", "hls"})
+DROP_POLICIES = ("oldest", "none")
+
+
+def is_network_uri(uri: str) -> bool:
+    """True for URLs that name a network stream (rtsp://, rtmp://, http(s)://, udp://, ...)."""
+    return urlsplit(str(uri)).scheme.lower() in NETWORK_SCHEMES
+
+
+def redact(uri: str) -> str:
+    """The URL without its password, for logs and error messages."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+@dataclass
+class LiveOptions:
+    """How to open, buffer and keep alive a network source."""
+
+    rtsp_transport: str = "tcp"     # tcp | udp
+    open_timeout: float = 10.0      # seconds to connect and read the stream header
+    read_timeout: float = 5.0       # seconds without data before the feed counts as stalled
+    reconnect_max: int = 10         # consecutive failed attempts before giving up; 0 = forever
+    backoff_initial: float = 0.5    # first retry delay, doubled per failed attempt
+    backoff_max: float = 30.0       # cap on the retry delay
+    queue_size: int = 4             # decoded frames buffered ahead of inference
+    drop: str = "oldest"            # oldest: evict the oldest frame when full; none: wait
+    max_latency: float | None = None  # drop frames older than this (seconds) at pickup
+    low_delay: bool = True          # no demuxer buffering, short probing
+    options: dict[str, str] = field(default_factory=dict)  # extra FFmpeg options, win last
+
+    def validate(self) -> None:
+        """Raise ConfigError for values that cannot work."""
+        if self.rtsp_transport not in ("tcp", "udp"):
+            raise ConfigError(f"--rtsp-transport must be tcp or udp, not {self.rtsp_transport!r}")
+        if self.drop not in DROP_POLICIES:
+            raise ConfigError(f"--drop must be one of {', '.join(DROP_POLICIES)}, not {self.drop!r}")
+        if self.reconnect_max < 0:
+            raise ConfigError("--reconnect-max must be >= 0 (0 = retry forever)")
+        if self.queue_size < 1:
+            raise ConfigError("the live queue needs room for at least one frame")
+        if self.max_latency is not None and self.max_latency <= 0:
+            raise ConfigError("--max-latency must be a positive number of seconds")
+        if self.open_timeout <= 0 or self.read_timeout <= 0:
+            raise ConfigError("timeouts must be positive")
+
+
+def ffmpeg_options(uri: str, opts: LiveOptions) -> dict[str, str]:
+    """FFmpeg demuxer/protocol options for `uri`: transport, socket timeouts, low delay."""
+    scheme = urlsplit(uri).scheme.lower()
+    usec = str(int(opts.read_timeout * 1e6))
+    out: dict[str, str] = {"rw_timeout": usec}
+    if scheme in ("rtsp", "rtsps"):
+        out["rtsp_transport"] = opts.rtsp_transport
+        out["timeout"] = usec  # RTSP: socket I/O timeout in microseconds
+    elif scheme in ("http", "https", "udp", "tcp"):
+        out["timeout"] = usec
+    # rtmp's "timeout" means "listen for a connection", so it is left alone there.
+    if opts.low_delay:
+        out.update({"fflags": "nobuffer", "flags": "low_delay",
+                    "probesize": "65536", "analyzeduration": "500000"})
+    out.update(opts.options)
+    return out
+
+
+@dataclass
+class LiveStats:
+    """Counters of a live run; each field is written by one thread only."""
+
+    frames_decoded: int = 0
+    frames_delivered: int = 0
+    frames_written: int = 0
+    dropped_queue: int = 0
+    dropped_late: int = 0
+    reconnects: int = 0
+    failed_attempts: int = 0
+    outages: list[tuple[float, float]] = field(default_factory=list)  # monotonic (start, end)
+    latency_last: float = 0.0
+    latency_max: float = 0.0
+    latency_sum: float = 0.0
+    queue_depth: int = 0
+    queue_size: int = 0
+
+    @property
+    def dropped(self) -> int:
+        """All frames decoded but not handed to inference."""
+        return self.dropped_queue + self.dropped_late
+
+    @property
+    def latency_mean(self) -> float:
+        return self.latency_sum / self.frames_delivered if self.frames_delivered else 0.0
+
+    @property
+    def downtime(self) -> float:
+        """Seconds the feed was down, summed over the finished outages."""
+        return sum(end - start for start, end in self.outages)
+
+    def as_dict(self) -> dict[str, float | int]:
+        """Plain numbers for reports and JSON."""
+        return {
+            "frames_decoded": self.frames_decoded, "frames_delivered": self.frames_delivered,
+            "frames_written": self.frames_written, "dropped": self.dropped,
+            "dropped_queue": self.dropped_queue, "dropped_late": self.dropped_late,
+            "reconnects": self.reconnects, "outages": len(self.outages),
+            "downtime_s": round(self.downtime, 3), "latency_mean_s": round(self.latency_mean, 4),
+            "latency_max_s": round(self.latency_max, 4),
+        }
+
+
+class StatusLine:
+    """Formats a periodic one-line status (fps in/out, queue, drops, latency, reconnects)."""
+
+    def __init__(self, stats: LiveStats, interval: float = 5.0) -> None:
+        self.stats = stats
+        self.interval = interval
+        self._t = time.monotonic()
+        self._decoded = stats.frames_decoded
+        self._written = stats.frames_written
+
+    def due(self) -> bool:
+        return time.monotonic() - self._t >= self.interval
+
+    def line(self) -> str:
+        """The status since the previous call, and resets the rate window."""
+        now = time.monotonic()
+        dt = max(now - self._t, 1e-6)
+        s = self.stats
+        fps_in = (s.frames_decoded - self._decoded) / dt
+        fps_out = (s.frames_written - self._written) / dt
+        self._t, self._decoded, self._written = now, s.frames_decoded, s.frames_written
+        return (f"live: in {fps_in:.1f} fps, out {fps_out:.1f} fps, queue {s.queue_depth}/{s.queue_size}, "
+                f"dropped {s.dropped} (queue {s.dropped_queue}, late {s.dropped_late}), "
+                f"latency {s.latency_last:.2f}s (max {s.latency_max:.2f}s), "
+                f"reconnects {s.reconnects} (down {s.downtime:.1f}s)")
+
+
+class _End:
+    """Marks the end of the stream in the frame queue."""
+
+
+class DropQueue:
+    """A bounded FIFO that evicts its oldest item when full (`drop="oldest"`) or blocks."""
+
+    def __init__(self, size: int, drop: str, stop: threading.Event) -> None:
+        self._items: collections.deque = collections.deque()
+        self._size = size
+        self._drop = drop
+        self._stop = stop
+        self._cond = threading.Condition()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: object) -> None:
+        """Add a frame; evicts or waits when full. Returns early when stopping."""
+        with self._cond:
+            while len(self._items) >= self._size:
+                if self._drop == "oldest":
+                    self._items.popleft()
+                    self.evicted += 1
+                    break
+                if self._stop.is_set():
+                    return
+                self._cond.wait(0.1)
+            self._items.append(item)
+            self._cond.notify_all()
+
+    def put_control(self, item: object) -> None:
+        """Add an end or error marker, which is never dropped and never waits."""
+        with self._cond:
+            self._items.append(item)
+            self._cond.notify_all()
+
+    def get(self) -> object:
+        with self._cond:
+            while not self._items:
+                self._cond.wait(0.1)
+            item = self._items.popleft()
+            self._cond.notify_all()
+            return item
+
+
+class LiveSource:
+    """A network stream as an iterator of `Frame`s, kept alive across outages."""
+
+    def __init__(self, uri: str, options: LiveOptions | None = None, *,
+                 duration: float | None = None, frames: int | None = None) -> None:
+        self.uri = str(uri)
+        self.options = options or LiveOptions()
+        self.options.validate()
+        self.duration = duration
+        self.max_frames = frames
+        self.stats = LiveStats(queue_size=self.options.queue_size)
+        self._stop = threading.Event()
+        self._queue = DropQueue(self.options.queue_size, self.options.drop, self._stop)
+        self._thread: threading.Thread | None = None
+        # A pipeline that buffers frames itself sets this False and calls `fresh()` right
+        # before inference, so the latency bound covers its own queue too.
+        self.check_latency_on_iter = True
+        self._container = self._connect(first=True)
+        stream = self._container.streams.video[0]
+        self.info = self._video_info(stream)
+        self._next_index = 0
+        self._last_pts: int | None = None
+        self._t0: float | None = None
+
+    # -- opening -------------------------------------------------------------------------
+
+    def _open_once(self) -> av.container.InputContainer:
+        opts = ffmpeg_options(self.uri, self.options)
+        container = av.open(self.uri, options=opts,
+                            timeout=(self.options.open_timeout, self.options.read_timeout))
+        if not container.streams.video:
+            container.close()
+            raise SourceError(f"{redact(self.uri)}: the stream has no video")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO" if not self.options.low_delay else "SLICE"
+        return container
+
+    def _connect(self, first: bool) -> av.container.InputContainer:
+        """Open the stream, retrying with capped exponential backoff; SourceError when out of tries."""
+        opts = self.options
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                container = self._open_once()
+                if attempt > 1 or not first:
+                    log.warning("live: connected to %s (attempt %d)", redact(self.uri), attempt)
+                return container
+            except SourceError:
+                raise
+            except (av.FFmpegError, OSError) as exc:
+                self.stats.failed_attempts += 1
+                what = "open" if first else "reconnect"
+                if opts.reconnect_max and attempt >= opts.reconnect_max + (1 if first else 0):
+                    raise SourceError(
+                        f"{redact(self.uri)}: cannot {what} after {attempt} attempt(s): "
+                        f"{_reason(exc)}") from None
+                delay = min(opts.backoff_max, opts.backoff_initial * 2 ** (attempt - 1))
+                log.warning("live: %s attempt %d to %s failed (%s); retrying in %.1fs",
+                            what, attempt, redact(self.uri), _reason(exc), delay)
+                if self._stop.wait(delay):
+                    raise SourceError(f"{redact(self.uri)}: stopped while reconnecting") from None
+
+    def _video_info(self, stream: av.video.stream.VideoStream) -> VideoInfo:
+        cc = stream.codec_context
+        fps = stream.average_rate or stream.guessed_rate or stream.base_rate
+        return VideoInfo(
+            width=cc.width, height=cc.height, fps=Fraction(fps) if fps else None,
+            time_base=Fraction(stream.time_base or Fraction(1, 90000)), frames=None,
+            duration=None, pix_fmt=cc.pix_fmt or "yuv420p",
+            color=ColorInfo(primaries=None, transfer=None, matrix=None, range=None),
+            rotation=0, is_live=True, uri=redact(self.uri))
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _done(self) -> bool:
+        if self._stop.is_set():
+            return True
+        if self.max_frames is not None and self.stats.frames_decoded >= self.max_frames:
+            return True
+        if (self.duration is not None and self._last_pts is not None
+                and self._last_pts * self.info.time_base >= self.duration):
+            return True
+        return False
+
+    def _read_session(self, container: av.container.InputContainer) -> None:
+        """Decode one connection into the queue, re-timing its pts onto the output clock."""
+        stream = container.streams.video[0]
+        tb_in = Fraction(stream.time_base or self.info.time_base)
+        tb_out = self.info.time_base
+        anchor: tuple[int, int] | None = None  # (input pts, output pts) of this session
+        for frame in container.decode(stream):
+            now = time.monotonic()
+            if self._t0 is None:
+                self._t0 = now
+            if frame.pts is None or anchor is None or frame.pts < anchor[0]:
+                # A new connection (or a pts restart): anchor at wall-clock time since start.
+                start = round((now - self._t0) / tb_out)
+                if self._last_pts is not None:
+                    start = max(start, self._last_pts + 1)
+                anchor = (frame.pts, start) if frame.pts is not None else None
+                pts = start
+            else:
+                pts = anchor[1] + round((frame.pts - anchor[0]) * tb_in / tb_out)
+                if self._last_pts is not None and pts <= self._last_pts:
+                    pts = self._last_pts + 1
+            if frame.width != self.info.width or frame.height != self.info.height:
+                log.warning("live: frame size changed to %dx%d; scaling back to %dx%d",
+                            frame.width, frame.height, self.info.width, self.info.height)
+                frame = frame.reformat(width=self.info.width, height=self.info.height)
+            rgb = frame.to_ndarray(format="rgb24")
+            item = Frame(rgb=rgb, pts=pts, time_base=tb_out, index=self._next_index, wallclock=now)
+            self._next_index += 1
+            self._last_pts = pts
+            self.stats.frames_decoded += 1
+            self._queue.put(item)
+            self.stats.dropped_queue = self._queue.evicted
+            self.stats.queue_depth = len(self._queue)
+            if self._done():
+                return
+
+    def _run(self) -> None:
+        container = self._container
+        try:
+            while True:
+                reason = "the stream ended"
+                try:
+                    self._read_session(container)
+                except (av.FFmpegError, OSError) as exc:
+                    reason = _reason(exc)
+                finally:
+                    container.close()
+                if self._done():
+                    break
+                down = time.monotonic()
+                log.warning("live: lost %s (%s); reconnecting", redact(self.uri), reason)
+                container = self._connect(first=False)
+                self.stats.reconnects += 1
+                self.stats.outages.append((down, time.monotonic()))
+            self._queue.put_control(_End())
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, who re-raises
+            self._queue.put_control(exc)
+
+    def __iter__(self) -> Iterator[Frame]:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="streamsr-live", daemon=True)
+            self._thread.start()
+        while True:
+            item = self._queue.get()
+            self.stats.queue_depth = len(self._queue)
+            if isinstance(item, _End):
+                return
+            if isinstance(item, BaseException):
+                raise item
+            if self.check_latency_on_iter and not self.fresh(item):
+                continue
+            yield item
+
+    def fresh(self, frame: Frame) -> bool:
+        """Take `frame` for inference unless older than max_latency (then count it as dropped)."""
+        age = time.monotonic() - frame.wallclock
+        if self.options.max_latency is not None and age > self.options.max_latency:
+            self.stats.dropped_late += 1
+            return False
+        s = self.stats
+        s.frames_delivered += 1
+        s.latency_last = age
+        s.latency_max = max(s.latency_max, age)
+        s.latency_sum += age
+        return True
+
+    def close(self) -> None:
+        """Stop reading and release the connection (waits briefly for the reader thread)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.options.read_timeout + 1.0)
+            if self._thread.is_alive():
+                log.warning("live: reader thread still busy after close")
+        else:
+            self._container.close()
+
+    def __enter__(self) -> LiveSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """A short reason for logs: FFmpeg's message without the repeated URL."""
+    return str(getattr(exc, "strerror", None) or exc or type(exc).__name__)
+
+
+def open_live_source(uri: str, options: LiveOptions | None = None, *,
+                     duration: float | None = None, frames: int | None = None) -> LiveSource:
+    """Connect to a network stream (retrying as configured) and return its `LiveSource`."""
+    return LiveSource(uri, options, duration=duration, frames=frames)
