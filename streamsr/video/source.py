@@ -1,0 +1,460 @@
+"""Open a video file, a single image or a folder of images, and yield RGB frames with timestamps.
+
+Decoding uses PyAV with frame threading; the decoder is always flushed at the end so the last
+frames (held back by B-frame reordering or frame threads) are not lost. Y'CbCr -> RGB uses the
+input's own matrix and range (untagged: BT.709 for HD, BT.601 for SD, limited range), so colours
+survive the round trip through the pipeline. Broken inputs fail early with an `InputError`
+(missing, empty, not a video, audio-only, absurd resolution); damage inside a file that still
+has decodable frames is skipped with one warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import av
+import numpy as np
+from av.video.reformatter import ColorRange, Colorspace, Interpolation
+
+from streamsr.errors import InputError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+DEFAULT_MAX_PIXELS = 7680 * 4320  # an 8K frame; its x4 output is already 530 Mpx
+IMAGE_TIME_BASE = Fraction(1, 25)  # image sequences play at 25 fps when written as video
+
+# FFmpeg's enum values (libavutil/pixfmt.h) <-> the names ffmpeg prints.
+PRIMARIES = {1: "bt709", 4: "bt470m", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 8: "film",
+             9: "bt2020", 10: "smpte428", 11: "smpte431", 12: "smpte432", 22: "jedec-p22"}
+TRANSFERS = {1: "bt709", 4: "gamma22", 5: "gamma28", 6: "smpte170m", 7: "smpte240m",
+             8: "linear", 9: "log100", 10: "log316", 11: "iec61966-2-4", 12: "bt1361e",
+             13: "iec61966-2-1", 14: "bt2020-10", 15: "bt2020-12", 16: "smpte2084",
+             17: "smpte428", 18: "arib-std-b67"}
+MATRICES = {0: "gbr", 1: "bt709", 4: "fcc", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m",
+            8: "ycgco", 9: "bt2020nc", 10: "bt2020c"}
+RANGES = {1: "tv", 2: "pc"}
+# Matrix name -> swscale coefficient table.
+_SWS_MATRIX = {"bt709": Colorspace.ITU709, "fcc": Colorspace.FCC, "bt470bg": Colorspace.ITU601,
+               "smpte170m": Colorspace.ITU601, "smpte240m": Colorspace.SMPTE240M,
+               "bt2020nc": Colorspace.BT2020, "bt2020c": Colorspace.BT2020}
+# Exact conversions: full chroma interpolation and accurate rounding (the fast path is off by 1-2).
+TO_RGB_FLAGS = Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+FROM_RGB_FLAGS = Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INP
+
+
+@dataclass(frozen=True)
+class ColorInfo:
+    """Colour description as tagged in the input (ffmpeg names; None when untagged)."""
+
+    primaries: str | None = None
+    transfer: str | None = None
+    matrix: str | None = None
+    range: str | None = None  # "tv" (limited) or "pc" (full)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the pipeline needs to know about an input before the first frame."""
+
+    width: int
+    height: int
+    fps: Fraction | None
+    time_base: Fraction
+    frames: int | None  # estimate (for progress bars), already limited to --start/--duration
+    duration: float | None
+    pix_fmt: str
+    color: ColorInfo
+    rotation: int  # display matrix rotation, degrees counter-clockwise
+    is_live: bool
+    uri: str
+
+
+@dataclass
+class Frame:
+    """One decoded frame: RGB pixels plus where it sits in time."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8 RGB, C-contiguous
+    pts: int | None  # in time_base units, as decoded
+    time_base: Fraction
+    index: int  # 0-based decode order index
+    wallclock: float  # time.monotonic() when decoded (live latency)
+    name: str | None = None  # file stem, for image-folder inputs
+
+
+def default_matrix(width: int, height: int) -> str:
+    """The matrix players assume for untagged video: BT.709 for HD, BT.601 for SD."""
+    return "bt709" if width >= 1280 or height > 576 else "smpte170m"
+
+
+def effective_matrix(info: VideoInfo) -> str:
+    """The Y'CbCr matrix the source decoded with (tag, or the size-based default)."""
+    m = info.color.matrix
+    return m if m in _SWS_MATRIX else default_matrix(info.width, info.height)
+
+
+def effective_range(info: VideoInfo) -> str:
+    """"pc" for full-range input, else "tv"."""
+    return "pc" if info.color.range == "pc" else "tv"
+
+
+def sws_matrix(name: str) -> Colorspace:
+    """swscale's coefficient table for a matrix name (BT.601 when unknown)."""
+    return _SWS_MATRIX.get(name, Colorspace.ITU601)
+
+
+def sws_range(name: str) -> ColorRange:
+    return ColorRange.JPEG if name == "pc" else ColorRange.MPEG
+
+
+class Source:
+    """Yields `Frame`s in presentation order; a context manager that closes the input."""
+
+    info: VideoInfo
+    skipped_packets: int = 0  # corrupt packets skipped
+    truncated: bool = False  # the input ended before its header said it would
+    dropped: int = 0  # frames dropped (live sources only)
+    window: tuple[float | None, float | None] = (None, None)  # input-time seconds kept
+
+    def __iter__(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _natural_key(path: Path) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+
+
+def _check_pixels(uri: str, width: int, height: int, max_pixels: int | None) -> None:
+    if width <= 0 or height <= 0:
+        raise InputError(f"{uri}: video stream has no size ({width}x{height})")
+    if max_pixels and width * height > max_pixels:
+        raise InputError(f"{uri}: {width}x{height} frames are larger than the limit of "
+                         f"{max_pixels} pixels (raise max_pixels to allow them)")
+
+
+def _av_message(exc: Exception) -> str:
+    text = getattr(exc, "strerror", None) or str(exc)
+    return str(text).splitlines()[0][:200]
+
+
+class VideoSource(Source):
+    """A file (or URL) decoded with PyAV: frame threads, flush at the end, skip damage."""
+
+    def __init__(self, uri: str, *, start: float | None = None, duration: float | None = None,
+                 options: dict[str, str] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 is_live: bool = False) -> None:
+        self.uri = uri
+        try:
+            self.container = av.open(uri, options=options or {}, metadata_errors="ignore")
+        except av.error.FileNotFoundError:
+            raise InputError(f"input not found: {uri}") from None
+        except av.error.PermissionError:
+            raise InputError(f"cannot read {uri}: permission denied") from None
+        except av.error.IsADirectoryError:
+            raise InputError(f"{uri} is a directory without images") from None
+        except (av.error.InvalidDataError, av.error.EOFError):
+            raise InputError(f"{uri} is not a video file FFmpeg can read") from None
+        except av.error.FFmpegError as exc:
+            raise InputError(f"cannot open {uri}: {_av_message(exc)}") from None
+        try:
+            self._setup(start, duration, max_pixels, is_live)
+        except BaseException:
+            self.container.close()
+            raise
+
+    def _setup(self, start, duration, max_pixels, is_live) -> None:
+        c = self.container
+        if not c.streams.video:
+            kinds = sorted({s.type for s in c.streams})
+            what = f"only {', '.join(kinds)} streams" if kinds else "no streams"
+            raise InputError(f"{self.uri} has no video stream ({what})")
+        self.stream = vs = c.streams.video[0]
+        cc = vs.codec_context
+        _check_pixels(self.uri, cc.width, cc.height, max_pixels)
+        cc.thread_type = "AUTO"  # frame + slice threads
+        cc.thread_count = 0
+        self.time_base = vs.time_base or Fraction(1, 90000)
+        first = vs.start_time if vs.start_time is not None else 0
+        self._t0 = float(first * self.time_base)
+        if start is not None and start < 0:
+            raise InputError(f"--start must be >= 0 seconds, got {start}")
+        if duration is not None and duration <= 0:
+            raise InputError(f"--duration must be > 0 seconds, got {duration}")
+        self._start = self._t0 + start if start else None
+        self._end = (self._start or self._t0) + duration if duration else None
+        self.window = (self._start, self._end)
+        if self._start is not None and not is_live:
+            try:
+                c.seek(int(self._start / self.time_base), stream=vs, backward=True)
+            except av.error.FFmpegError as exc:
+                log.warning("%s: cannot seek (%s); decoding from the beginning", self.uri, _av_message(exc))
+        self._warned: set[str] = set()
+        self._frames = self._decode()
+        self._first = next(self._frames, None)  # proves the file decodes; gives tags and rotation
+        if self._first is None:
+            raise InputError(f"{self.uri}: no decodable video frames"
+                             + (" in the requested --start/--duration window" if self._start or self._end else ""))
+        f = self._first
+        color = ColorInfo(PRIMARIES.get(f.color_primaries or cc.color_primaries),
+                          TRANSFERS.get(f.color_trc or cc.color_trc),
+                          MATRICES.get(f.colorspace or cc.colorspace),
+                          RANGES.get(f.color_range or cc.color_range))
+        fps = vs.average_rate or vs.guessed_rate or None
+        total = None
+        file_duration = None
+        if c.duration:
+            file_duration = c.duration / 1_000_000
+        elif vs.duration:
+            file_duration = float(vs.duration * self.time_base)
+        if vs.frames:
+            total = vs.frames
+        elif file_duration and fps:
+            total = round(file_duration * fps)
+        if fps and (start or duration) and file_duration:
+            lo = start or 0.0
+            hi = min(file_duration, lo + duration) if duration else file_duration
+            total = max(0, round((hi - lo) * fps))
+        self._file_duration = file_duration
+        self._fps = fps
+        self.info = VideoInfo(width=f.width, height=f.height, fps=Fraction(fps) if fps else None,
+                              time_base=self.time_base, frames=total, duration=file_duration,
+                              pix_fmt=f.format.name, color=color, rotation=int(round(f.rotation or 0)),
+                              is_live=is_live, uri=self.uri)
+        self._matrix = sws_matrix(effective_matrix(self.info))
+        self._range = sws_range(effective_range(self.info))
+        log.info("input %s: %dx%d %s, %s fps, colour %s/%s (%s), rotation %d", self.uri, f.width,
+                 f.height, f.format.name, fps, effective_matrix(self.info),
+                 effective_range(self.info), color, self.info.rotation)
+
+    def _warn_once(self, key: str, message: str, *args) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
+
+    def _packets(self) -> Iterator[av.Packet]:
+        """Demux the video stream; a read error mid-file is retried (resync), at EOF it ends."""
+        errors = 0
+        while True:
+            try:
+                for packet in self.container.demux(self.stream):
+                    errors = 0
+                    yield packet
+                return
+            except av.error.EOFError:
+                return
+            except av.error.FFmpegError as exc:
+                errors += 1
+                self.truncated = True
+                self._warn_once("demux", "%s: damaged or truncated input (%s); keeping every "
+                                "frame that decodes", self.uri, _av_message(exc))
+                if errors >= 8:
+                    return
+
+    def _decode(self) -> Iterator[av.VideoFrame]:
+        """Decoded frames in presentation order, corrupt packets skipped, decoder flushed."""
+        cc = self.stream.codec_context
+        flushed = False
+        for packet in self._packets():
+            try:
+                frames = packet.decode()
+            except av.error.EOFError:
+                frames = []
+            except av.error.FFmpegError as exc:
+                self.skipped_packets += 1
+                self._warn_once("packet", "%s: skipping undecodable packet(s) (%s)", self.uri,
+                                _av_message(exc))
+                continue
+            if packet.size == 0 and packet.dts is None:
+                flushed = True
+            yield from frames
+        if not flushed:  # the demuxer stopped early: drain the frames the decoder still holds
+            try:
+                yield from cc.decode(None)
+            except av.error.FFmpegError:
+                pass
+
+    def __iter__(self) -> Iterator[Frame]:
+        index = 0
+        last_pts: int | None = None
+        step = max(1, round(1 / (self._fps * self.time_base))) if self._fps else 1
+        frames = self._frames
+        first, self._first = self._first, None
+        pending = [first] if first is not None else []
+        eps = float(self.time_base) / 2
+        last_time = None
+        while True:
+            if pending:
+                f = pending.pop()
+            else:
+                f = next(frames, None)
+                if f is None:
+                    break
+            pts = f.pts if f.pts is not None else f.dts
+            if pts is None:
+                pts = 0 if last_pts is None else last_pts + step
+            t = float(pts * self.time_base)
+            if self._start is not None and t < self._start - eps:
+                continue
+            if self._end is not None and t >= self._end - eps:
+                break
+            if last_pts is not None and pts <= last_pts:
+                self._warn_once("pts", "%s: non-increasing timestamps; shifting them to keep order",
+                                self.uri)
+                pts = last_pts + 1
+            last_pts, last_time = pts, t
+            rgb = f.to_ndarray(format="rgb24", src_colorspace=self._matrix,
+                               src_color_range=self._range, dst_color_range=ColorRange.JPEG,
+                               interpolation=TO_RGB_FLAGS)
+            yield Frame(np.ascontiguousarray(rgb), pts, self.time_base, index, time.monotonic())
+            index += 1
+        self._check_complete(last_time)
+
+    def _check_complete(self, last_time: float | None) -> None:
+        """Warn when the file stops well before the duration its header announced."""
+        if self._end is not None or self.info.is_live or last_time is None or not self._file_duration:
+            return
+        frame = 1 / float(self._fps) if self._fps else 0.1
+        expected_end = self._t0 + self._file_duration
+        if last_time + frame < expected_end - max(0.5, 3 * frame):
+            self.truncated = True
+            self._warn_once("demux", "%s: input ends at %.2f s but its header says %.2f s "
+                            "(truncated?); kept every frame that decodes", self.uri,
+                            last_time - self._t0, self._file_duration)
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def _read_image(path: Path) -> np.ndarray | None:
+    """An image file as RGB uint8 (16-bit scaled down, alpha dropped, grey expanded)."""
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_COLOR)
+    if img is None:
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        return None
+    if img.dtype == np.uint16:
+        img = (img.astype(np.uint32) * 255 + 32767) // 65535
+    img = img.astype(np.uint8) if img.dtype != np.uint8 else img
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    else:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(img)
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the image header, without decoding the pixels."""
+    try:
+        with av.open(str(path)) as c:
+            cc = c.streams.video[0].codec_context
+            if cc.width and cc.height:
+                return cc.width, cc.height
+    except (av.error.FFmpegError, IndexError):
+        pass
+    return None
+
+
+class ImageSource(Source):
+    """A single image or a folder of images (natural sort order), one frame per image."""
+
+    def __init__(self, uri: str, paths: list[Path], *, start: float | None = None,
+                 duration: float | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        self.uri = uri
+        tb = IMAGE_TIME_BASE
+        first = int(round((start or 0) / tb))
+        last = first + int(round(duration / tb)) if duration else None
+        self.paths = paths[first:last]
+        self.window = (start, (start or 0) + duration if duration else None)
+        if not self.paths:
+            raise InputError(f"{uri}: no images in the requested --start/--duration window")
+        self._first_index = first
+        size = _image_size(self.paths[0])
+        if size:
+            _check_pixels(str(self.paths[0]), *size, max_pixels)
+        self._max_pixels = max_pixels
+        img = _read_image(self.paths[0])
+        if img is None:
+            raise InputError(f"{self.paths[0]} is not an image OpenCV can read")
+        h, w = img.shape[:2]
+        self._first = img
+        self.info = VideoInfo(width=w, height=h, fps=Fraction(1) / tb, time_base=tb,
+                              frames=len(self.paths), duration=None, pix_fmt="rgb24",
+                              color=ColorInfo(transfer="iec61966-2-1", range="pc"), rotation=0,
+                              is_live=False, uri=uri)
+
+    def __iter__(self) -> Iterator[Frame]:
+        index = 0
+        for k, path in enumerate(self.paths):
+            img = self._first if k == 0 else None
+            self._first = None
+            if img is None:
+                size = _image_size(path)
+                if size:
+                    _check_pixels(str(path), *size, self._max_pixels)
+                img = _read_image(path)
+            if img is None:
+                self.skipped_packets += 1
+                log.warning("skipping %s: not a readable image", path)
+                continue
+            yield Frame(img, self._first_index + k, IMAGE_TIME_BASE, index, time.monotonic(),
+                        name=path.stem)
+            index += 1
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside `folder`, in natural order (img2 before img10)."""
+    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS),
+                  key=_natural_key)
+
+
+def is_url(uri: str) -> bool:
+    """True for URLs (scheme://...), which are opened by FFmpeg as they are."""
+    scheme = urlsplit(str(uri)).scheme
+    return len(scheme) > 1 and "://" in str(uri)
+
+
+def open_source(uri: str | os.PathLike, *, start: float | None = None,
+                duration: float | None = None, options: dict[str, str] | None = None,
+                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Source:
+    """Open a video file, URL, single image or folder of images for decoding."""
+    uri = str(uri)
+    if is_url(uri) and not uri.startswith("file://"):
+        return VideoSource(uri, start=start, duration=duration, options=options,
+                           max_pixels=max_pixels, is_live=True)
+    path = Path(uri.removeprefix("file://"))
+    if path.is_dir():
+        images = list_images(path)
+        if not images:
+            raise InputError(f"{uri} is a folder with no images ({', '.join(sorted(IMAGE_EXTS))})")
+        return ImageSource(uri, images, start=start, duration=duration, max_pixels=max_pixels)
+    if not path.exists():
+        raise InputError(f"input not found: {uri}")
+    if not path.is_file():
+        raise InputError(f"{uri} is not a regular file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{uri} is empty (0 bytes)")
+    if path.suffix.lower() in IMAGE_EXTS:
+        return ImageSource(uri, [path], start=start, duration=duration, max_pixels=max_pixels)
+    return VideoSource(str(path), start=start, duration=duration, options=options,
+                       max_pixels=max_pixels)

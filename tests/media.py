@@ -1,0 +1,350 @@
+"""Small synthetic test media, written with PyAV in milliseconds.
+
+Every helper writes one file and returns its path, so tests can say exactly what the input was:
+frames that carry their index as a pattern (`index_frame` / `read_index`), smooth frames for
+PSNR checks, variable frame rate, audio + subtitle tracks, colour-tagged clips whose YUV values
+are computed here with the textbook formulas (not by FFmpeg), 10-bit, rotated, broken files.
+Other test modules import these; keep them simple.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from torch import nn
+
+from streamsr.data.transforms import resize_bicubic
+
+# ---------------------------------------------------------------------------------------------
+# Frame content
+
+INDEX_GRID = (4, 4)  # 16 cells -> indices 0..65535
+
+
+def index_frame(i: int, width: int = 64, height: int = 48) -> np.ndarray:
+    """RGB uint8 frame whose 4x4 grid of black/white cells spells `i` in binary (row-major, MSB first)."""
+    rows, cols = INDEX_GRID
+    bits = [(i >> (rows * cols - 1 - k)) & 1 for k in range(rows * cols)]
+    cells = np.array(bits, dtype=np.uint8).reshape(rows, cols) * 255
+    ys = (np.arange(height) * rows // height).clip(0, rows - 1)
+    xs = (np.arange(width) * cols // width).clip(0, cols - 1)
+    img = cells[ys][:, xs]
+    return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
+
+
+def read_index(rgb: np.ndarray) -> int:
+    """Inverse of `index_frame` at any resolution: sample each cell's centre, threshold at 128."""
+    rows, cols = INDEX_GRID
+    h, w = rgb.shape[:2]
+    value = 0
+    for r in range(rows):
+        for c in range(cols):
+            y0, y1 = r * h // rows, (r + 1) * h // rows
+            x0, x1 = c * w // cols, (c + 1) * w // cols
+            cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+            ry, rx = max(1, (y1 - y0) // 4), max(1, (x1 - x0) // 4)
+            patch = rgb[max(0, cy - ry):cy + ry, max(0, cx - rx):cx + rx]
+            value = value * 2 + int(patch.mean() > 128)
+    return value
+
+
+def smooth_frame(i: int, width: int = 64, height: int = 48) -> np.ndarray:
+    """RGB uint8 frame of slowly varying colour gradients that move with `i` (codec-friendly)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    t = 0.3 * i
+    r = 128 + 90 * np.sin(x / 9.0 + t)
+    g = 128 + 90 * np.cos(y / 7.0 - t)
+    b = 128 + 60 * np.sin((x + y) / 11.0 + 2 * t)
+    return np.ascontiguousarray(np.stack([r, g, b], axis=2).round().clip(0, 255).astype(np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------
+# Writers
+
+def write_clip(path: str | os.PathLike, frames: Iterable[np.ndarray], *, fps: int = 25,
+               pts: Sequence[int] | None = None, time_base: Fraction | None = None,
+               codec: str = "libx264", pix_fmt: str = "yuv420p", rotation: int = 0,
+               options: dict[str, str] | None = None, audio: str | None = None,
+               subtitles: bool = False, metadata: dict[str, str] | None = None,
+               chapters: bool = False) -> Path:
+    """Encode RGB uint8 `frames` (optionally with explicit `pts` in `time_base`) into `path`.
+
+    `audio` names an audio encoder ("aac", "pcm_s16le", ...) for a 440 Hz tone as long as the
+    video; `subtitles` adds a text track (subrip in MKV, mov_text in MP4) with one cue a second.
+    """
+    path = Path(path)
+    frames = list(frames)
+    h, w = frames[0].shape[:2]
+    tb = time_base or Fraction(1, fps)
+    pts = list(pts) if pts is not None else [round(k / fps / tb) for k in range(len(frames))]
+    out = av.open(str(path), "w")
+    vs = out.add_stream(codec, rate=fps)
+    vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt
+    vs.time_base = tb
+    vs.codec_context.time_base = tb
+    vs.codec_context.options = dict(options or ({"crf": "12", "preset": "ultrafast"} if codec == "libx264" else {}))
+    if rotation:
+        vs.set_display_rotation(rotation)
+    astream = None
+    if audio:
+        astream = out.add_stream(audio, rate=48000)
+        astream.layout = "stereo"
+        if audio.startswith("pcm_"):
+            astream.format = "s16"
+    sstream = None
+    if subtitles:
+        sstream = out.add_mux_stream("mov_text" if path.suffix.lower() in (".mp4", ".mov") else "subrip")
+        sstream.time_base = Fraction(1, 1000)
+        sstream.metadata["language"] = "eng"
+    out.metadata.update(metadata or {})
+    if chapters:
+        duration = float((pts[-1] + 1) * tb) if pts else 1.0
+        out.set_chapters([
+            {"id": 1, "start": 0, "end": int(duration * 500), "time_base": Fraction(1, 1000),
+             "metadata": {"title": "first half"}},
+            {"id": 2, "start": int(duration * 500), "end": int(duration * 1000),
+             "time_base": Fraction(1, 1000), "metadata": {"title": "second half"}},
+        ])
+    for rgb, p in zip(frames, pts):
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame.pts = p
+        frame.time_base = tb
+        for packet in vs.encode(frame):
+            out.mux(packet)
+    for packet in vs.encode(None):
+        out.mux(packet)
+    seconds = float((pts[-1] + (pts[-1] - pts[-2] if len(pts) > 1 else 1)) * tb)
+    if astream is not None:
+        _write_tone(out, astream, seconds)
+    if sstream is not None:
+        _write_cues(out, sstream, seconds, mov_text=path.suffix.lower() in (".mp4", ".mov"))
+    out.close()
+    return path
+
+
+def _write_tone(out, stream, seconds: float, rate: int = 48000) -> None:
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    fmt = stream.codec_context.format.name
+    chunk = stream.codec_context.frame_size or 1024
+    for s in range(0, n, chunk):
+        piece = tone[s:s + chunk]
+        if fmt == "s16":
+            data = (np.stack([piece, piece], 1).reshape(1, -1) * 32767).astype(np.int16)
+        else:
+            data = np.stack([piece, piece])
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=fmt, layout="stereo")
+        frame.sample_rate = rate
+        frame.pts = s
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode(None):
+        out.mux(packet)
+
+
+def _write_cues(out, stream, seconds: float, mov_text: bool) -> None:
+    for k in range(max(1, int(seconds))):
+        text = f"cue {k}".encode()
+        if mov_text:  # tx3g samples start with a 16-bit length
+            text = len(text).to_bytes(2, "big") + text
+        packet = av.Packet(text)
+        packet.stream = stream
+        packet.time_base = Fraction(1, 1000)
+        packet.pts = packet.dts = k * 1000
+        packet.duration = 800
+        out.mux(packet)
+
+
+def make_index_clip(path, n: int = 12, size: tuple[int, int] = (64, 48), **kw) -> Path:
+    """`n` frames of `index_frame(i)` at `size` = (width, height)."""
+    return write_clip(path, (index_frame(i, *size) for i in range(n)), **kw)
+
+
+def make_smooth_clip(path, n: int = 6, size: tuple[int, int] = (64, 48), **kw) -> Path:
+    """`n` frames of `smooth_frame(i)` (for PSNR checks)."""
+    return write_clip(path, (smooth_frame(i, *size) for i in range(n)), **kw)
+
+
+VFR_DURATIONS_MS = (40, 40, 80, 20, 120, 40, 33, 67, 100, 40)
+
+
+def make_vfr_clip(path, durations_ms: Sequence[int] = VFR_DURATIONS_MS, size=(64, 48)) -> Path:
+    """Variable frame rate: frame k lasts `durations_ms[k]` (time base 1/1000); frames show their index."""
+    pts = np.concatenate([[0], np.cumsum(durations_ms)[:-1]]).astype(int).tolist()
+    return write_clip(path, (index_frame(i, *size) for i in range(len(pts))), pts=pts,
+                      time_base=Fraction(1, 1000))
+
+
+def make_av_clip(path, n: int = 25, size=(64, 48), audio: str = "aac", subtitles: bool = True,
+                 **kw) -> Path:
+    """Index frames + an `audio` tone track + a text subtitle track, with a title and chapters."""
+    return write_clip(path, (index_frame(i, *size) for i in range(n)), audio=audio,
+                      subtitles=subtitles, metadata={"title": "streamsr test", "comment": "keep me"},
+                      chapters=True, **kw)
+
+
+MATRIX_COEFFS = {"bt709": (0.2126, 0.0722), "bt470bg": (0.299, 0.114), "smpte170m": (0.299, 0.114)}
+_SPC = {"bt709": 1, "bt470bg": 5, "smpte170m": 6}
+
+
+def rgb_to_yuv(rgb: Sequence[int], matrix: str = "bt709", full_range: bool = False) -> tuple[int, int, int]:
+    """Textbook R'G'B' -> Y'CbCr (8 bit) for `matrix`, limited (16-235/240) or full range."""
+    kr, kb = MATRIX_COEFFS[matrix]
+    r, g, b = (np.asarray(rgb, dtype=np.float64) / 255.0)
+    y = kr * r + (1 - kr - kb) * g + kb * b
+    cb = (b - y) / (2 * (1 - kb))
+    cr = (r - y) / (2 * (1 - kr))
+    if full_range:
+        return round(255 * y), round(128 + 255 * cb), round(128 + 255 * cr)
+    return round(16 + 219 * y), round(128 + 224 * cb), round(128 + 224 * cr)
+
+
+def make_color_clip(path, rgb=(200, 100, 50), matrix: str = "bt709", full_range: bool = False,
+                    n: int = 4, size=(64, 48), tag: bool = True) -> Path:
+    """A flat `rgb` colour stored as Y'CbCr computed here for `matrix`/range, tagged (or not)."""
+    w, h = size
+    yv, uv, vv = rgb_to_yuv(rgb, matrix, full_range)
+    out = av.open(str(path), "w")
+    vs = out.add_stream("libx264", rate=25)
+    vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+    vs.codec_context.options = {"qp": "0", "preset": "ultrafast"}
+    if tag:
+        cc = vs.codec_context
+        cc.colorspace = _SPC[matrix]
+        cc.color_primaries = 1 if matrix == "bt709" else 6
+        cc.color_trc = 1 if matrix == "bt709" else 6
+        cc.color_range = 2 if full_range else 1
+    for i in range(n):
+        frame = av.VideoFrame(w, h, "yuv420p")
+        for plane, value in zip(frame.planes, (yv, uv, vv)):
+            plane.update(bytes([value]) * plane.buffer_size)
+        if tag:
+            frame.colorspace = _SPC[matrix]
+            frame.color_range = 2 if full_range else 1
+        frame.pts = i
+        for packet in vs.encode(frame):
+            out.mux(packet)
+    for packet in vs.encode(None):
+        out.mux(packet)
+    out.close()
+    return Path(path)
+
+
+def make_10bit_clip(path, n: int = 6, size=(64, 48), codec: str = "libx264") -> Path:
+    """Smooth frames encoded as yuv420p10le (High 10 with libx264)."""
+    return write_clip(path, (smooth_frame(i, *size) for i in range(n)), codec=codec,
+                      pix_fmt="yuv420p10le",
+                      options={"crf": "12", "preset": "ultrafast"} if codec == "libx264" else {})
+
+
+def make_rotated_clip(path, rotation: int = 90, n: int = 5, size=(64, 48)) -> Path:
+    """Index frames with a display matrix that rotates them by `rotation` degrees (counter-clockwise)."""
+    return write_clip(path, (index_frame(i, *size) for i in range(n)), rotation=rotation)
+
+
+def make_audio_only(path, seconds: float = 1.0) -> Path:
+    """An audio file with no video stream (AAC in .m4a)."""
+    out = av.open(str(path), "w")
+    stream = out.add_stream("aac", rate=48000)
+    stream.layout = "stereo"
+    _write_tone(out, stream, seconds)
+    out.close()
+    return Path(path)
+
+
+def make_truncated(path, n: int = 30, keep: float = 0.6, size=(64, 48)) -> Path:
+    """An MKV of `n` index frames cut after `keep` of its bytes (a download that stopped)."""
+    path = Path(path)
+    write_clip(path, (index_frame(i, *size) for i in range(n)), options={"crf": "12", "preset": "ultrafast", "g": "5"})
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+    return path
+
+
+def make_corrupt_packets(path, n: int = 12, bad: Sequence[int] = (5,), size=(64, 48)) -> Path:
+    """An MKV of `n` intra-only index frames whose packets at indices `bad` are replaced by garbage."""
+    path = Path(path)
+    out = av.open(str(path), "w")
+    vs = out.add_stream("mjpeg", rate=25)
+    vs.width, vs.height, vs.pix_fmt = size[0], size[1], "yuvj420p"
+    rng = np.random.default_rng(0)
+    k = 0
+    for i in range(n):
+        frame = av.VideoFrame.from_ndarray(index_frame(i, *size), format="rgb24")
+        frame.pts = i
+        for packet in vs.encode(frame):
+            if k in bad:
+                junk = av.Packet(rng.integers(0, 256, packet.size, dtype=np.uint8).tobytes())
+                junk.stream, junk.pts, junk.dts, junk.time_base = vs, packet.pts, packet.dts, packet.time_base
+                packet = junk
+            out.mux(packet)
+            k += 1
+    for packet in vs.encode(None):
+        out.mux(packet)
+    out.close()
+    return path
+
+
+def write_images(folder, n: int = 3, size=(64, 48), ext: str = ".png") -> list[Path]:
+    """`n` index-frame images named img_000.png ... in `folder` (created)."""
+    import cv2
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = folder / f"img_{i:03d}{ext}"
+        cv2.imwrite(str(p), cv2.cvtColor(index_frame(i, *size), cv2.COLOR_RGB2BGR))
+        paths.append(p)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading back
+
+def decode_all(path) -> tuple[list[np.ndarray], list[int], Fraction]:
+    """Every frame of the first video stream as RGB uint8 (tags honoured), its pts and time base."""
+    with av.open(str(path)) as c:
+        vs = c.streams.video[0]
+        frames, pts = [], []
+        for f in c.decode(vs):
+            frames.append(f.to_ndarray(format="rgb24"))
+            pts.append(f.pts)
+        return frames, pts, vs.time_base
+
+
+def frame_times(path) -> list[float]:
+    """Presentation times in seconds of every frame of the first video stream."""
+    _, pts, tb = decode_all(path)
+    return [float(p * tb) for p in pts]
+
+
+def packets(path, kind: str = "audio") -> list[bytes]:
+    """Payloads of every packet of the first stream of `kind` ("audio", "subtitle")."""
+    with av.open(str(path)) as c:
+        streams = c.streams.audio if kind == "audio" else c.streams.subtitles
+        return [bytes(p) for p in c.demux(streams[0]) if p.size]
+
+
+# ---------------------------------------------------------------------------------------------
+# A stand-in model
+
+class BicubicX4(nn.Module):
+    """x4 bicubic upscaler with the model's interface (float NCHW in [0,1] -> 4x), for pipeline tests."""
+
+    scale = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1), requires_grad=False)  # lets engines find a device/dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        return resize_bicubic(x, (4 * h, 4 * w)).clamp(0, 1) + self.anchor * 0
