@@ -1,0 +1,697 @@
+"""Side-by-side throughput of the model, the pipeline, a naive loop and plain FFmpeg, in one process.
+
+Absolute frames/s depend on the machine and on whatever else runs on it; the ratios between the
+parts, measured in the same run on the same clip, are what carries over. Every part is timed
+warm (one untimed call of the same shape first), on the same generated clip:
+
+- model only: the model on device-resident batches, with the engine's settings (precision,
+  channels_last, batch); CUDA is timed with events and one synchronise at the end; no I/O;
+- pipeline: `streamsr.pipeline.upscale` end to end, writing a real file;
+- naive loop: decode one frame with PyAV, convert on the CPU, copy, batch 1 in fp32, copy back,
+  encode; no overlap, no threads;
+- I/O only: the pipeline with a x4 nearest-neighbour stand-in model, against FFmpeg doing the
+  same decode + x4 nearest scale + encode (PyAV's filter graph, or the `ffmpeg` program).
+
+Timing needs no trained weights: a named config without weights runs with seeded random ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from streamsr.engine import ALIGN, Engine, EngineConfig, available_cpus, resolve_device
+from streamsr.errors import ConfigError, WeightsError
+from streamsr.models import DeblurSR
+from streamsr.models.configs import CONFIGS, get_config
+from streamsr.models.weights import load_model
+from streamsr.video.sink import EncodeOptions, encoder_options, parse_bitrate
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "streamsr-bench-v1"
+PARTS = ("model", "pipeline", "naive", "io")
+SWEEP_RESOLUTIONS = ((320, 180), (480, 270), (960, 540))
+SWEEP_BATCHES = {"cuda": (1, 2, 4, 8), "cpu": (1, 2, 4)}
+DEFAULT_FRAMES = {"cuda": 96, "cpu": 8}
+CLIP_FPS = 25
+CLIP_OPTIONS = {"crf": "16", "preset": "veryfast"}  # the source clip: fast to make, detailed
+FFMPEG_METHODS = ("auto", "pyav", "cli")
+
+Progress = Callable[[str], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration and results
+
+@dataclass
+class BenchConfig:
+    """What to measure: clip size and length, model, engine settings, which parts."""
+
+    resolution: tuple[int, int] = (320, 180)  # (width, height) of the input clip
+    frames: int | None = None  # None: 96 on CUDA, 8 on CPU
+    model: str = "lite"  # lite | paper | tiny | path to a weights file
+    device: str = "auto"
+    precision: str = "auto"
+    batch: int | None = None  # None: the engine's choice
+    channels_last: bool = True
+    compile: bool = False
+    parts: tuple[str, ...] = PARTS
+    ffmpeg: str = "auto"  # reference for the I/O part: auto (cli if installed), pyav, cli
+    seed: int = 0
+    workdir: str | None = None  # where clips and outputs go (default: a temp dir, removed after)
+
+    def check(self) -> None:
+        """Raise ConfigError for values that cannot be benchmarked."""
+        w, h = self.resolution
+        if w < 16 or h < 16 or w % 2 or h % 2:
+            raise ConfigError(f"resolution must be even and at least 16x16, got {w}x{h}")
+        if self.frames is not None and self.frames < 1:
+            raise ConfigError(f"frames must be at least 1, got {self.frames}")
+        if self.batch is not None and self.batch < 1:
+            raise ConfigError(f"batch must be at least 1, got {self.batch}")
+        unknown = set(self.parts) - set(PARTS)
+        if unknown or not self.parts:
+            raise ConfigError(f"parts must be among {', '.join(PARTS)}, got {', '.join(self.parts)}")
+        if self.ffmpeg not in FFMPEG_METHODS:
+            raise ConfigError(f"ffmpeg must be one of {', '.join(FFMPEG_METHODS)}, got {self.ffmpeg}")
+        if self.ffmpeg == "cli" and shutil.which("ffmpeg") is None:
+            raise ConfigError("--ffmpeg cli asked for, but no `ffmpeg` program is installed")
+
+
+@dataclass
+class Timing:
+    """One measured part: `frames` processed in `seconds` (warm), so `fps` = frames / seconds."""
+
+    fps: float
+    frames: int
+    seconds: float
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass
+class Ratios:
+    """Quotients of the reported fps (None when a part was not run)."""
+
+    pipeline_over_model: float | None = None
+    pipeline_over_naive: float | None = None
+    io_over_ffmpeg: float | None = None
+
+
+@dataclass
+class Machine:
+    """Where the numbers come from."""
+
+    cpu: str
+    cpu_cores: int
+    cpus_available: int
+    torch_threads: int
+    gpu: str | None
+    gpu_memory_gib: float | None
+    torch: str
+    cuda: str | None
+    cudnn: int | None
+    pyav: str
+    ffmpeg: str
+    ffmpeg_cli: str | None
+    python: str
+    platform: str
+
+
+@dataclass
+class BenchResult:
+    """Everything `streamsr bench` prints, as one JSON-serialisable object."""
+
+    date: str
+    machine: Machine
+    config: dict
+    model: dict  # name, parameters, trained
+    engine: dict  # device, precision, batch, channels_last, compile
+    results: dict[str, Timing]  # model_only, pipeline, naive, io_pipeline, io_ffmpeg
+    ratios: Ratios
+    notes: list[str]
+    schema: str = SCHEMA
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+
+@dataclass
+class SweepPoint:
+    """Model-only throughput at one (resolution, batch), with the pipeline's at that resolution."""
+
+    width: int
+    height: int
+    batch: int
+    model_fps: float
+    ms_per_frame: float
+    ms_per_megapixel: float  # cost normalised by LR pixels: flat means linear growth
+    pipeline_fps: float | None = None  # only for the engine's own batch at this resolution
+
+
+@dataclass
+class SweepResult:
+    """`streamsr bench --sweep`: how the cost grows with resolution and batch."""
+
+    date: str
+    machine: Machine
+    config: dict
+    model: dict
+    engine: dict
+    points: list[SweepPoint]
+    notes: list[str]
+    schema: str = SCHEMA + "-sweep"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# The clip
+
+def texture(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A detailed, tileable RGB texture (fine noise over coarse blobs and stripes), uint8."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([
+        0.5 + 0.25 * np.sin(2 * np.pi * (x / width * 3 + y / height * 2)),
+        0.5 + 0.25 * np.cos(2 * np.pi * (x / width * 5 - y / height * 3)),
+        0.5 + 0.25 * np.sin(2 * np.pi * (x / width * 2 + y / height * 7)),
+    ], axis=2)
+    # coarse random blobs: noise on a grid of 8 px cells, nearest-upsampled then box-smoothed
+    cells = rng.random((height // 8 + 2, width // 8 + 2, 3), dtype=np.float32)
+    blobs = np.repeat(np.repeat(cells, 8, axis=0), 8, axis=1)[:height, :width]
+    blobs = (blobs + np.roll(blobs, 4, 0) + np.roll(blobs, 4, 1) + np.roll(blobs, (4, 4), (0, 1))) / 4
+    fine = rng.random((height, width, 3), dtype=np.float32)
+    img = 0.45 * base + 0.35 * blobs + 0.2 * fine
+    return np.ascontiguousarray((img * 255).round().clip(0, 255).astype(np.uint8))
+
+
+def clip_frames(width: int, height: int, frames: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """`frames` RGB frames of the texture panning diagonally (3 px right, 2 px down per frame)."""
+    tex = texture(width, height, seed)
+    for i in range(frames):
+        yield np.ascontiguousarray(np.roll(tex, (2 * i, 3 * i), axis=(0, 1)))
+
+
+def make_clip(path: str | os.PathLike, width: int, height: int, frames: int, seed: int = 0) -> Path:
+    """Write the bench clip: a moving textured pattern, H.264 yuv420p at 25 fps."""
+    path = Path(path)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=CLIP_FPS)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = dict(CLIP_OPTIONS)
+        for rgb in clip_frames(width, height, frames, seed):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+def count_frames(path: str | os.PathLike) -> int:
+    """Video frames in a file, counted by decoding (not from the header's estimate)."""
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder settings shared by the naive loop and the FFmpeg reference (the sink's defaults)
+
+def encode_options() -> EncodeOptions:
+    """The pipeline's default encoder settings (codec, crf, preset, pix_fmt, options)."""
+    return EncodeOptions()
+
+
+def codec_options(enc: EncodeOptions) -> dict[str, str]:
+    """The encoder options the pipeline's sink passes to FFmpeg for `enc`."""
+    return encoder_options(enc)
+
+
+def open_encoder(path: str | os.PathLike, width: int, height: int, rate: Fraction | int,
+                 enc: EncodeOptions) -> tuple[av.container.OutputContainer, av.VideoStream]:
+    """An output container with one video stream set up like the pipeline's sink."""
+    out = av.open(str(path), "w")
+    stream = out.add_stream(enc.codec, rate=rate)
+    stream.width, stream.height, stream.pix_fmt = width, height, enc.pix_fmt
+    stream.codec_context.thread_count = 0  # as the sink: FFmpeg picks the thread count
+    if enc.bitrate:
+        stream.codec_context.bit_rate = parse_bitrate(enc.bitrate)
+    stream.codec_context.options = codec_options(enc)
+    return out, stream
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+class NearestX4(nn.Module):
+    """Stand-in 'model' for the I/O-only run: x4 nearest-neighbour, near-zero compute."""
+
+    scale = 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=4, mode="nearest")
+
+
+def bench_model(name: str, seed: int = 0) -> tuple[nn.Module, dict]:
+    """The model to time and a description; named configs without weights get random weights."""
+    trained = True
+    try:
+        model = load_model(name, "cpu")
+    except WeightsError:
+        if name not in CONFIGS:
+            raise
+        torch.manual_seed(seed)
+        model = DeblurSR(get_config(name)).eval()
+        trained = False
+    params = sum(p.numel() for p in model.parameters())
+    return model, {"name": name, "parameters": params, "trained": trained}
+
+
+# ---------------------------------------------------------------------------------------------
+# The parts
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _model_call(engine: Engine) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The engine's own model call (autocast, channels_last, compile fallback)."""
+    return engine._forward  # noqa: SLF001 - the exact call the pipeline makes, minus I/O
+
+
+def time_model(engine: Engine, width: int, height: int, frames: int, warmup: int = 1) -> Timing:
+    """Model-only fps on one device-resident float batch of the engine's size, padded as it pads."""
+    batch = engine.batch
+    ph, pw = -(-height // ALIGN) * ALIGN, -(-width // ALIGN) * ALIGN
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 3, ph, pw, generator=gen).to(engine.device)
+    forward = _model_call(engine)
+    calls = max(1, math.ceil(frames / batch))
+    with torch.inference_mode():
+        for _ in range(warmup):
+            forward(x)
+        _sync(engine.device)
+        if engine.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(calls):
+                forward(x)
+            end.record()
+            end.synchronize()
+            seconds = start.elapsed_time(end) / 1000.0
+        else:
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                forward(x)
+            seconds = time.perf_counter() - t0
+    n = calls * batch
+    seconds = max(seconds, 1e-9)
+    return Timing(fps=n / seconds, frames=n, seconds=seconds,
+                  detail={"batch": batch, "calls": calls, "input": [pw, ph]})
+
+
+def run_pipeline(src: Path, dst: Path, model: nn.Module, engine: EngineConfig) -> Timing:
+    """Wall time of `streamsr.pipeline.upscale` on the clip, frames counted in its output."""
+    from streamsr.pipeline import upscale
+
+    t0 = time.perf_counter()
+    stats = upscale(str(src), str(dst), model=model, engine=engine, overwrite=True)
+    seconds = max(time.perf_counter() - t0, 1e-9)
+    written = count_frames(dst)
+    detail = {"output_frames": written}
+    for key in ("frames_in", "frames_out", "frames_written", "frames", "dropped"):
+        if hasattr(stats, key):
+            detail[key] = getattr(stats, key)
+    return Timing(fps=written / seconds, frames=written, seconds=seconds, detail=detail)
+
+
+def naive_loop(src: Path, dst: Path, model: nn.Module, device: torch.device,
+               enc: EncodeOptions) -> Timing:
+    """What a user writes first: one frame at a time, fp32, CPU conversions, no overlap."""
+    model = model.to(device).eval()
+    with av.open(str(src)) as probe:
+        vs = probe.streams.video[0]
+        width, height, rate = vs.width, vs.height, vs.average_rate or CLIP_FPS
+    with torch.inference_mode():  # warm-up: one call of the same shape, untimed
+        model(torch.zeros(1, 3, height, width, device=device))
+    _sync(device)
+    n = 0
+    t0 = time.perf_counter()
+    with torch.inference_mode(), av.open(str(src)) as inp:
+        out, stream = open_encoder(dst, 4 * width, 4 * height, rate, enc)
+        try:
+            for frame in inp.decode(video=0):
+                rgb = frame.to_ndarray(format="rgb24")
+                x = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
+                y = model(x.to(device))
+                y = y if isinstance(y, torch.Tensor) else y.hr
+                hr = y[0].cpu().clamp(0, 1).mul(255.0).round().byte().permute(1, 2, 0).numpy()
+                for packet in stream.encode(av.VideoFrame.from_ndarray(hr, format="rgb24")):
+                    out.mux(packet)
+                n += 1
+            for packet in stream.encode(None):
+                out.mux(packet)
+        finally:
+            out.close()
+    seconds = max(time.perf_counter() - t0, 1e-9)
+    return Timing(fps=n / seconds, frames=n, seconds=seconds)
+
+
+def ffmpeg_scale(src: Path, dst: Path, enc: EncodeOptions, method: str = "auto") -> Timing:
+    """FFmpeg alone: decode + x4 nearest scale + encode with the pipeline's codec settings."""
+    if method == "auto":
+        method = "cli" if shutil.which("ffmpeg") else "pyav"
+    t0 = time.perf_counter()
+    if method == "cli":
+        _ffmpeg_cli(src, dst, enc)
+    else:
+        _ffmpeg_graph(src, dst, enc)
+    seconds = max(time.perf_counter() - t0, 1e-9)
+    n = count_frames(dst)
+    name = "ffmpeg program" if method == "cli" else "PyAV filter graph"
+    return Timing(fps=n / seconds, frames=n, seconds=seconds, detail={"method": name})
+
+
+def _ffmpeg_graph(src: Path, dst: Path, enc: EncodeOptions) -> None:
+    """decode -> scale=4x:flags=neighbor -> format -> encode, all inside libav via PyAV."""
+    with av.open(str(src)) as inp:
+        ist = inp.streams.video[0]
+        ist.thread_type = "AUTO"
+        w, h = 4 * ist.width, 4 * ist.height
+        graph = av.filter.Graph()
+        chain = [graph.add_buffer(template=ist), graph.add("scale", f"{w}:{h}:flags=neighbor"),
+                 graph.add("format", enc.pix_fmt), graph.add("buffersink")]
+        for a, b in zip(chain, chain[1:]):
+            a.link_to(b)
+        graph.configure()
+        out, stream = open_encoder(dst, w, h, ist.average_rate or CLIP_FPS, enc)
+        try:
+            def drain() -> None:
+                while True:
+                    try:
+                        frame = graph.vpull()
+                    except (BlockingIOError, EOFError):
+                        return
+                    frame.pts = None
+                    for packet in stream.encode(frame):
+                        out.mux(packet)
+
+            for frame in inp.decode(ist):
+                graph.vpush(frame)
+                drain()
+            graph.vpush(None)
+            drain()
+            for packet in stream.encode(None):
+                out.mux(packet)
+        finally:
+            out.close()
+
+
+def _ffmpeg_cli(src: Path, dst: Path, enc: EncodeOptions) -> None:
+    """The same through the `ffmpeg` program."""
+    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(src),
+           "-vf", "scale=iw*4:ih*4:flags=neighbor", "-an", "-c:v", enc.codec, "-pix_fmt", enc.pix_fmt]
+    if enc.bitrate:
+        cmd += ["-b:v", str(parse_bitrate(enc.bitrate))]
+    for key, value in codec_options(enc).items():
+        cmd += [f"-{key}", value]
+    subprocess.run(cmd + [str(dst)], check=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine description
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ffmpeg_cli_version() -> str | None:
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "-version"], capture_output=True, text=True, timeout=10).stdout
+        return out.splitlines()[0] if out else exe
+    except (OSError, subprocess.SubprocessError):
+        return exe
+
+
+def describe_machine(device: torch.device) -> Machine:
+    """CPU/GPU names, core counts and library versions."""
+    gpu = mem = None
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        gpu, mem = props.name, round(props.total_memory / 2**30, 1)
+    return Machine(
+        cpu=_cpu_name(), cpu_cores=os.cpu_count() or 1, cpus_available=available_cpus(),
+        torch_threads=torch.get_num_threads(), gpu=gpu, gpu_memory_gib=mem,
+        torch=torch.__version__, cuda=torch.version.cuda,
+        cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        pyav=av.__version__, ffmpeg=str(getattr(av, "ffmpeg_version_info", "unknown")),
+        ffmpeg_cli=_ffmpeg_cli_version(), python=platform.python_version(),
+        platform=platform.platform())
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+
+def _ratio(a: Timing | None, b: Timing | None) -> float | None:
+    return a.fps / b.fps if a is not None and b is not None else None
+
+
+def _engine_config(cfg: BenchConfig, batch: int | None = None) -> EngineConfig:
+    return EngineConfig(device=cfg.device, precision=cfg.precision,
+                        batch=batch if batch is not None else cfg.batch,
+                        channels_last=cfg.channels_last, compile=cfg.compile)
+
+
+def _engine_info(engine: Engine) -> dict:
+    return {"device": str(engine.device), "precision": str(engine.dtype).removeprefix("torch."),
+            "batch": engine.batch, "channels_last": engine.config.channels_last,
+            "compile": engine.config.compile}
+
+
+def _notes(model_info: dict, device: torch.device) -> list[str]:
+    notes = []
+    if not model_info["trained"]:
+        notes.append(f"{model_info['name']}: no trained weights here, so seeded random weights "
+                     "were timed; speed does not depend on the weights' values")
+    notes.append("absolute fps depend on the machine and its load; the ratios of one run carry over")
+    if device.type == "cpu":
+        notes.append("CPU run: other processes sharing these cores change absolute fps")
+    return notes
+
+
+def _announce(progress: Progress | None, text: str) -> None:
+    log.info("bench: %s", text)
+    if progress is not None:
+        progress(text)
+
+
+def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchResult:
+    """Measure the four parts on one generated clip and return fps, ratios and the machine."""
+    config.check()
+    device = resolve_device(config.device)
+    width, height = config.resolution
+    frames = config.frames or DEFAULT_FRAMES[device.type]
+    model, model_info = bench_model(config.model, config.seed)
+    pristine = copy.deepcopy(model)  # the engine converts its model in place (device, layout)
+    engine = Engine(model, _engine_config(config))
+    if hasattr(engine, "plan"):
+        engine.plan(height, width)
+    engine_info = _engine_info(engine)
+    # The pipeline gets the batch the engine chose here, so both run the same shapes.
+    pipe_engine = _engine_config(config, batch=engine.batch)
+    results: dict[str, Timing] = {}
+    with tempfile.TemporaryDirectory(prefix="streamsr-bench-", dir=config.workdir) as tmp:
+        work = Path(tmp)
+        _announce(progress, f"making a {width}x{height} clip of {frames} frames")
+        clip = make_clip(work / "clip.mp4", width, height, frames, config.seed)
+        enc = encode_options()
+        if "model" in config.parts:
+            _announce(progress, f"model only ({config.model}, batch {engine.batch})")
+            results["model_only"] = time_model(engine, width, height, frames)
+        if "pipeline" in config.parts:
+            _announce(progress, "pipeline (decode -> engine -> encode)")
+            results["pipeline"] = run_pipeline(clip, work / "pipeline.mp4", copy.deepcopy(pristine),
+                                               pipe_engine)
+        if "naive" in config.parts:
+            _announce(progress, "naive loop (one frame at a time, fp32)")
+            results["naive"] = naive_loop(clip, work / "naive.mp4", copy.deepcopy(pristine), device, enc)
+        if "io" in config.parts:
+            _announce(progress, "I/O only: pipeline with a x4 nearest-neighbour stand-in")
+            results["io_pipeline"] = run_pipeline(clip, work / "io.mp4", NearestX4(), pipe_engine)
+            _announce(progress, "I/O only: FFmpeg decode + x4 nearest scale + encode")
+            results["io_ffmpeg"] = ffmpeg_scale(clip, work / "ffmpeg.mp4", enc, config.ffmpeg)
+    ratios = Ratios(
+        pipeline_over_model=_ratio(results.get("pipeline"), results.get("model_only")),
+        pipeline_over_naive=_ratio(results.get("pipeline"), results.get("naive")),
+        io_over_ffmpeg=_ratio(results.get("io_pipeline"), results.get("io_ffmpeg")))
+    cfg = asdict(config)
+    cfg.update(frames=frames, resolution=[width, height], parts=list(config.parts),
+               encode={"codec": enc.codec, "pix_fmt": enc.pix_fmt, **codec_options(enc)})
+    return BenchResult(date=_now(), machine=describe_machine(device), config=cfg, model=model_info,
+                       engine=engine_info, results=results, ratios=ratios,
+                       notes=_notes(model_info, device))
+
+
+def run_sweep(config: BenchConfig, resolutions: Sequence[tuple[int, int]] = SWEEP_RESOLUTIONS,
+              batches: Sequence[int] | None = None, pipeline: bool = True,
+              progress: Progress | None = None) -> SweepResult:
+    """Model-only fps over resolutions x batch sizes, plus the pipeline once per resolution."""
+    config.check()
+    device = resolve_device(config.device)
+    batches = tuple(batches or SWEEP_BATCHES[device.type])
+    frames = config.frames or DEFAULT_FRAMES[device.type]
+    model, model_info = bench_model(config.model, config.seed)
+    pristine = copy.deepcopy(model)
+    points: list[SweepPoint] = []
+    engine_info: dict = {}
+    with tempfile.TemporaryDirectory(prefix="streamsr-sweep-", dir=config.workdir) as tmp:
+        work = Path(tmp)
+        for width, height in resolutions:
+            for batch in batches:
+                _announce(progress, f"model only {width}x{height}, batch {batch}")
+                engine = Engine(model, _engine_config(config, batch=batch))
+                engine_info = _engine_info(engine)
+                t = time_model(engine, width, height, max(frames, batch))
+                mpx = width * height / 1e6
+                points.append(SweepPoint(width=width, height=height, batch=batch, model_fps=t.fps,
+                                         ms_per_frame=1000.0 / t.fps,
+                                         ms_per_megapixel=1000.0 / t.fps / mpx))
+            if pipeline:
+                engine = Engine(model, _engine_config(config))
+                if hasattr(engine, "plan"):
+                    engine.plan(height, width)
+                _announce(progress, f"pipeline {width}x{height}, batch {engine.batch}")
+                clip = make_clip(work / f"clip_{width}x{height}.mp4", width, height, frames, config.seed)
+                t = run_pipeline(clip, work / "out.mp4", copy.deepcopy(pristine),
+                                 _engine_config(config, batch=engine.batch))
+                row = next((p for p in points if (p.width, p.height, p.batch) == (width, height, engine.batch)),
+                           None)
+                if row is None:
+                    row = SweepPoint(width=width, height=height, batch=engine.batch,
+                                     model_fps=math.nan, ms_per_frame=math.nan, ms_per_megapixel=math.nan)
+                    row_t = time_model(engine, width, height, max(frames, engine.batch))
+                    row.model_fps = row_t.fps
+                    row.ms_per_frame = 1000.0 / row_t.fps
+                    row.ms_per_megapixel = row.ms_per_frame / (width * height / 1e6)
+                    points.append(row)
+                row.pipeline_fps = t.fps
+    engine_info.pop("batch", None)
+    cfg = asdict(config)
+    cfg.update(frames=frames, resolutions=[list(r) for r in resolutions], batches=list(batches),
+               parts=list(config.parts))
+    cfg.pop("resolution", None)
+    return SweepResult(date=_now(), machine=describe_machine(device), config=cfg, model=model_info,
+                       engine=engine_info, points=points, notes=_notes(model_info, device))
+
+
+# ---------------------------------------------------------------------------------------------
+# Text
+
+_ROWS = (("model_only", "model only"), ("pipeline", "pipeline"), ("naive", "naive loop"),
+         ("io_pipeline", "I/O only: pipeline, x4 nearest"), ("io_ffmpeg", "I/O only: FFmpeg"))
+
+
+def _fmt_fps(fps: float) -> str:
+    return f"{fps:.3g}" if fps < 100 else f"{fps:.0f}"
+
+
+def machine_lines(m: Machine) -> list[str]:
+    lines = [f"CPU: {m.cpu} ({m.cpus_available} of {m.cpu_cores} cores available, "
+             f"{m.torch_threads} torch threads)"]
+    if m.gpu:
+        lines.append(f"GPU: {m.gpu} ({m.gpu_memory_gib} GiB), CUDA {m.cuda}, cuDNN {m.cudnn}")
+    lines.append(f"torch {m.torch}, PyAV {m.pyav} (FFmpeg {m.ffmpeg})"
+                 + (f", {m.ffmpeg_cli}" if m.ffmpeg_cli else "") + f", Python {m.python}")
+    return lines
+
+
+def format_result(r: BenchResult) -> str:
+    """The bench table: fps per part, the three ratios, the machine and the settings."""
+    c, e = r.config, r.engine
+    w, h = c["resolution"]
+    weights = "trained" if r.model["trained"] else "untrained"
+    head = [f"streamsr bench, {r.date}",
+            f"{r.model['name']} ({r.model['parameters']:,} params, {weights} weights), "
+            f"{w}x{h} -> {4 * w}x{4 * h}, {c['frames']} frames, {e['device']} {e['precision']}, "
+            f"batch {e['batch']}, channels_last {e['channels_last']}, compile {e['compile']}",
+            *machine_lines(r.machine), ""]
+    table = ["| part | fps | frames | seconds |", "|---|---:|---:|---:|"]
+    for key, label in _ROWS:
+        t = r.results.get(key)
+        if t is not None:
+            extra = f" ({t.detail['method']})" if "method" in t.detail else ""
+            table.append(f"| {label}{extra} | {_fmt_fps(t.fps)} | {t.frames} | {t.seconds:.2f} |")
+    ratios = [("pipeline / model only", r.ratios.pipeline_over_model),
+              ("pipeline / naive loop", r.ratios.pipeline_over_naive),
+              ("I/O: pipeline / FFmpeg", r.ratios.io_over_ffmpeg)]
+    ratios = [(name, value) for name, value in ratios if value is not None]
+    if ratios:
+        table += ["", "| ratio | value |", "|---|---:|"]
+        table += [f"| {name} | {value:.2f} |" for name, value in ratios]
+    return "\n".join(head + table + [""] + [f"note: {n}" for n in r.notes])
+
+
+def format_sweep(s: SweepResult) -> str:
+    """The sweep table: fps, ms/frame and ms per LR megapixel, relative to the first point."""
+    head = [f"streamsr bench --sweep, {s.date}",
+            f"{s.model['name']} ({s.model['parameters']:,} params), {s.engine.get('device')} "
+            f"{s.engine.get('precision')}, {s.config['frames']} frames per point",
+            *machine_lines(s.machine), ""]
+    table = ["| input | batch | model fps | ms/frame | ms per LR Mpx | cost vs first | pipeline fps |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    base = s.points[0].ms_per_frame if s.points else 1.0
+    for p in s.points:
+        pipe = _fmt_fps(p.pipeline_fps) if p.pipeline_fps is not None else ""
+        table.append(f"| {p.width}x{p.height} | {p.batch} | {_fmt_fps(p.model_fps)} | "
+                     f"{p.ms_per_frame:.1f} | {p.ms_per_megapixel:.0f} | {p.ms_per_frame / base:.2f}x | {pipe} |")
+    return "\n".join(head + table + [""] + [f"note: {n}" for n in s.notes])
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """'320x180' -> (320, 180)."""
+    try:
+        w, h = (int(v) for v in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise ConfigError(f"resolution must look like 320x180, got {text!r}") from None
+    return w, h

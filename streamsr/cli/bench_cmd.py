@@ -1,0 +1,67 @@
+"""`streamsr bench`: model-only vs pipeline vs naive loop vs FFmpeg, side by side."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from streamsr.cli import main
+from streamsr.errors import OutputError
+
+PARTS = ("model", "pipeline", "naive", "io")  # streamsr.bench.PARTS, kept here so --help stays light
+
+
+@main.command()
+@click.option("--resolution", default="320x180", show_default=True, help="Input clip size WxH.")
+@click.option("--frames", type=int, default=None,
+              help="Clip length [default: 96 on CUDA, 8 on CPU].")
+@click.option("--model", "model_name", default="lite", show_default=True,
+              help="paper, lite, tiny, or a weights file (untrained configs time fine).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto",
+              show_default=True, help="Model precision for the engine (the naive loop is fp32).")
+@click.option("--batch", type=int, default=None, help="Frames per model call [default: engine's choice].")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (engine and pipeline).")
+@click.option("--no-channels-last", is_flag=True, help="Keep NCHW contiguous layout.")
+@click.option("--skip", type=click.Choice(PARTS), multiple=True, help="Leave out a part (repeatable).")
+@click.option("--ffmpeg", "ffmpeg_method", type=click.Choice(["auto", "pyav", "cli"]), default="auto",
+              show_default=True, help="FFmpeg reference: the ffmpeg program (auto: if installed) "
+              "or PyAV's filter graph.")
+@click.option("--sweep", is_flag=True, help="Model fps over 320x180, 480x270, 960x540 and batch "
+              "sizes (1-8 on GPU, 1-4 on CPU), with the pipeline once per resolution.")
+@click.option("--json", "json_path", default=None, metavar="PATH|-",
+              help="Also write the result as one JSON object (- for stdout).")
+def bench(resolution: str, frames: int | None, model_name: str, device: str, precision: str,
+          batch: int | None, compile_: bool, no_channels_last: bool, skip: tuple[str, ...],
+          ffmpeg_method: str, sweep: bool, json_path: str | None) -> None:
+    """Measure throughput: model only, pipeline, naive loop and I/O vs FFmpeg, in one process."""
+    from streamsr.bench import BenchConfig, format_result, format_sweep, parse_resolution, run_bench, run_sweep
+
+    config = BenchConfig(resolution=parse_resolution(resolution), frames=frames, model=model_name,
+                         device=device, precision=precision, batch=batch,
+                         channels_last=not no_channels_last, compile=compile_,
+                         parts=tuple(p for p in PARTS if p not in skip), ffmpeg=ffmpeg_method)
+
+    def progress(text: str) -> None:
+        click.secho(f"bench: {text} ...", err=True, dim=True)
+
+    if sweep:
+        result = run_sweep(config, progress=progress)
+        text = format_sweep(result)
+    else:
+        result = run_bench(config, progress=progress)
+        text = format_result(result)
+    # With JSON on stdout, the table goes to stderr so stdout stays one parseable object.
+    click.echo(text, err=json_path == "-")
+    if json_path == "-":
+        sys.stdout.write(result.to_json() + "\n")
+    elif json_path:
+        path = Path(json_path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(result.to_json() + "\n")
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        click.secho(f"bench: wrote {path}", err=True, dim=True)
