@@ -1,0 +1,338 @@
+"""The main job: decode -> batched inference -> encode, one output frame per input frame.
+
+Three stages overlap: a decode thread fills a bounded queue with RGB frames, the calling thread
+groups them into batches for `Engine.map` (pinned double buffering on CUDA), and an encode
+thread writes the results. Bounded queues give back-pressure, so memory does not grow with the
+length of the video. Frames are never dropped for files; they leave in the order they came, with
+their own timestamps. SIGINT/SIGTERM stop reading, let the frames already in flight finish,
+finalise the output and raise `Interrupted`; any other error also finalises what was written.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from streamsr.data.transforms import resize_bicubic
+from streamsr.errors import ConfigError, Interrupted, StreamsrError
+from streamsr.video.sink import EncodeOptions, Sink, check_encoder, is_image_output, open_sink
+from streamsr.video.source import DEFAULT_MAX_PIXELS, Frame, Source, open_source
+
+log = logging.getLogger(__name__)
+
+_END = object()  # end-of-stream marker in the queues
+_POLL = 0.1  # seconds between checks for a stop request while a queue is full/empty
+
+
+@dataclass
+class Stats:
+    """What a run did: frames written, time taken, speed, output size, and what was lost."""
+
+    frames: int  # output frames written (= input frames decoded, for files)
+    seconds: float  # wall-clock time of the whole run
+    fps: float  # frames / seconds
+    output_bytes: int
+    output: str
+    input_size: tuple[int, int]  # (width, height)
+    output_size: tuple[int, int]
+    dropped: int = 0  # frames dropped (live sources only; never for files)
+    skipped_packets: int = 0  # corrupt input packets skipped
+    truncated: bool = False  # the input ended early; every decodable frame was kept
+    interrupted: bool = False
+
+    def summary(self) -> str:
+        """One line for people: frames, time, speed, size, and any losses."""
+        size = self.output_bytes
+        human = f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
+        w, h = self.output_size
+        line = (f"{self.frames} frames in {self.seconds:.1f} s ({self.fps:.2f} fps) -> {self.output} "
+                f"({w}x{h}, {human})")
+        extra = []
+        if self.skipped_packets:
+            extra.append(f"{self.skipped_packets} corrupt packets skipped")
+        if self.truncated:
+            extra.append("input truncated: kept every decodable frame")
+        if self.dropped:
+            extra.append(f"{self.dropped} frames dropped")
+        return line + (f"; {'; '.join(extra)}" if extra else "")
+
+
+class _StopSignals:
+    """Turns SIGINT/SIGTERM into a flag while active (main thread only), then restores handlers."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.signum: int | None = None
+        self.event = threading.Event()
+        self._old: dict[int, object] = {}
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signum is not None:  # second signal: stop waiting politely
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.event.set()
+        log.warning("%s received: finishing the frames in flight and finalising the output",
+                    signal.Signals(signum).name)
+
+    def __enter__(self) -> _StopSignals:
+        if self.enabled:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _put(q: queue.Queue, item, *stops: threading.Event) -> bool:
+    """Put with back-pressure; False if a stop event fired while waiting."""
+    while True:
+        if any(s.is_set() for s in stops):
+            return False
+        try:
+            q.put(item, timeout=_POLL)
+            return True
+        except queue.Full:
+            continue
+
+
+def resolve_model(model: str | os.PathLike | nn.Module, device: str = "cpu") -> nn.Module:
+    """An nn.Module as given, or a bundled name / weights path loaded with `load_model`."""
+    if isinstance(model, nn.Module):
+        return model
+    from streamsr.models.weights import load_model
+
+    return load_model(model, "cpu")
+
+
+def _label(img: np.ndarray, text: str, x: int) -> None:
+    """Small white text with a dark outline at the top of `img` (in place)."""
+    import cv2
+
+    h = img.shape[0]
+    scale = max(0.35, min(1.2, h / 720))
+    thick = 1 if scale < 0.8 else 2
+    y = int(8 + 22 * scale)
+    cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+    cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
+
+
+def side_by_side(lr: np.ndarray, sr: np.ndarray, labels: tuple[str, str] = ("bicubic", "streamsr")) -> np.ndarray:
+    """(N,H,W,3) input + (N,sH,sW,3) model output -> left half bicubic, right half model, labelled."""
+    n, sh, sw = sr.shape[:3]
+    x = torch.from_numpy(np.ascontiguousarray(lr)).permute(0, 3, 1, 2).float()
+    bic = resize_bicubic(x, (sh, sw)).round_().clamp_(0, 255).to(torch.uint8)
+    bic = bic.permute(0, 2, 3, 1).numpy()
+    half = sw // 2
+    out = np.ascontiguousarray(sr.copy())
+    out[:, :, :half] = bic[:, :, :half]
+    if half > 0:
+        out[:, :, half:half + 1] = 255  # thin divider
+    if sh >= 24 and sw >= 96:
+        for img in out:
+            _label(img, labels[0], 4)
+            _label(img, labels[1], half + 4)
+    return out
+
+
+def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
+            model: str | os.PathLike | nn.Module = "lite",
+            device: str = "auto", precision: str = "auto", batch: int | None = None,
+            tile: int | None = None, compile: bool = False,
+            codec: str = "libx264", crf: int | None = 18, encoder_preset: str | None = "medium",
+            pix_fmt: str = "yuv420p", bitrate: str | None = None,
+            encoder_options: dict[str, str] | None = None,
+            side_by_side_view: bool = False, overwrite: bool = False,
+            start: float | None = None, duration: float | None = None,
+            max_pixels: int | None = DEFAULT_MAX_PIXELS, queue_frames: int | None = None,
+            progress: Callable[[int, int | None], None] | None = None,
+            handle_signals: bool = True, **aliases) -> Stats:
+    """Upscale a video file, image or image folder x4 into `dst` (video file, image or PNG folder).
+
+    `model`: "lite" (bundled), "paper", a weights path, or an `nn.Module` (float NCHW [0,1] in,
+    x4 out). `progress(done, total)` is called from the encode thread after each written frame
+    (`total` is an estimate, or None). Returns `Stats`; raises `Interrupted` (after finalising the
+    output) on SIGINT/SIGTERM, and `StreamsrError`s for bad input/output/options.
+    """
+    if "side_by_side" in aliases:
+        side_by_side_view = bool(aliases.pop("side_by_side"))
+    if "preset" in aliases:
+        encoder_preset = aliases.pop("preset")
+    if aliases:
+        raise TypeError(f"upscale() got unexpected options: {sorted(aliases)}")
+    from streamsr.engine import Engine, EngineConfig
+
+    t0 = time.monotonic()
+    src, dst = str(src), str(dst)
+    encode = EncodeOptions(codec=codec, crf=crf, preset=encoder_preset, pix_fmt=pix_fmt,
+                           bitrate=bitrate, options=dict(encoder_options or {}))
+    if not is_image_output(dst):
+        check_encoder(encode)  # fail on a bad codec/pix_fmt before any heavy work
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise ConfigError("input and output are the same file")
+    source = open_source(src, start=start, duration=duration, max_pixels=max_pixels)
+    with source:
+        engine = Engine(resolve_model(model), EngineConfig(device=device, precision=precision,
+                                                            batch=batch, tile=tile, compile=compile))
+        info = source.info
+        n_batch = engine.plan(info.height, info.width)
+        copy_from = None if (info.is_live or Path(src).is_dir() or is_image_output(src)) else src
+        sink = open_sink(dst, info, scale=engine.scale, encode=encode, copy_from=copy_from,
+                         overwrite=overwrite, start=source.window[0], end=source.window[1])
+        run = _Run(source, sink, engine, n_batch, queue_frames or 2 * n_batch, side_by_side_view,
+                   progress)
+        with _StopSignals(handle_signals) as stop:
+            run.stop_request = stop.event
+            try:
+                run.go()
+            finally:
+                stopped_early = stop.signum is not None or run.failed
+                try:
+                    sink.close(trim=stopped_early or source.truncated)
+                except StreamsrError:
+                    if run.error is None and stop.signum is None:
+                        raise
+                    log.error("output could not be finalised cleanly")
+        seconds = time.monotonic() - t0
+        stats = Stats(frames=sink.frames_written, seconds=seconds,
+                      fps=sink.frames_written / seconds if seconds > 0 else 0.0,
+                      output_bytes=sink.bytes_written, output=dst,
+                      input_size=(info.width, info.height),
+                      output_size=(info.width * engine.scale, info.height * engine.scale),
+                      dropped=source.dropped, skipped_packets=source.skipped_packets,
+                      truncated=source.truncated, interrupted=stop.signum is not None)
+    if stop.signum is not None:
+        exc = Interrupted(f"interrupted by {signal.Signals(stop.signum).name}: {stats.frames} "
+                          f"frames written to {dst} (finalised)", stop.signum)
+        exc.stats = stats  # type: ignore[attr-defined]
+        raise exc
+    if source.truncated:
+        log.warning("%s was truncated or damaged: wrote the %d frames that decoded", src, stats.frames)
+    return stats
+
+
+class _Run:
+    """The threads and queues of one `upscale` call."""
+
+    def __init__(self, source: Source, sink: Sink, engine, batch: int, queue_frames: int,
+                 sbs: bool, progress) -> None:
+        self.source, self.sink, self.engine = source, sink, engine
+        self.batch = max(1, batch)
+        self.frames_in: queue.Queue = queue.Queue(maxsize=max(2, queue_frames))
+        self.frames_out: queue.Queue = queue.Queue(maxsize=max(2, queue_frames))
+        self.sbs = sbs
+        self.progress = progress
+        self.stop_request = threading.Event()  # SIGINT/SIGTERM: stop reading new frames
+        self.abort = threading.Event()  # an error somewhere: every stage stops
+        self.error: BaseException | None = None
+        self.failed = False
+        self.total = source.info.frames
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.failed = True
+        self.abort.set()
+
+    # -- decode thread ----------------------------------------------------------------------
+    def _decode(self) -> None:
+        try:
+            for frame in self.source:
+                if self.stop_request.is_set() or not _put(self.frames_in, frame, self.abort, self.stop_request):
+                    break
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+            self._fail(exc)
+        finally:
+            _put(self.frames_in, _END, self.abort)
+
+    # -- encode thread ----------------------------------------------------------------------
+    def _encode(self) -> None:
+        try:
+            while True:
+                try:
+                    item = self.frames_out.get(timeout=_POLL)
+                except queue.Empty:
+                    if self.abort.is_set():
+                        return
+                    continue
+                if item is _END:
+                    return
+                rgb, frame = item
+                self.sink.write(rgb, frame.pts, frame.time_base, name=frame.name)
+                if self.progress is not None:
+                    self.progress(self.sink.frames_written, self.total)
+        except BaseException as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    # -- batcher (calling thread) -----------------------------------------------------------
+    def _batches(self, meta: collections.deque) -> Iterator[np.ndarray]:
+        """Consecutive frames of one size, up to `batch` at a time, as uint8 NHWC arrays."""
+        held: Frame | None = None
+        while not self.abort.is_set():
+            group: list[Frame] = [held] if held is not None else []
+            held = None
+            ended = False
+            while len(group) < self.batch:
+                if self.stop_request.is_set():
+                    ended = True
+                    break
+                try:
+                    item = self.frames_in.get(timeout=_POLL)
+                except queue.Empty:
+                    if self.abort.is_set():
+                        return
+                    continue
+                if item is _END:
+                    ended = True
+                    break
+                if group and item.rgb.shape != group[0].rgb.shape:
+                    held = item  # a new frame size starts the next batch
+                    break
+                group.append(item)
+            if group:
+                meta.append(group)
+                yield np.stack([f.rgb for f in group])
+            if ended and held is None:
+                return
+
+    def go(self) -> None:
+        decoder = threading.Thread(target=self._decode, name="streamsr-decode", daemon=True)
+        encoder = threading.Thread(target=self._encode, name="streamsr-encode", daemon=True)
+        decoder.start()
+        encoder.start()
+        meta: collections.deque = collections.deque()
+        try:
+            for result in self.engine.map(self._batches(meta)):
+                group = meta.popleft()
+                if len(result) != len(group):
+                    raise RuntimeError(f"engine returned {len(result)} frames for {len(group)}")
+                if self.sbs:
+                    result = side_by_side(np.stack([f.rgb for f in group]), result)
+                for rgb, frame in zip(result, group):
+                    if not _put(self.frames_out, (rgb, frame), self.abort):
+                        break
+                if self.abort.is_set():
+                    break
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            if not self.abort.is_set():
+                _put(self.frames_out, _END, self.abort)
+            encoder.join()
+            self.abort.set()  # release the decoder if it waits on a full queue
+            decoder.join(timeout=10)
+        if self.error is not None:
+            raise self.error
