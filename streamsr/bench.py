@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from streamsr.engine import ALIGN, Engine, EngineConfig, available_cpus, resolve_device
+from streamsr.engine import ALIGN, Engine, EngineConfig, available_cpus, is_oom, resolve_device
 from streamsr.errors import ConfigError, WeightsError
 from streamsr.models import DeblurSR
 from streamsr.models.configs import CONFIGS, get_config
@@ -73,7 +73,6 @@ class BenchConfig:
     device: str = "auto"
     precision: str = "auto"
     batch: int | None = None  # None: the engine's choice
-    channels_last: bool = True
     compile: bool = False
     parts: tuple[str, ...] = PARTS
     ffmpeg: str = "auto"  # reference for the I/O part: auto (cli if installed), pyav, cli
@@ -165,9 +164,9 @@ class SweepPoint:
     width: int
     height: int
     batch: int
-    model_fps: float
-    ms_per_frame: float
-    ms_per_megapixel: float  # cost normalised by LR pixels: flat means linear growth
+    model_fps: float | None  # None: out of memory
+    ms_per_frame: float | None
+    ms_per_megapixel: float | None  # cost normalised by LR pixels: flat means linear growth
     pipeline_fps: float | None = None  # only for the engine's own batch at this resolution
 
 
@@ -338,18 +337,35 @@ def time_model(engine: Engine, width: int, height: int, frames: int, warmup: int
 
 
 def run_pipeline(src: Path, dst: Path, model: nn.Module, engine: EngineConfig) -> Timing:
-    """Wall time of `streamsr.pipeline.upscale` on the clip, frames counted in its output."""
+    """Wall time of `streamsr.pipeline.upscale` on the clip, frames counted in its output.
+
+    `fps` is end to end (the whole call: opening, engine set-up, pipeline fill and drain);
+    `detail` adds the time to the first frame written and the steady rate after the first batch.
+    """
     from streamsr.pipeline import upscale
 
+    written_at: list[float] = []
     t0 = time.perf_counter()
-    stats = upscale(str(src), str(dst), model=model, engine=engine, overwrite=True)
+    stats = upscale(str(src), str(dst), model=model, device=engine.device,
+                    precision=engine.precision, batch=engine.batch, tile=engine.tile,
+                    compile=engine.compile, overwrite=True, handle_signals=False,
+                    progress=lambda done, total: written_at.append(time.perf_counter()))
     seconds = max(time.perf_counter() - t0, 1e-9)
     written = count_frames(dst)
-    detail = {"output_frames": written}
-    for key in ("frames_in", "frames_out", "frames_written", "frames", "dropped"):
-        if hasattr(stats, key):
-            detail[key] = getattr(stats, key)
+    detail: dict = {"output_frames": written, "stats_frames": stats.frames}
+    if written_at:
+        detail["first_frame_s"] = written_at[0] - t0
+    first = engine.batch or 1  # steady rate: from the end of the first batch to the last frame
+    if len(written_at) > first and written_at[-1] > written_at[first - 1]:
+        detail["steady_fps"] = (len(written_at) - first) / (written_at[-1] - written_at[first - 1])
     return Timing(fps=written / seconds, frames=written, seconds=seconds, detail=detail)
+
+
+def warm_pipeline(work: Path, width: int, height: int, frames: int, model: nn.Module,
+                  engine: EngineConfig, seed: int = 0) -> None:
+    """One untimed pipeline run on a short clip, so cuDNN autotuning and compilation are not timed."""
+    clip = make_clip(work / f"warm_{width}x{height}.mp4", width, height, frames, seed)
+    run_pipeline(clip, work / "warm_out.mp4", model, engine)
 
 
 def naive_loop(src: Path, dst: Path, model: nn.Module, device: torch.device,
@@ -408,7 +424,7 @@ def _ffmpeg_graph(src: Path, dst: Path, enc: EncodeOptions) -> None:
         graph = av.filter.Graph()
         chain = [graph.add_buffer(template=ist), graph.add("scale", f"{w}:{h}:flags=neighbor"),
                  graph.add("format", enc.pix_fmt), graph.add("buffersink")]
-        for a, b in zip(chain, chain[1:]):
+        for a, b in zip(chain, chain[1:], strict=False):
             a.link_to(b)
         graph.configure()
         out, stream = open_encoder(dst, w, h, ist.average_rate or CLIP_FPS, enc)
@@ -499,8 +515,7 @@ def _ratio(a: Timing | None, b: Timing | None) -> float | None:
 
 def _engine_config(cfg: BenchConfig, batch: int | None = None) -> EngineConfig:
     return EngineConfig(device=cfg.device, precision=cfg.precision,
-                        batch=batch if batch is not None else cfg.batch,
-                        channels_last=cfg.channels_last, compile=cfg.compile)
+                        batch=batch if batch is not None else cfg.batch, compile=cfg.compile)
 
 
 def _engine_info(engine: Engine) -> dict:
@@ -535,8 +550,7 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRes
     model, model_info = bench_model(config.model, config.seed)
     pristine = copy.deepcopy(model)  # the engine converts its model in place (device, layout)
     engine = Engine(model, _engine_config(config))
-    if hasattr(engine, "plan"):
-        engine.plan(height, width)
+    engine.plan(height, width)
     engine_info = _engine_info(engine)
     # The pipeline gets the batch the engine chose here, so both run the same shapes.
     pipe_engine = _engine_config(config, batch=engine.batch)
@@ -545,10 +559,15 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRes
         work = Path(tmp)
         _announce(progress, f"making a {width}x{height} clip of {frames} frames")
         clip = make_clip(work / "clip.mp4", width, height, frames, config.seed)
+        clip_frames_decoded = count_frames(clip)
         enc = encode_options()
         if "model" in config.parts:
             _announce(progress, f"model only ({config.model}, batch {engine.batch})")
             results["model_only"] = time_model(engine, width, height, frames)
+        if device.type == "cuda" and {"pipeline", "io"} & set(config.parts):
+            _announce(progress, "warming up the pipeline (untimed)")
+            warm_pipeline(work, width, height, min(frames, 2 * engine.batch),
+                          copy.deepcopy(pristine), pipe_engine, config.seed)
         if "pipeline" in config.parts:
             _announce(progress, "pipeline (decode -> engine -> encode)")
             results["pipeline"] = run_pipeline(clip, work / "pipeline.mp4", copy.deepcopy(pristine),
@@ -566,7 +585,8 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRes
         pipeline_over_naive=_ratio(results.get("pipeline"), results.get("naive")),
         io_over_ffmpeg=_ratio(results.get("io_pipeline"), results.get("io_ffmpeg")))
     cfg = asdict(config)
-    cfg.update(frames=frames, resolution=[width, height], parts=list(config.parts),
+    cfg.update(frames=frames, clip_frames=clip_frames_decoded, resolution=[width, height],
+               parts=list(config.parts),
                encode={"codec": enc.codec, "pix_fmt": enc.pix_fmt, **codec_options(enc)})
     return BenchResult(date=_now(), machine=describe_machine(device), config=cfg, model=model_info,
                        engine=engine_info, results=results, ratios=ratios,
@@ -576,10 +596,17 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRes
 def run_sweep(config: BenchConfig, resolutions: Sequence[tuple[int, int]] = SWEEP_RESOLUTIONS,
               batches: Sequence[int] | None = None, pipeline: bool = True,
               progress: Progress | None = None) -> SweepResult:
-    """Model-only fps over resolutions x batch sizes, plus the pipeline once per resolution."""
+    """Model-only fps over resolutions x batch sizes, plus the pipeline once per resolution.
+
+    A point that runs out of memory is reported with no fps (None) and the sweep goes on.
+    """
     config.check()
+    for width, height in resolutions:
+        BenchConfig(resolution=(width, height)).check()
     device = resolve_device(config.device)
     batches = tuple(batches or SWEEP_BATCHES[device.type])
+    if any(b < 1 for b in batches):
+        raise ConfigError(f"batch sizes must be at least 1, got {list(batches)}")
     frames = config.frames or DEFAULT_FRAMES[device.type]
     model, model_info = bench_model(config.model, config.seed)
     pristine = copy.deepcopy(model)
@@ -588,34 +615,34 @@ def run_sweep(config: BenchConfig, resolutions: Sequence[tuple[int, int]] = SWEE
     with tempfile.TemporaryDirectory(prefix="streamsr-sweep-", dir=config.workdir) as tmp:
         work = Path(tmp)
         for width, height in resolutions:
+            mpx = width * height / 1e6
+            rows: dict[int, SweepPoint] = {}
             for batch in batches:
                 _announce(progress, f"model only {width}x{height}, batch {batch}")
                 engine = Engine(model, _engine_config(config, batch=batch))
                 engine_info = _engine_info(engine)
-                t = time_model(engine, width, height, max(frames, batch))
-                mpx = width * height / 1e6
-                points.append(SweepPoint(width=width, height=height, batch=batch, model_fps=t.fps,
-                                         ms_per_frame=1000.0 / t.fps,
-                                         ms_per_megapixel=1000.0 / t.fps / mpx))
+                fps = _fps_or_oom(time_model, engine, width, height, max(frames, batch))
+                rows[batch] = SweepPoint(width=width, height=height, batch=batch, model_fps=fps,
+                                         ms_per_frame=_ms(fps), ms_per_megapixel=_ms(fps, mpx))
             if pipeline:
                 engine = Engine(model, _engine_config(config))
-                if hasattr(engine, "plan"):
-                    engine.plan(height, width)
-                _announce(progress, f"pipeline {width}x{height}, batch {engine.batch}")
+                engine.plan(height, width)
+                batch = engine.batch
+                if batch not in rows:
+                    fps = _fps_or_oom(time_model, engine, width, height, max(frames, batch))
+                    rows[batch] = SweepPoint(width=width, height=height, batch=batch, model_fps=fps,
+                                             ms_per_frame=_ms(fps), ms_per_megapixel=_ms(fps, mpx))
+                _announce(progress, f"pipeline {width}x{height}, batch {batch}")
+                if device.type == "cuda":
+                    warm_pipeline(work, width, height, min(frames, 2 * batch), copy.deepcopy(pristine),
+                                  _engine_config(config, batch=batch), config.seed)
                 clip = make_clip(work / f"clip_{width}x{height}.mp4", width, height, frames, config.seed)
-                t = run_pipeline(clip, work / "out.mp4", copy.deepcopy(pristine),
-                                 _engine_config(config, batch=engine.batch))
-                row = next((p for p in points if (p.width, p.height, p.batch) == (width, height, engine.batch)),
-                           None)
-                if row is None:
-                    row = SweepPoint(width=width, height=height, batch=engine.batch,
-                                     model_fps=math.nan, ms_per_frame=math.nan, ms_per_megapixel=math.nan)
-                    row_t = time_model(engine, width, height, max(frames, engine.batch))
-                    row.model_fps = row_t.fps
-                    row.ms_per_frame = 1000.0 / row_t.fps
-                    row.ms_per_megapixel = row.ms_per_frame / (width * height / 1e6)
-                    points.append(row)
-                row.pipeline_fps = t.fps
+                rows[batch].pipeline_fps = _fps_or_oom(run_pipeline, clip, work / "out.mp4",
+                                                       copy.deepcopy(pristine),
+                                                       _engine_config(config, batch=batch))
+            points += [rows[b] for b in sorted(rows)]
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     engine_info.pop("batch", None)
     cfg = asdict(config)
     cfg.update(frames=frames, resolutions=[list(r) for r in resolutions], batches=list(batches),
@@ -623,6 +650,31 @@ def run_sweep(config: BenchConfig, resolutions: Sequence[tuple[int, int]] = SWEE
     cfg.pop("resolution", None)
     return SweepResult(date=_now(), machine=describe_machine(device), config=cfg, model=model_info,
                        engine=engine_info, points=points, notes=_notes(model_info, device))
+
+
+def _fps_or_oom(measure: Callable[..., Timing], *args) -> float | None:
+    """fps of `measure(*args)`, or None when it ran out of memory (logged)."""
+    try:
+        return measure(*args).fps
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
+        log.warning("out of memory: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        return None
+
+
+def _ms(fps: float | None, megapixels: float = 1.0) -> float | None:
+    return None if fps is None else 1000.0 / fps / megapixels
+
+
+def parse_batches(text: str | None) -> tuple[int, ...] | None:
+    """'1,2,4' -> (1, 2, 4); None stays None."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"batches must look like 1,2,4, got {text!r}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -673,18 +725,24 @@ def format_result(r: BenchResult) -> str:
 
 
 def format_sweep(s: SweepResult) -> str:
-    """The sweep table: fps, ms/frame and ms per LR megapixel, relative to the first point."""
+    """The sweep table: fps, ms/frame and ms per LR megapixel, cost relative to the first point."""
     head = [f"streamsr bench --sweep, {s.date}",
             f"{s.model['name']} ({s.model['parameters']:,} params), {s.engine.get('device')} "
             f"{s.engine.get('precision')}, {s.config['frames']} frames per point",
             *machine_lines(s.machine), ""]
     table = ["| input | batch | model fps | ms/frame | ms per LR Mpx | cost vs first | pipeline fps |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    base = s.points[0].ms_per_frame if s.points else 1.0
+    base = next((p.ms_per_frame for p in s.points if p.ms_per_frame), None)
+
+    def cell(value: float | None, fmt: str) -> str:
+        return "OOM" if value is None else format(value, fmt)
+
     for p in s.points:
         pipe = _fmt_fps(p.pipeline_fps) if p.pipeline_fps is not None else ""
-        table.append(f"| {p.width}x{p.height} | {p.batch} | {_fmt_fps(p.model_fps)} | "
-                     f"{p.ms_per_frame:.1f} | {p.ms_per_megapixel:.0f} | {p.ms_per_frame / base:.2f}x | {pipe} |")
+        rel = f"{p.ms_per_frame / base:.2f}x" if p.ms_per_frame and base else ""
+        fps = _fmt_fps(p.model_fps) if p.model_fps is not None else "OOM"
+        table.append(f"| {p.width}x{p.height} | {p.batch} | {fps} | {cell(p.ms_per_frame, '.1f')} | "
+                     f"{cell(p.ms_per_megapixel, '.0f')} | {rel} | {pipe} |")
     return "\n".join(head + table + [""] + [f"note: {n}" for n in s.notes])
 
 

@@ -24,31 +24,44 @@ PARTS = ("model", "pipeline", "naive", "io")  # streamsr.bench.PARTS, kept here 
               show_default=True, help="Model precision for the engine (the naive loop is fp32).")
 @click.option("--batch", type=int, default=None, help="Frames per model call [default: engine's choice].")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (engine and pipeline).")
-@click.option("--no-channels-last", is_flag=True, help="Keep NCHW contiguous layout.")
 @click.option("--skip", type=click.Choice(PARTS), multiple=True, help="Leave out a part (repeatable).")
 @click.option("--ffmpeg", "ffmpeg_method", type=click.Choice(["auto", "pyav", "cli"]), default="auto",
               show_default=True, help="FFmpeg reference: the ffmpeg program (auto: if installed) "
               "or PyAV's filter graph.")
 @click.option("--sweep", is_flag=True, help="Model fps over 320x180, 480x270, 960x540 and batch "
               "sizes (1-8 on GPU, 1-4 on CPU), with the pipeline once per resolution.")
+@click.option("--sizes", default="320x180,480x270,960x540", show_default=True,
+              help="Input sizes for --sweep, comma-separated WxH.")
+@click.option("--batches", default=None, help="Batch sizes for --sweep, comma-separated "
+              "[default: 1,2,4,8 on GPU, 1,2,4 on CPU].")
 @click.option("--json", "json_path", default=None, metavar="PATH|-",
               help="Also write the result as one JSON object (- for stdout).")
 def bench(resolution: str, frames: int | None, model_name: str, device: str, precision: str,
-          batch: int | None, compile_: bool, no_channels_last: bool, skip: tuple[str, ...],
-          ffmpeg_method: str, sweep: bool, json_path: str | None) -> None:
+          batch: int | None, compile_: bool, skip: tuple[str, ...],
+          ffmpeg_method: str, sweep: bool, sizes: str, batches: str | None,
+          json_path: str | None) -> None:
     """Measure throughput: model only, pipeline, naive loop and I/O vs FFmpeg, in one process."""
-    from streamsr.bench import BenchConfig, format_result, format_sweep, parse_resolution, run_bench, run_sweep
+    from streamsr.bench import (
+        BenchConfig,
+        format_result,
+        format_sweep,
+        parse_batches,
+        parse_resolution,
+        run_bench,
+        run_sweep,
+    )
 
     config = BenchConfig(resolution=parse_resolution(resolution), frames=frames, model=model_name,
-                         device=device, precision=precision, batch=batch,
-                         channels_last=not no_channels_last, compile=compile_,
+                         device=device, precision=precision, batch=batch, compile=compile_,
                          parts=tuple(p for p in PARTS if p not in skip), ffmpeg=ffmpeg_method)
 
     def progress(text: str) -> None:
         click.secho(f"bench: {text} ...", err=True, dim=True)
 
     if sweep:
-        result = run_sweep(config, progress=progress)
+        resolutions = [parse_resolution(size) for size in sizes.split(",") if size.strip()]
+        result = run_sweep(config, resolutions=resolutions, batches=parse_batches(batches),
+                           progress=progress)
         text = format_sweep(result)
     else:
         result = run_bench(config, progress=progress)
