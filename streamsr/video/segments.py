@@ -1,0 +1,201 @@
+"""Outputs for live runs: rolling segment files and push to an RTSP/RTMP server.
+
+A run that lasts days should not keep one ever-growing file that is lost if the process dies:
+`SegmentSink` closes (and so finalises) a file every `segment_time` seconds of stream time and
+opens the next one, named from a strftime pattern. `PushSink` encodes with low-delay settings
+and sends the x4 stream to an RTSP or RTMP server so it can be watched while it is made.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import av
+import numpy as np
+
+from streamsr.errors import ConfigError, OutputError
+
+log = logging.getLogger(__name__)
+
+PUSH_FORMATS = {"rtsp": "rtsp", "rtsps": "rtsp", "rtmp": "flv", "rtmps": "flv",
+                "udp": "mpegts", "srt": "mpegts", "tcp": "mpegts"}
+LIVE_DEFAULT_SUFFIX = ".mkv"  # stays playable if the process dies mid-write
+
+
+class FrameSink(Protocol):
+    """What the pipeline writes to (matches `streamsr.video.sink.Sink`)."""
+
+    frames_written: int
+
+    def write(self, rgb: np.ndarray, pts: int | None, time_base: Fraction) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def is_push_url(dst: str) -> bool:
+    """True when the output is a server to push to rather than a file."""
+    return urlsplit(str(dst)).scheme.lower() in PUSH_FORMATS
+
+
+def live_output_path(dst: str) -> str:
+    """The output file for a live run: MKV when no container was named."""
+    return dst if Path(dst).suffix else dst + LIVE_DEFAULT_SUFFIX
+
+
+class SegmentSink:
+    """Writes rolling files of `segment_time` seconds; each is finalised when the next begins."""
+
+    def __init__(self, pattern: str, open_file: Callable[[str], FrameSink],
+                 segment_time: float, *, clock: Callable[[], float] = time.time) -> None:
+        if segment_time <= 0:
+            raise ConfigError("--segment-time must be a positive number of seconds")
+        self.pattern = live_output_path(pattern)
+        self.segment_time = segment_time
+        self.segments: list[str] = []
+        self.frames_written = 0
+        self._open_file = open_file
+        self._clock = clock
+        self._sink: FrameSink | None = None
+        self._start_pts: int | None = None
+        self._last_pts: int | None = None
+
+    def _next_name(self) -> str:
+        name = time.strftime(self.pattern, time.localtime(self._clock()))
+        if name in self.segments or os.path.exists(name):
+            stem, suffix = os.path.splitext(name)
+            n = 1
+            while f"{stem}-{n}{suffix}" in self.segments or os.path.exists(f"{stem}-{n}{suffix}"):
+                n += 1
+            name = f"{stem}-{n}{suffix}"
+        return name
+
+    def _roll(self, pts: int) -> None:
+        self._close_current()
+        name = self._next_name()
+        parent = os.path.dirname(name)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        self._sink = self._open_file(name)
+        self._start_pts = pts
+        self.segments.append(name)
+        log.info("segment: writing %s", name)
+
+    def write(self, rgb: np.ndarray, pts: int | None, time_base: Fraction) -> None:
+        """Write one frame; starts a new file once the current one spans `segment_time`."""
+        if pts is None:
+            pts = 0 if self._last_pts is None else self._last_pts + 1
+        if self._sink is None or (pts - self._start_pts) * time_base >= self.segment_time:
+            self._roll(pts)
+        self._sink.write(rgb, pts - self._start_pts, time_base)
+        self._last_pts = pts
+        self.frames_written += 1
+
+    def _close_current(self) -> None:
+        if self._sink is not None:
+            sink, self._sink = self._sink, None
+            sink.close()
+            log.info("segment: finalised %s (%d frames)", self.segments[-1], sink.frames_written)
+
+    def close(self) -> None:
+        """Finalise the open segment."""
+        self._close_current()
+
+    def __enter__(self) -> SegmentSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PushSink:
+    """Encodes frames with low-delay x264 and pushes them to an RTSP/RTMP (or UDP/SRT) server."""
+
+    def __init__(self, url: str, width: int, height: int, fps: Fraction | float | None, *,
+                 codec: str = "libx264", preset: str | None = "veryfast", crf: int | None = 23,
+                 bitrate: str | None = None, rtsp_transport: str = "tcp",
+                 timeout: float = 10.0, options: dict[str, str] | None = None) -> None:
+        scheme = urlsplit(url).scheme.lower()
+        if scheme not in PUSH_FORMATS:
+            raise ConfigError(f"cannot push to {scheme}:// (use rtsp:// or rtmp://)")
+        self.url = url
+        self.frames_written = 0
+        fmt = PUSH_FORMATS[scheme]
+        mux_opts = {"rtsp_transport": rtsp_transport} if fmt == "rtsp" else {}
+        rate = Fraction(fps).limit_denominator(1001) if fps else Fraction(25)
+        try:
+            self._container = av.open(url, "w", format=fmt, options=mux_opts,
+                                      timeout=(timeout, timeout))
+        except (av.FFmpegError, OSError) as exc:
+            raise OutputError(f"cannot push to {url}: {exc}") from None
+        gop = max(1, round(rate))  # a keyframe every second lets viewers join quickly
+        codec_opts = {"tune": "zerolatency", "bf": "0", "g": str(gop)}
+        if preset:
+            codec_opts["preset"] = preset
+        if crf is not None and bitrate is None:
+            codec_opts["crf"] = str(crf)
+        codec_opts.update(options or {})
+        self._stream = self._container.add_stream(codec, rate=rate, options=codec_opts)
+        self._stream.width, self._stream.height = width, height
+        self._stream.pix_fmt = "yuv420p"
+        if bitrate:
+            self._stream.bit_rate = _parse_bitrate(bitrate)
+        self._tb = Fraction(1, 90000)
+        self._stream.codec_context.time_base = self._tb
+        self._last_pts: int | None = None
+        self._closed = False
+
+    def write(self, rgb: np.ndarray, pts: int | None, time_base: Fraction) -> None:
+        """Encode and send one RGB frame at `pts` (in `time_base`)."""
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        out = round(pts * time_base / self._tb) if pts is not None else None
+        if out is None or (self._last_pts is not None and out <= self._last_pts):
+            out = 0 if self._last_pts is None else self._last_pts + 1
+        frame.pts, frame.time_base = out, self._tb
+        self._last_pts = out
+        try:
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+        except (av.FFmpegError, OSError) as exc:
+            raise OutputError(f"push to {self.url} failed: {exc}") from None
+        self.frames_written += 1
+
+    def close(self) -> None:
+        """Flush the encoder and end the session with the server."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+        except (av.FFmpegError, OSError) as exc:
+            log.warning("push: flushing to %s failed: %s", self.url, exc)
+        finally:
+            try:
+                self._container.close()
+            except (av.FFmpegError, OSError) as exc:
+                log.warning("push: closing %s failed: %s", self.url, exc)
+
+    def __enter__(self) -> PushSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _parse_bitrate(text: str) -> int:
+    """'2M', '800k' or '1500000' -> bits per second."""
+    units = {"k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
+    t = text.strip().lower()
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise ConfigError(f"bad bitrate {text!r} (use e.g. 800k or 2M)") from None

@@ -1,0 +1,312 @@
+"""Live streams against a real RTSP server on 127.0.0.1 (GStreamer's gst-rtsp-server).
+
+The server is tests/rtsp_server.py run with Debian's /usr/bin/python3 (python3-gi); the packages
+come from .ci/setup-rtsp.sh, which the fixture runs when they are missing. Push output is read
+back through FFmpeg's own RTSP listen mode in a separate process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamsr.errors import ConfigError, SourceError
+from streamsr.video.live import LiveOptions, LiveSource, StatusLine, ffmpeg_options, is_network_uri
+from streamsr.video.segments import PushSink, SegmentSink, is_push_url, live_output_path
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVER = Path(__file__).with_name("rtsp_server.py")
+SETUP = ROOT / ".ci" / "setup-rtsp.sh"
+SYSTEM_PYTHON = "/usr/bin/python3"
+FPS = 25
+W, H = 64, 48
+RED, BLUE = "0xffff0000", "0xff0000ff"
+
+
+def _gst_ready() -> bool:
+    if not os.path.exists(SYSTEM_PYTHON):
+        return False
+    probe = ("import gi; gi.require_version('Gst', '1.0'); "
+             "gi.require_version('GstRtspServer', '1.0'); "
+             "from gi.repository import Gst, GstRtspServer; Gst.init(None); "
+             "assert Gst.ElementFactory.find('x264enc') and Gst.ElementFactory.find('rtph264pay')")
+    return subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def gst() -> None:
+    """GStreamer's RTSP server is installed (installing it if we can), else skip."""
+    if _gst_ready():
+        return
+    try:
+        proc = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"RTSP test server not installable here: {exc}")
+    if proc.returncode != 0 or not _gst_ready():
+        pytest.skip("RTSP test server (GStreamer gst-rtsp-server, python3-gi) not installable "
+                    f"here: {proc.stderr.strip()[-300:]}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RtspServer:
+    """One tests/rtsp_server.py process that can be stopped and started again on its port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/test"
+
+    def start(self, color: str | None = None) -> None:
+        args = [SYSTEM_PYTHON, str(SERVER), "--port", str(self.port), "--width", str(W),
+                "--height", str(H), "--fps", str(FPS)]
+        if color:
+            args += ["--color", color]
+        for _ in range(50):  # the port may linger for a moment after a stop
+            self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True)
+            line = self.proc.stdout.readline()
+            if line.startswith("READY"):
+                return
+            self.proc.wait(5)
+            time.sleep(0.1)
+        raise RuntimeError(f"RTSP server did not start: {self.proc.stderr.read()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture
+def rtsp(gst):
+    server = RtspServer()
+    yield server
+    server.stop()
+
+
+def fast_options(**kw) -> LiveOptions:
+    """Short timeouts and backoff so failures show within a second or two."""
+    base = dict(open_timeout=3.0, read_timeout=1.0, backoff_initial=0.1, backoff_max=0.5,
+                reconnect_max=20)
+    base.update(kw)
+    return LiveOptions(**base)
+
+
+# -- pure helpers ------------------------------------------------------------------------
+
+
+def test_network_uri_detection_and_ffmpeg_options():
+    assert is_network_uri("rtsp://cam/stream") and is_network_uri("rtmp://x/app")
+    assert is_network_uri("https://x/live.m3u8") and not is_network_uri("clip.mp4")
+    assert not is_network_uri("/data/rtsp_clip.mkv")
+    o = ffmpeg_options("rtsp://cam/s", LiveOptions(rtsp_transport="udp", read_timeout=2.5))
+    assert o["rtsp_transport"] == "udp" and o["timeout"] == "2500000"
+    assert o["fflags"] == "nobuffer"
+    r = ffmpeg_options("rtmp://srv/app", LiveOptions())
+    assert "timeout" not in r, "rtmp's timeout option means listen mode"
+    assert ffmpeg_options("rtsp://c/s", LiveOptions(options={"timeout": "1"}))["timeout"] == "1"
+    assert is_push_url("rtmp://srv/app/key") and not is_push_url("out.mkv")
+    assert live_output_path("cam") == "cam.mkv" and live_output_path("cam.mp4") == "cam.mp4"
+
+
+@pytest.mark.parametrize("bad", [dict(rtsp_transport="http"), dict(drop="newest"),
+                                 dict(reconnect_max=-1), dict(max_latency=0.0)])
+def test_bad_live_options_are_config_errors(bad):
+    with pytest.raises(ConfigError):
+        LiveOptions(**bad).validate()
+
+
+# -- sources against the real server -------------------------------------------------------
+
+
+def test_reads_n_frames_with_source_clock(rtsp):
+    rtsp.start()
+    n = 20
+    with LiveSource(rtsp.url, fast_options(drop="none"), frames=n) as src:
+        assert (src.info.width, src.info.height, src.info.is_live) == (W, H, True)
+        assert src.info.fps == FPS
+        frames = list(src)
+    assert len(frames) == n
+    assert [f.index for f in frames] == list(range(n))
+    assert all(f.rgb.shape == (H, W, 3) and f.rgb.dtype == np.uint8 for f in frames)
+    steps = {round((b.pts - a.pts) * frames[0].time_base, 4) for a, b in zip(frames, frames[1:], strict=False)}
+    assert steps == {Fraction(1, FPS)}, "pts follow the server's 25 fps clock"
+    assert src.stats.frames_decoded == n and src.stats.dropped == 0
+
+
+def _mean_rgb(frame) -> np.ndarray:
+    return frame.rgb.reshape(-1, 3).mean(0)
+
+
+def test_reconnects_after_server_restart(rtsp, caplog):
+    rtsp.start(color=RED)
+    outage = 0.8
+
+    def bounce() -> None:
+        time.sleep(1.0)
+        rtsp.stop()
+        time.sleep(outage)
+        rtsp.start(color=BLUE)
+
+    bouncer = threading.Thread(target=bounce)
+    caplog.set_level("WARNING", logger="streamsr.video.live")
+    with LiveSource(rtsp.url, fast_options(drop="none"), frames=50) as src:
+        bouncer.start()
+        frames = list(src)
+    bouncer.join()
+    red = [f for f in frames if _mean_rgb(f)[0] > 200 and _mean_rgb(f)[2] < 50]
+    blue = [f for f in frames if _mean_rgb(f)[2] > 200 and _mean_rgb(f)[0] < 50]
+    assert red and blue and len(red) + len(blue) == len(frames) == 50
+    assert max(f.pts for f in red) < min(f.pts for f in blue), "sessions in order"
+    gap = (min(f.pts for f in blue) - max(f.pts for f in red)) * frames[0].time_base
+    assert gap >= outage, "the outage shows as a gap in the output clock"
+    pts = [f.pts for f in frames]
+    assert pts == sorted(set(pts))
+    assert src.stats.reconnects == 1 and len(src.stats.outages) == 1
+    assert src.stats.downtime >= outage * 0.9
+    assert "reconnecting" in caplog.text and "attempt" in caplog.text
+    assert "reconnects 1" in StatusLine(src.stats).line()
+
+
+def test_silent_source_times_out_with_source_error():
+    with socket.socket() as mute:  # accepts TCP connections, never says a word
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(4)
+        url = f"rtsp://127.0.0.1:{mute.getsockname()[1]}/cam"
+        t0 = time.monotonic()
+        with pytest.raises(SourceError, match="after 2 attempt"):
+            LiveSource(url, fast_options(open_timeout=0.7, reconnect_max=1))
+        assert time.monotonic() - t0 < 5
+
+
+def test_closed_port_gives_up_after_reconnect_max():
+    url = f"rtsp://127.0.0.1:{free_port()}/cam"
+    with pytest.raises(SourceError, match="cannot open after 3 attempt"):
+        LiveSource(url, fast_options(reconnect_max=2))
+
+
+def test_slow_consumer_drops_oldest_within_max_latency(rtsp):
+    rtsp.start()
+    n, max_latency = 40, 0.25
+    opts = fast_options(drop="oldest", queue_size=2, max_latency=max_latency)
+    ages = []
+    with LiveSource(rtsp.url, opts, frames=n) as src:
+        taken = []
+        for f in src:
+            ages.append(time.monotonic() - f.wallclock)
+            taken.append(f)
+            time.sleep(0.1)  # a model at 10 fps behind a 25 fps camera
+    s = src.stats
+    assert s.frames_decoded == n
+    assert len(taken) + s.dropped == n, "every frame is either delivered or counted as dropped"
+    assert s.dropped > 0 and max(ages) <= max_latency
+    indices = [f.index for f in taken]
+    assert indices == sorted(indices) and len(set(indices)) + s.dropped == n
+
+
+# -- outputs -------------------------------------------------------------------------------
+
+
+class _MemorySink:
+    def __init__(self, path: str) -> None:
+        self.path, self.frames_written, self.pts, self.closed = path, 0, [], False
+
+    def write(self, rgb, pts, time_base) -> None:
+        self.pts.append(pts)
+        self.frames_written += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_segments_roll_on_stream_time(tmp_path):
+    opened: list[_MemorySink] = []
+
+    def open_file(path: str) -> _MemorySink:
+        opened.append(_MemorySink(path))
+        return opened[-1]
+
+    tb = Fraction(1, 90000)
+    clock = iter(range(1_700_000_000, 1_700_000_100, 7))
+    seg = SegmentSink(str(tmp_path / "cam_%Y%m%d_%H%M%S"), open_file, 1.0,
+                      clock=lambda: next(clock))
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    for i in range(60):  # 2.4 s at 25 fps, with a 2 s outage after frame 30
+        seg.write(rgb, i * 3600 + (180000 if i >= 30 else 0), tb)
+    seg.close()
+    assert [s.frames_written for s in opened] == [25, 5, 25, 5]
+    assert all(s.closed for s in opened) and seg.frames_written == 60
+    assert all(s.pts[0] == 0 for s in opened), "each segment starts at time zero"
+    assert all(p.endswith(".mkv") for p in seg.segments) and len(set(seg.segments)) == 4
+
+
+def _wait_listening(port: int, timeout: float = 5.0) -> None:
+    """Wait until something listens on `port` (our own bind starts failing)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+LISTENER = """
+import av, json, sys
+c = av.open(sys.argv[1], options={"rtsp_flags": "listen", "listen_timeout": "10",
+            "rtsp_transport": "tcp"}, timeout=(15, 5))
+got = [(f.width, f.height, f.to_ndarray(format="rgb24").reshape(-1, 3).mean(0).tolist(),
+        float(f.time) if f.time is not None else None) for f in c.decode(video=0)]
+c.close()
+json.dump(got, open(sys.argv[2], "w"))
+"""
+
+
+def test_push_to_rtsp_and_read_back(tmp_path):
+    port = free_port()
+    url = f"rtsp://127.0.0.1:{port}/live"
+    result = tmp_path / "got.json"
+    listener = subprocess.Popen([sys.executable, "-c", LISTENER, url, str(result)])
+    try:
+        _wait_listening(port)
+        tb = Fraction(1, 90000)
+        with PushSink(url, 4 * W, 4 * H, FPS) as push:
+            for i in range(30):
+                rgb = np.full((4 * H, 4 * W, 3), (200, 30, 30) if i < 15 else (30, 30, 200),
+                              np.uint8)
+                push.write(rgb, i * 3600 + (45000 if i >= 15 else 0), tb)  # 0.5 s gap
+                time.sleep(1 / FPS)
+        listener.wait(10)
+    finally:
+        listener.kill()
+    got = json.loads(result.read_text())
+    assert len(got) == 30 and push.frames_written == 30
+    assert all((w, h) == (4 * W, 4 * H) for w, h, _, _ in got)
+    assert got[5][2][0] > 150 and got[25][2][2] > 150
+    times = [t for *_, t in got if t is not None]
+    assert times[-1] - times[0] >= 29 / FPS + 0.45, "the gap survives the push"
