@@ -181,7 +181,7 @@ def write_triplets(pairs: Sequence[ImagePair], dst: str | os.PathLike,
             names = []
             for y, x, lr_blur, lr, hr in make_triplets(blur, sharp, settings):
                 name = f"{pair.key}_y{y:04d}_x{x:04d}"
-                for kind, img in zip(KINDS, (lr_blur, lr, hr)):
+                for kind, img in zip(KINDS, (lr_blur, lr, hr), strict=True):
                     write_rgb(dst / split / kind / f"{name}.png", img)
                 names.append(name)
             if not names:

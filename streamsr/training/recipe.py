@@ -8,11 +8,16 @@ default.
 from __future__ import annotations
 
 import os
-import tomllib
+import sys
 import types
 import typing
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 from streamsr.errors import ConfigError
 from streamsr.models.configs import CONFIGS

@@ -1,0 +1,585 @@
+"""The training loop: one file, top to bottom, from a recipe and a prepared folder to weights.
+
+Adam + cosine annealing to `lr_min` (per optimizer step), the paper's joint loss, bf16 autocast
+on GPUs that support it, gradient clipping, seeded and deterministic. DistributedDataParallel
+when launched by torchrun (RANK / WORLD_SIZE in the environment): gloo on CPU, NCCL on CUDA, a
+DistributedSampler, logging and saving on rank 0 only.
+
+Resuming is exact: a checkpoint holds the model, optimizer, scheduler, grad scaler, RNG states
+and the position in the epoch's sample order, and every sample's crop and augmentation derive
+from (seed, epoch, index), so a resumed CPU run ends with the same weights, bit for bit, as an
+uninterrupted one. Run folder:
+
+    OUT/recipe.toml                   the recipe in effect
+    OUT/log.csv                       step, epoch, wall_s, key, value (every logged value)
+    OUT/checkpoints/step-NNNNNNNN.pt  the last `keep_last` checkpoints (atomic writes)
+    OUT/best.safetensors              weights with the best validation PSNR of the SR output
+    OUT/model.safetensors             final weights, for `streamsr upscale --model OUT/model.safetensors`
+    OUT/tensorboard/                  when the tensorboard package is installed
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import os
+import random
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from streamsr.data.dataset import TripletDataset
+from streamsr.errors import ConfigError, Interrupted, OutputError, WeightsError
+from streamsr.models import DeblurSR, count_parameters, get_config
+from streamsr.models.weights import import_mprnet, load_weights, model_config, save_model
+from streamsr.training.losses import joint_loss
+from streamsr.training.metrics import psnr, ssim
+from streamsr.training.recipe import Recipe, apply_overrides, recipe_from_dict
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "streamsr-checkpoint-v1"
+_CKPT_RE = re.compile(r"^step-(\d{8})\.pt$")
+# Recipe values that may change when a run resumes: they do not alter what is computed.
+RESUMABLE_CHANGES = {"name", "log_every", "val_every", "checkpoint_every", "keep_last",
+                     "num_workers", "val_batch"}
+
+
+@dataclass
+class TrainResult:
+    """Where a run's outputs are and how it ended."""
+
+    out: Path
+    step: int
+    epoch: int
+    model_path: Path | None  # final safetensors (None when interrupted)
+    best_path: Path | None
+    best_psnr: float | None
+    val: dict[str, float] = field(default_factory=dict)  # the last validation
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) as logged
+
+
+# --- distributed and device setup -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: str | None) -> tuple[_Dist, torch.device, bool]:
+    """Join the torchrun process group when there is one; pick this process's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    d = _Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    use_cuda = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
+    if use_cuda:
+        dev = torch.device("cuda", d.local_rank) if device in (None, "cuda") else torch.device(device)
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device(device or "cpu")
+    started = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        started = True
+    return d, dev, started
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _precision(recipe: Recipe, dev: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None = plain fp32)."""
+    p = recipe.precision
+    if p == "auto":
+        p = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if p == "fp16" and dev.type != "cuda":
+        raise ConfigError("precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
+    if p == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("this GPU does not support bf16; use --set precision=fp16 or fp32")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
+
+
+def _autocast(dev: torch.device, dtype: torch.dtype | None):
+    """Mixed precision when `dtype` is set, else nothing (plain fp32)."""
+    return torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _ignore_sigint() -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which saves a checkpoint."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _worker_init(_: int) -> None:
+    _ignore_sigint()
+
+
+# --- model initialisation ------------------------------------------------------------------------
+
+def _build_model(recipe: Recipe, init_mprnet: str | os.PathLike | None,
+                 init: str | os.PathLike | None) -> DeblurSR:
+    """A model of the recipe's config: random, from an MPRNet checkpoint, or from weights."""
+    if init_mprnet and init:
+        raise ConfigError("give --init-mprnet or --init, not both")
+    cfg = get_config(recipe.model)
+    if init_mprnet:
+        if recipe.model != "paper":
+            raise ConfigError(f"--init-mprnet loads the paper-size trunk, but the recipe's model is "
+                              f"{recipe.model!r}; use --set model=paper")
+        return import_mprnet(init_mprnet, seed=recipe.seed)
+    model = DeblurSR(cfg)
+    if init:
+        have = model_config(init)
+        if replace(have, name=cfg.name) != cfg:
+            raise WeightsError(f"{init} holds a {have.name!r} model, not the recipe's "
+                               f"{recipe.model!r} model")
+        load_weights(model, init)
+    return model
+
+
+def _cosine(recipe: Recipe, total_steps: int) -> Callable[[int], float]:
+    """LR multiplier at step t: cosine from lr down to lr_min over the run (closed form)."""
+    ratio = recipe.lr_min / recipe.lr
+
+    def factor(t: int) -> float:
+        progress = min(t, total_steps) / max(1, total_steps)
+        return ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def list_checkpoints(out: str | os.PathLike) -> list[Path]:
+    """Step checkpoints of a run, oldest first."""
+    folder = Path(out) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if _CKPT_RE.match(p.name)), key=lambda p: p.name)
+
+
+def save_checkpoint(state: dict, out: Path, step: int, keep_last: int) -> Path:
+    """Write step-N.pt atomically (temp file, fsync, rename), then prune to the last `keep_last`."""
+    folder = out / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step-{step:08d}.pt"
+    tmp = folder / f".{path.name}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write checkpoint {path}: {exc.strerror}") from None
+    for old in list_checkpoints(out)[:-keep_last]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_latest_checkpoint(out: str | os.PathLike) -> tuple[dict, Path]:
+    """The newest readable checkpoint of a run; a corrupt one is skipped with a warning."""
+    paths = list_checkpoints(out)
+    if not paths:
+        raise ConfigError(f"nothing to resume: {out} has no checkpoints")
+    for path in reversed(paths):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError("not a streamsr checkpoint")
+            return state, path
+        except Exception as exc:  # truncated zip, bad pickle, wrong content: try the one before
+            log.warning("checkpoint %s is unreadable (%s); falling back to the previous one",
+                        path, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__)
+    raise WeightsError(f"every checkpoint in {Path(out) / 'checkpoints'} is unreadable")
+
+
+# --- logging -------------------------------------------------------------------------------------
+
+class RunLog:
+    """Every logged value to log.csv (long format), and to TensorBoard when it is installed."""
+
+    def __init__(self, out: Path, resume_step: int | None) -> None:
+        self.path = out / "log.csv"
+        if resume_step is not None and self.path.exists():
+            # drop rows a crashed run logged after the checkpoint we resume from
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.reader(f)]
+            keep = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= resume_step]
+            with open(self.path, "w", newline="") as f:
+                csv.writer(f).writerows(keep)
+        new = not self.path.exists()
+        self.file = open(self.path, "a", newline="")
+        self.csv = csv.writer(self.file)
+        if new:
+            self.csv.writerow(["step", "epoch", "wall_s", "key", "value"])
+        self.t0 = time.time()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:
+            self.tb = None
+
+    def log(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        wall = round(time.time() - self.t0, 3)
+        for key, value in values.items():
+            self.csv.writerow([step, epoch, wall, key, repr(float(value))])
+            if self.tb is not None:
+                self.tb.add_scalar(key, value, step)
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+@torch.no_grad()
+def validate(model: nn.Module, data: TripletDataset, dev: torch.device, batch: int,
+             autocast: torch.dtype | None, d: _Dist = _Dist()) -> dict[str, float]:
+    """Mean PSNR/SSIM of the SR output vs H and of the stage-3 LR image vs L (ranks share it)."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(5, dtype=torch.float64)  # psnr_sr, ssim_sr, psnr_lr, ssim_lr, count
+    idx = list(range(d.rank, len(data), d.world))
+    for start in range(0, len(idx), batch):
+        items = [data[i] for i in idx[start:start + batch]]
+        lr_blur, lr, hr = (torch.stack(t).to(dev) for t in zip(*items, strict=True))
+        with _autocast(dev, autocast):
+            out = model(lr_blur)
+        sr, lr3 = out.hr.float().clamp(0, 1), out.stages[0].float().clamp(0, 1)
+        sums[0] += psnr(sr, hr, reduction="none").sum().cpu()
+        sums[2] += psnr(lr3, lr, reduction="none").sum().cpu()
+        if min(lr.shape[-2:]) >= 11:
+            sums[1] += ssim(sr, hr, reduction="none").sum().cpu()
+            sums[3] += ssim(lr3, lr, reduction="none").sum().cpu()
+        sums[4] += len(items)
+    if d.world > 1:
+        sums = sums.to(dev) if dev.type == "cuda" else sums
+        dist.all_reduce(sums)
+        sums = sums.cpu()
+    model.train(was_training)
+    n = max(1.0, float(sums[4]))
+    res = {"val/psnr_sr": float(sums[0]) / n, "val/psnr_lr3": float(sums[2]) / n}
+    if min(data[0][1].shape[-2:]) >= 11:
+        res.update({"val/ssim_sr": float(sums[1]) / n, "val/ssim_lr3": float(sums[3]) / n})
+    return res
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM; a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._old: dict[int, object] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum:
+            self.restore()
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("stopping after this step; saving a checkpoint (Ctrl-C again to abort)")
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
+def _resolve_recipe(recipe: Recipe | None, overrides: Sequence[str], saved: dict | None) -> Recipe:
+    """The recipe in effect: given (or the checkpoint's on resume) plus overrides, checked."""
+    base = recipe
+    if base is None:
+        if saved is None:
+            raise ConfigError("no recipe: pass --recipe (or --resume a run that has checkpoints)")
+        base = recipe_from_dict(saved["recipe"], "checkpoint recipe")
+    final = apply_overrides(base, list(overrides))
+    if saved is not None:
+        before = saved["recipe"]
+        changed = sorted(k for k, v in final.to_dict().items()
+                         if k not in RESUMABLE_CHANGES and before.get(k) != v)
+        if changed:
+            diffs = ", ".join(f"{k}: {before.get(k)!r} -> {final.to_dict()[k]!r}" for k in changed)
+            raise ConfigError(f"the recipe differs from the run being resumed ({diffs}); resume "
+                              f"with the same recipe or start a new --out")
+    return final
+
+
+def train(data: str | os.PathLike, out: str | os.PathLike, recipe: Recipe | None = None,
+          overrides: Sequence[str] = (), resume: bool = False,
+          init_mprnet: str | os.PathLike | None = None, init: str | os.PathLike | None = None,
+          device: str | None = None, progress: bool = False,
+          on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Train a model from a prepared triplet folder into the run folder `out`.
+
+    `on_step(step, loss)` is called after every optimizer step (for tests and notebooks).
+    Raises `Interrupted` after saving a checkpoint when SIGINT/SIGTERM arrives.
+    """
+    out = Path(out)
+    d, dev, started = _init_distributed(device)
+    saved, saved_path = None, None
+    if resume:
+        saved, saved_path = load_latest_checkpoint(out)
+        log.info("resuming from %s (step %d)", saved_path, saved["step"])
+    elif list_checkpoints(out):
+        raise OutputError(f"{out} already holds a training run; pass --resume to continue it or "
+                          f"choose another --out")
+    try:
+        recipe = _resolve_recipe(recipe, overrides, saved)
+        if saved is not None and (init or init_mprnet):
+            log.warning("--init/--init-mprnet ignored: resuming from %s", saved_path)
+            init = init_mprnet = None
+        return _Run(recipe, Path(data), out, d, dev, progress, on_step).run(
+            saved, init_mprnet, init)
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+class _Run:
+    """One training run's state; `run` is the loop."""
+
+    def __init__(self, recipe: Recipe, data: Path, out: Path, d: _Dist, dev: torch.device,
+                 progress: bool, on_step: Callable[[int, float], None] | None) -> None:
+        self.recipe, self.data, self.out, self.d, self.dev = recipe, data, out, d, dev
+        self.progress, self.on_step = progress, on_step
+
+    def _state(self, epoch: int, batch_in_epoch: int, step: int) -> dict:
+        r = self.recipe
+        return {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
+                "model_config": self.model.config.to_json(),
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "scaler": self.scaler.state_dict(), "epoch": epoch, "step": step,
+                "sampler": {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "batch": r.batch,
+                            "world": self.d.world, "seed": r.seed},
+                "rng": _rng_state(), "recipe": r.to_dict(),
+                "best": {"psnr": self.best_psnr, "step": self.best_step}}
+
+    def _checkpoint(self, epoch: int, batch_in_epoch: int, step: int) -> None:
+        if self.d.main:
+            path = save_checkpoint(self._state(epoch, batch_in_epoch, step), self.out, step,
+                                   self.recipe.keep_last)
+            log.info("checkpoint %s", path)
+        if self.d.world > 1:
+            dist.barrier()
+
+    def _validate(self, step: int, epoch: int) -> dict[str, float]:
+        val = validate(self.model, self.val_ds, self.dev, self.recipe.val_batch, self.autocast, self.d)
+        if self.d.main:
+            self.runlog.log(step, epoch, val)
+            log.info("step %d validation: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
+            if self.best_psnr is None or val["val/psnr_sr"] > self.best_psnr:
+                self.best_psnr, self.best_step = val["val/psnr_sr"], step
+                save_model(self.model, self.out / "best.safetensors", self._meta(step, val))
+        return val
+
+    def _meta(self, step: int, val: dict[str, float] | None = None) -> dict[str, str]:
+        meta = {"source": f"streamsr train, recipe {self.recipe.name!r}, step {step}",
+                "trained": f"{self.data.name} ({self.recipe.model})", "step": str(step)}
+        if val:
+            meta["val_psnr_sr"] = f"{val['val/psnr_sr']:.4f}"
+        return meta
+
+    def run(self, saved: dict | None, init_mprnet, init) -> TrainResult:
+        r, d, dev, out = self.recipe, self.d, self.dev, self.out
+        _seed_everything(r.seed, r.deterministic)
+        self.autocast = _precision(r, dev)
+
+        # data: the sample order is DistributedSampler's permutation of (seed, epoch); this rank's
+        # batches are consecutive slices of its share, so resuming just skips consumed batches
+        self.train_ds = TripletDataset(self.data, r.train_split, r.patch, r.augment, r.seed)
+        self.val_ds = TripletDataset(self.data, r.val_split, 0, False, r.seed, r.val_max)
+        sampler = DistributedSampler(self.train_ds, num_replicas=d.world, rank=d.rank, shuffle=True,
+                                     seed=r.seed, drop_last=True)
+        steps_per_epoch = len(sampler) // r.batch
+        if steps_per_epoch == 0:
+            raise ConfigError(f"{len(self.train_ds)} training triplets are fewer than one batch of "
+                              f"{r.batch} x {d.world} processes")
+        total = r.epochs * steps_per_epoch
+        if r.max_steps:
+            total = min(total, r.max_steps)
+
+        self.model = _build_model(r, init_mprnet, init).to(dev)
+        net: nn.Module = self.model
+        if d.world > 1:
+            net = DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=r.lr, betas=r.betas,
+                                    weight_decay=r.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _cosine(r, total))
+        self.scaler = torch.amp.GradScaler(dev.type, enabled=self.autocast == torch.float16)
+        self.best_psnr: float | None = None
+        self.best_step = 0
+        epoch, start_batch, step = 0, 0, 0
+        if saved is not None:
+            self.model.load_state_dict(saved["model"])
+            self.opt.load_state_dict(saved["optimizer"])
+            self.sched.load_state_dict(saved["scheduler"])
+            self.scaler.load_state_dict(saved["scaler"])
+            _set_rng_state(saved["rng"])
+            s = saved["sampler"]
+            epoch, start_batch, step = s["epoch"], s["batch_in_epoch"], saved["step"]
+            if s["world"] != d.world and start_batch:
+                log.warning("resuming with %d processes where the checkpoint had %d: the rest of "
+                            "epoch %d is drawn in a different order", d.world, s["world"], epoch)
+            self.best_psnr, self.best_step = saved["best"]["psnr"], saved["best"]["step"]
+
+        if d.main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "recipe.toml").write_text(r.to_toml(), encoding="utf-8")
+            self.runlog = RunLog(out, step if saved is not None else None)
+            log.info("training %s (%d parameters) on %s x%d, %d triplets, %d steps/epoch, %d steps",
+                     r.model, count_parameters(self.model), dev, d.world, len(self.train_ds),
+                     steps_per_epoch, total)
+        stop = _StopFlag()
+        stop.install()
+        bar = tqdm(total=total, initial=step, unit="step", disable=not (self.progress and d.main),
+                   dynamic_ncols=True)
+        losses: list[tuple[int, float]] = []
+        val: dict[str, float] = {}
+        t_log, n_log = time.time(), 0
+        try:
+            while step < total:
+                sampler.set_epoch(epoch)
+                self.train_ds.set_epoch(epoch)
+                order = list(sampler)[start_batch * r.batch: steps_per_epoch * r.batch]
+                loader = DataLoader(self.train_ds, batch_size=r.batch, sampler=order,
+                                    num_workers=r.num_workers, drop_last=True,
+                                    pin_memory=dev.type == "cuda", worker_init_fn=_worker_init)
+                batch_in_epoch = start_batch
+                for lr_blur, lr, hr in loader:
+                    lr_blur, lr, hr = (t.to(dev, non_blocking=True) for t in (lr_blur, lr, hr))
+                    with _autocast(dev, self.autocast):
+                        output = net(lr_blur)
+                    terms = joint_loss(output, lr, hr, r.alpha, r.edge_weight)
+                    self.opt.zero_grad(set_to_none=True)
+                    self.scaler.scale(terms.total).backward()
+                    self.scaler.unscale_(self.opt)
+                    gnorm = (nn.utils.clip_grad_norm_(self.model.parameters(), r.grad_clip)
+                             if r.grad_clip > 0 else None)
+                    self.scaler.step(self.opt)
+                    self.scaler.update()
+                    self.sched.step()
+                    step += 1
+                    batch_in_epoch += 1
+                    n_log += 1
+                    loss = float(terms.total.detach())
+                    bar.update()
+                    bar.set_postfix(loss=f"{loss:.4f}", epoch=epoch)
+                    if self.on_step is not None:
+                        self.on_step(step, loss)
+
+                    if step % r.log_every == 0 or step == total:
+                        vals = torch.stack([terms.total, terms.sr, terms.char, terms.edge]).detach().double()
+                        if d.world > 1:
+                            vals = vals.to(dev)
+                            dist.all_reduce(vals)
+                            vals = vals / d.world
+                        vals = vals.cpu().tolist()
+                        losses.append((step, vals[0]))
+                        if d.main:
+                            rate = n_log / max(1e-9, time.time() - t_log)
+                            entry = {"train/loss": vals[0], "train/loss_sr": vals[1],
+                                     "train/loss_char": vals[2], "train/loss_edge": vals[3],
+                                     "train/lr": self.opt.param_groups[0]["lr"], "train/steps_per_s": rate}
+                            if gnorm is not None:
+                                entry["train/grad_norm"] = float(gnorm)
+                            self.runlog.log(step, epoch, entry)
+                        t_log, n_log = time.time(), 0
+
+                    stopping = torch.tensor([stop.signum], dtype=torch.int64)
+                    if d.world > 1:
+                        stopping = stopping.to(dev)
+                        dist.all_reduce(stopping, op=dist.ReduceOp.MAX)
+                    if int(stopping.item()):
+                        self._checkpoint(epoch, batch_in_epoch, step)
+                        raise Interrupted(f"training stopped at step {step}; checkpoint saved in "
+                                          f"{out / 'checkpoints'}; continue with --resume",
+                                          int(stopping.item()))
+                    if r.val_every and step % r.val_every == 0 and step % steps_per_epoch:
+                        val = self._validate(step, epoch)
+                    if step % r.checkpoint_every == 0 and batch_in_epoch < steps_per_epoch and step < total:
+                        self._checkpoint(epoch, batch_in_epoch, step)
+                    if step >= total:
+                        break
+                if batch_in_epoch >= steps_per_epoch:  # a finished epoch: validate, checkpoint
+                    epoch, start_batch = epoch + 1, 0
+                    val = self._validate(step, epoch - 1)
+                    self._checkpoint(epoch, 0, step)
+                else:  # the step budget ended mid-epoch
+                    start_batch = batch_in_epoch
+                    val = self._validate(step, epoch)
+                    self._checkpoint(epoch, batch_in_epoch, step)
+        finally:
+            stop.restore()
+            bar.close()
+            if d.main:
+                self.runlog.close()
+
+        model_path = out / "model.safetensors"
+        if d.main:
+            save_model(self.model, model_path, self._meta(step, val or None))
+            log.info("final weights: %s (best validation PSNR %.3f dB at step %d)", model_path,
+                     self.best_psnr if self.best_psnr is not None else float("nan"), self.best_step)
+        best = out / "best.safetensors"
+        return TrainResult(out, step, epoch, model_path, best if best.exists() else None,
+                           self.best_psnr, val, losses)
+
+
+__all__ = ["TrainResult", "list_checkpoints", "load_latest_checkpoint", "save_checkpoint",
+           "train", "validate"]
