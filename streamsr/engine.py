@@ -1,0 +1,469 @@
+"""Runs a x4 model on batches of uint8 frames, as fast as the device allows, losing nothing.
+
+Frames travel as uint8 NHWC; conversion to float, normalisation, padding, channels_last,
+rounding back to uint8 all happen on the device as whole-batch torch ops. On CUDA `map()`
+double-buffers through pinned host memory and a separate copy stream ordered by events, so the
+copy of batch n+1 and the read-back of batch n-1 overlap the model on batch n. On CPU the same
+engine runs as a plain loop. Batch and tile sizes follow free memory; an out-of-memory error
+retries the same frames with half the batch, then with smaller tiles, and never drops a frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from streamsr.errors import ConfigError
+from streamsr.tiling import run_tiled
+
+log = logging.getLogger(__name__)
+
+ALIGN = 8  # frames are padded to a multiple of this (MPRNet's quarter patches down-sampled twice)
+CPU_BATCH = 4  # a modest default: on CPU, throughput barely grows past a few frames
+MAX_AUTO_BATCH = 16  # beyond this a GPU is saturated and latency only grows
+MIN_TILE = 32
+TILE_FEATHER = 0.5  # cross-fade tiles over this fraction of the overlap (see streamsr.tiling)
+MEMORY_HEADROOM = 0.6  # fraction of free memory a batch may plan to use
+_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class EngineConfig:
+    """How to run the model: device, precision, batch/tile sizes (None: chosen from memory)."""
+
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1"
+    precision: str = "auto"  # "auto" (bf16 / fp16 on CUDA, fp32 on CPU), "bf16", "fp16", "fp32"
+    batch: int | None = None  # frames per model call; None: from free memory (CPU: 4)
+    tile: int | None = None  # tile core size in LR px; None: only when a frame does not fit; 0: never
+    tile_overlap: int = 16  # LR px of context on each side of a tile, cropped when stitching
+    channels_last: bool = True
+    compile: bool = False  # torch.compile, falling back to eager (logged) if it fails
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for the out-of-memory errors of every backend."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text
+                                              or "can't allocate memory" in text)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; anything else as given (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} asked for, but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r} does not exist ({torch.cuda.device_count()} GPUs)")
+    elif device.type != "cpu":
+        raise ConfigError(f"unsupported device {name!r}; use cpu, cuda or cuda:N")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype:
+    """'auto' -> bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        with torch.cuda.device(device):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        return _PRECISIONS[name]
+    except KeyError:
+        raise ConfigError(f"unknown precision {name!r}; use auto, bf16, fp16 or fp32") from None
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: affinity mask and cgroup quota, not the host's core count."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()
+        if quota != "max":
+            n = min(n, max(1, math.floor(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+def use_all_cpu_threads() -> int:
+    """Give intra-op parallelism every available CPU, unless the user pinned a thread count.
+
+    Decode and encode run in FFmpeg's own threads and mostly wait on bounded queues; the model is
+    the bottleneck by orders of magnitude on CPU, so it gets all cores (one core kept aside made
+    the model ~2x slower on the 2-core CI machine for a negligible gain in decode latency). The
+    count is set once per process; an explicit OMP_NUM_THREADS wins.
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    n = available_cpus()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+        log.info("torch intra-op threads set to %d (available CPUs)", n)
+    return n
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes a new allocation may use: CUDA free + our allocator's cached blocks; CPU MemAvailable."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+def model_scale(model: torch.nn.Module) -> int:
+    """The model's upscaling factor: `model.config.scale`, else `model.scale`, else 4."""
+    cfg = getattr(model, "config", None)
+    scale = getattr(cfg, "scale", None) if cfg is not None else None
+    if scale is None:
+        scale = getattr(model, "scale", 4)
+    return int(scale)
+
+
+def pad_frames(x: Tensor, multiple: int = ALIGN) -> Tensor:
+    """Pad float NCHW right/bottom to a multiple: reflect (as the model does itself), else replicate."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not ph and not pw:
+        return x
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+class _Forward:
+    """The model call: autocast, channels_last, `.hr` unwrapping, and compile with eager fallback."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype,
+                 channels_last: bool, compile: bool) -> None:
+        self.eager = model
+        self.device = device
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.compiled: Callable | None = None
+        if compile:
+            try:
+                self.compiled = torch.compile(model)
+            except Exception as exc:  # noqa: BLE001 - any failure means "run eagerly"
+                log.warning("torch.compile unavailable (%s); running the model eagerly", exc)
+
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def __call__(self, x: Tensor, eager: bool = False) -> Tensor:
+        """float NCHW in [0, 1] -> float32 NCHW (x scale), values not yet clamped."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        fn = self.eager if (eager or self.compiled is None) else self.compiled
+        try:
+            with self.autocast():
+                out = fn(x)
+        except Exception as exc:
+            if fn is self.eager or is_oom(exc):
+                raise
+            log.warning("torch.compile failed (%s: %s); falling back to the eager model",
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            self.compiled = None
+            with self.autocast():
+                out = self.eager(x)
+        hr = out if isinstance(out, Tensor) else out.hr
+        return hr.float()
+
+
+class Engine:
+    """uint8 NHWC frames in, uint8 NHWC frames x `scale` out, batched on the chosen device."""
+
+    def __init__(self, model: torch.nn.Module, config: EngineConfig | None = None) -> None:
+        self.config = config = config or EngineConfig()
+        if config.batch is not None and config.batch < 1:
+            raise ConfigError(f"batch must be at least 1, got {config.batch}")
+        if config.tile is not None and 0 < config.tile < ALIGN:
+            raise ConfigError(f"tile must be 0 (off) or at least {ALIGN} px, got {config.tile}")
+        if config.tile_overlap < 0:
+            raise ConfigError(f"tile overlap must be >= 0, got {config.tile_overlap}")
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_precision(config.precision, self.device)
+        self.scale = model_scale(model)
+        if self.device.type == "cpu":
+            use_all_cpu_threads()
+        else:
+            torch.backends.cudnn.benchmark = True  # fixed batch shapes: let cuDNN pick kernels
+        model = model.eval().to(self.device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self._forward = _Forward(model, self.device, self.dtype, config.channels_last, config.compile)
+        self.batch = config.batch or (CPU_BATCH if self.device.type == "cpu" else 8)
+        self._bytes_per_px: float | None = None  # activation memory per LR pixel, measured once
+        self._chunk: dict[tuple[int, int], int] = {}  # frames per call, by padded frame size
+        self._tile: dict[tuple[int, int], int] = {}  # tile size, by padded frame size (0: none)
+        log.info("engine: %s, %s, batch %d, scale %d, compile %s", self.device,
+                 str(self.dtype).removeprefix("torch."), self.batch, self.scale, config.compile)
+
+    # -- planning ---------------------------------------------------------------------------
+
+    def plan(self, height: int, width: int) -> int:
+        """Choose batch (and tile) for frames of this size from free memory; returns the batch.
+
+        The pipeline calls this once it knows the frame size so that its batcher sends batches
+        the device can hold; `upscale_batch` and `map` also split larger batches themselves.
+        """
+        chunk, tile = self._plan(height, width)
+        if self.config.batch is None:
+            self.batch = chunk if self.device.type == "cuda" else min(CPU_BATCH, chunk)
+        log.info("plan for %dx%d: batch %d, tile %s", width, height, self.batch, tile or "off")
+        return self.batch
+
+    def _plan(self, height: int, width: int) -> tuple[int, int]:
+        """(frames per model call, tile size or 0) for frames of this size."""
+        key = (-(-height // ALIGN) * ALIGN, -(-width // ALIGN) * ALIGN)
+        if key in self._chunk:
+            return self._chunk[key], self._tile[key]
+        h, w = key
+        tile, chunk = self.config.tile, self.config.batch
+        if tile is None or chunk is None:
+            budget = free_memory(self.device) * MEMORY_HEADROOM
+            per_frame = self.bytes_per_pixel() * h * w
+            fits = int(budget // max(per_frame, 1.0))
+            if tile is None:
+                tile = 0
+                if fits < 1:  # not one whole frame fits: tiles whose windows do
+                    side = math.isqrt(int(budget // self.bytes_per_pixel()))
+                    tile = max(MIN_TILE, (side - 2 * self.config.tile_overlap) // ALIGN * ALIGN)
+                    log.info("frames of %dx%d do not fit in memory: tiles of %d px", w, h, tile)
+            if chunk is None:
+                limit = MAX_AUTO_BATCH if self.device.type == "cuda" else CPU_BATCH
+                chunk = max(1, min(limit, fits))
+        if tile and tile >= max(h, w):
+            tile = 0
+        self._chunk[key], self._tile[key] = chunk, tile
+        return chunk, tile
+
+    def bytes_per_pixel(self) -> float:
+        """Activation memory per LR pixel of one frame, from a trial run (measured once)."""
+        if self._bytes_per_px is None:
+            self._bytes_per_px = self._measure_bytes_per_pixel()
+            log.info("model needs ~%.0f bytes of activations per input pixel", self._bytes_per_px)
+        return self._bytes_per_px
+
+    def _measure_bytes_per_pixel(self) -> float:
+        if self.device.type == "cuda":
+            # Peak memory at two sizes; the slope excludes fixed costs (weights, cuDNN workspace).
+            peaks = []
+            for side in (64, 128):
+                x = torch.zeros(1, 3, side, side, device=self.device)
+                torch.cuda.synchronize(self.device)
+                torch.cuda.reset_peak_memory_stats(self.device)
+                base = torch.cuda.memory_allocated(self.device)
+                with torch.inference_mode():
+                    self._forward(x, eager=True)
+                torch.cuda.synchronize(self.device)
+                peaks.append(torch.cuda.max_memory_allocated(self.device) - base)
+            slope = (peaks[1] - peaks[0]) / (128 * 128 - 64 * 64)
+            return max(slope, peaks[1] / (128 * 128) * 0.5) * 1.25
+        # CPU has no allocator statistics: take the largest activation of a small trial run and
+        # assume a few of that size are alive at once (residuals, concatenations).
+        largest = [0]
+
+        def hook(_module, _inputs, output) -> None:
+            if isinstance(output, Tensor):
+                largest[0] = max(largest[0], output.numel() * output.element_size())
+
+        handles = [m.register_forward_hook(hook) for m in self.model.modules()]
+        try:
+            with torch.inference_mode():
+                self._forward(torch.zeros(1, 3, 32, 32), eager=True)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return max(4.0 * largest[0] / (32 * 32), 64.0)
+
+    # -- running ----------------------------------------------------------------------------
+
+    def upscale_batch(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) -> uint8 (N, sH, sW, 3); a single (H, W, 3) frame works too."""
+        single = frames.ndim == 3
+        batch = _check_frames(frames[None] if single else frames)
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self.device)
+            y = self._infer(x)
+            out = y.cpu().numpy()
+        return out[0] if single else out
+
+    def map(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """`upscale_batch` over an iterable, pipelined; yields one result per batch, in order."""
+        if self.device.type == "cuda":
+            yield from self._map_cuda(batches)
+        else:
+            for frames in batches:
+                yield self.upscale_batch(frames)
+
+    def _map_cuda(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Two pinned input and output buffers; H2D/D2H on a copy stream, ordered by events."""
+        device = self.device
+        compute = torch.cuda.current_stream(device)
+        copy = torch.cuda.Stream(device)
+        readback = torch.cuda.Stream(device)
+        pinned_in: list[Tensor | None] = [None, None]
+        pinned_out: list[Tensor | None] = [None, None]
+        device_in: list[Tensor | None] = [None, None]
+        uploaded = [torch.cuda.Event(), torch.cuda.Event()]  # H2D of the slot done
+        consumed = [torch.cuda.Event(), torch.cuda.Event()]  # the model no longer reads device_in
+        downloaded = [torch.cuda.Event(), torch.cuda.Event()]  # D2H into pinned_out done
+        pending: tuple[int, tuple[int, ...]] | None = None  # (slot, out shape) awaiting yield
+
+        for n, frames in enumerate(batches):
+            slot = n % 2
+            frames = _check_frames(frames)
+            nbytes = frames.nbytes
+            # Host side: wait until slot's previous upload (batch n-2) left the pinned buffer.
+            uploaded[slot].synchronize()
+            pinned_in[slot] = _ensure(pinned_in[slot], nbytes, pin=True)
+            host = pinned_in[slot][:nbytes].view(frames.shape)
+            host.copy_(torch.from_numpy(frames))
+            grown = _ensure(device_in[slot], nbytes, device=device, stream=copy)
+            if grown is not device_in[slot]:
+                grown.record_stream(compute)  # allocated on `copy`, read on `compute`
+                device_in[slot] = grown
+            dev = device_in[slot][:nbytes].view(frames.shape)
+            with torch.cuda.stream(copy):
+                copy.wait_event(consumed[slot])  # batch n-2's model call is done with dev
+                dev.copy_(host, non_blocking=True)
+                uploaded[slot].record(copy)
+
+            compute.wait_event(uploaded[slot])
+            with torch.inference_mode():
+                out = self._infer(dev)
+            consumed[slot].record(compute)
+
+            readback.wait_event(consumed[slot])
+            out_bytes = out.numel()
+            pinned_out[slot] = _ensure(pinned_out[slot], out_bytes, pin=True)
+            with torch.cuda.stream(readback):
+                pinned_out[slot][:out_bytes].view(out.shape).copy_(out, non_blocking=True)
+                downloaded[slot].record(readback)
+            out.record_stream(readback)  # keep `out` alive until the copy has read it
+
+            if pending is not None:
+                yield self._collect(pinned_out, downloaded, *pending)
+            pending = (slot, tuple(out.shape))
+        if pending is not None:
+            yield self._collect(pinned_out, downloaded, *pending)
+
+    @staticmethod
+    def _collect(pinned_out: list[Tensor | None], downloaded: list, slot: int,
+                 shape: tuple[int, ...]) -> np.ndarray:
+        """Wait for one read-back (an event, not a device sync) and copy it out of pinned memory."""
+        downloaded[slot].synchronize()
+        buf = pinned_out[slot]
+        assert buf is not None
+        return buf[:math.prod(shape)].view(shape).numpy().copy()
+
+    def _infer(self, frames: Tensor) -> Tensor:
+        """uint8 NHWC on the device -> uint8 NHWC x scale on the device, whatever memory allows.
+
+        Frames go through in chunks of the planned size. On out-of-memory the same frames are
+        retried with half the chunk, down to one frame, then with ever smaller tiles; the
+        smaller sizes are remembered for the following batches. No frame is ever dropped.
+        """
+        n, h, w, _ = frames.shape
+        self._plan(h, w)
+        key = (-(-h // ALIGN) * ALIGN, -(-w // ALIGN) * ALIGN)
+        outs = []
+        start = 0
+        while start < n:
+            part = frames[start:start + self._chunk[key]]
+            tile = self._tile[key]
+            try:
+                outs.append(self._run(part, tile))
+                start += part.shape[0]
+                continue
+            except Exception as exc:
+                if not is_oom(exc):
+                    raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if part.shape[0] > 1:
+                self._chunk[key] = (part.shape[0] + 1) // 2
+                log.warning("out of memory with %d frames of %dx%d: retrying %d at a time",
+                            part.shape[0], w, h, self._chunk[key])
+                continue
+            if self.config.tile == 0:
+                raise ConfigError(f"out of memory on one {w}x{h} frame with tiling disabled; "
+                                  f"use a tile size (e.g. --tile 256) or a smaller model") from None
+            smaller = max(MIN_TILE, (tile or max(key)) // 2 // ALIGN * ALIGN)
+            if tile and smaller >= tile:
+                raise ConfigError(f"out of memory even with {tile}-px tiles on {self.device}; "
+                                  "try --device cpu or a smaller model") from None
+            self._tile[key] = smaller
+            log.warning("out of memory on one %dx%d frame: retrying with %d-px tiles", w, h, smaller)
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def _run(self, frames: Tensor, tile: int) -> Tensor:
+        """One model call (or one tiled pass) with all conversions on the device."""
+        n, h, w, _ = frames.shape
+        # Pad to a multiple of 8 (reflect, exactly as DeblurSR pads itself), tiled or not, so a
+        # tiled frame sees the same borders as a whole one and tile starts can be aligned.
+        x = pad_frames(frames.permute(0, 3, 1, 2).float().div_(255.0))
+        if tile:
+            per_call = max(1, self._chunk.get((x.shape[2], x.shape[3]), 1))
+            overlap = self.config.tile_overlap
+            y = run_tiled(self._forward, x, tile=tile, overlap=overlap, scale=self.scale,
+                          feather=round(overlap * TILE_FEATHER), tiles_per_call=per_call,
+                          align=ALIGN)
+        else:
+            y = self._forward(self._fixed_batch(x))[:n]
+        s = self.scale
+        y = y[:, :, : s * h, : s * w]
+        return y.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+    def _fixed_batch(self, x: Tensor) -> Tensor:
+        """With torch.compile, pad a short (last) batch to the planned size so nothing recompiles."""
+        if self._forward.compiled is None or x.shape[0] >= self.batch:
+            return x
+        extra = x[-1:].expand(self.batch - x.shape[0], *x.shape[1:])
+        return torch.cat((x, extra))
+
+
+def _check_frames(frames: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, 3), C-contiguous, or a clear error for the caller's bug."""
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
+        raise TypeError(f"frames must be a uint8 numpy array, got {getattr(frames, 'dtype', type(frames))}")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise ValueError(f"frames must be (N, H, W, 3) with N >= 1, got {frames.shape}")
+    return np.ascontiguousarray(frames)
+
+
+def _ensure(buf: Tensor | None, nbytes: int, *, pin: bool = False, device: torch.device | None = None,
+            stream: torch.cuda.Stream | None = None) -> Tensor:
+    """A flat uint8 buffer of at least `nbytes` (reused when big enough, grown otherwise)."""
+    if buf is not None and buf.numel() >= nbytes:
+        return buf
+    if device is not None:
+        with torch.cuda.stream(stream) if stream is not None else nullcontext():
+            return torch.empty(nbytes, dtype=torch.uint8, device=device)
+    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
