@@ -49,3 +49,5 @@ def main(ctx: click.Context, debug: bool, verbose: int) -> None:
 # Commands register themselves on `main` when their module is imported.
 from streamsr.cli import model_cmds  # noqa: E402,F401
 from streamsr.cli import bench_cmd  # noqa: E402,F401
+from streamsr.cli import video_cmds  # noqa: E402,F401
+from streamsr.cli import train_cmds  # noqa: E402,F401

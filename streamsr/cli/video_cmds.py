@@ -1,0 +1,158 @@
+"""`streamsr upscale IN OUT`: the main job, a thin shell over `streamsr.pipeline.upscale`."""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+import tomllib
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from streamsr.cli import main
+from streamsr.errors import ConfigError
+
+PRESET_DIRS = (Path("pipelines"), Path(__file__).resolve().parents[2] / "pipelines")
+# Options a preset may set (TOML keys; "-" and "_" both accepted) -> click parameter names.
+PRESET_KEYS = {"model": "model", "batch": "batch", "tile": "tile", "precision": "precision",
+               "device": "device", "codec": "codec", "crf": "crf", "encoder_preset": "encoder_preset",
+               "pix_fmt": "pix_fmt", "bitrate": "bitrate", "encoder_opt": "encoder_opt",
+               "side_by_side": "side_by_side", "start": "start", "duration": "duration"}
+
+
+def find_preset(name: str) -> Path:
+    """The file of pipeline preset `name`: ./pipelines/NAME.toml, else the repo's pipelines/."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
+        raise ConfigError(f"bad preset name {name!r}: use a plain name like dashcam (no paths)")
+    for folder in PRESET_DIRS:
+        path = folder / f"{name}.toml"
+        if path.is_file():
+            return path
+    known = sorted({p.stem for d in PRESET_DIRS if d.is_dir() for p in d.glob("*.toml")})
+    raise ConfigError(f"no pipeline preset named {name!r} (known: {', '.join(known) or 'none'})")
+
+
+def load_preset(name: str) -> dict:
+    """Option values from a preset file, keyed by click parameter name."""
+    path = find_preset(name)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read preset {path}: {exc}") from None
+    data.pop("description", None)
+    values = {}
+    for key, value in data.items():
+        param = PRESET_KEYS.get(key.replace("-", "_"))
+        if param is None:
+            raise ConfigError(f"preset {path}: unknown option {key!r} "
+                              f"(allowed: {', '.join(sorted(PRESET_KEYS))})")
+        if param == "encoder_opt":
+            if not isinstance(value, dict):
+                raise ConfigError(f"preset {path}: encoder_opt must be a table of key = value")
+            value = tuple(f"{k}={v}" for k, v in value.items())
+        values[param] = value
+    return values
+
+
+def parse_encoder_opts(items: tuple[str, ...]) -> dict[str, str]:
+    """('x264-params=keyint=60', 'tune=film') -> {'x264-params': 'keyint=60', 'tune': 'film'}."""
+    opts = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--encoder-opt wants key=value, got {item!r}")
+        opts[key.strip()] = value.strip()
+    return opts
+
+
+class _Bar:
+    """A tqdm bar fed from the encode thread; created when the first frame is written."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+        self.lock = threading.Lock()
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        with self.lock:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, unit="frame", dynamic_ncols=True, file=sys.stderr,
+                                desc="upscale", smoothing=0.1)
+            if self.bar.total is not None and done > self.bar.total:
+                self.bar.total = done
+            self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        with self.lock:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT")
+@click.argument("output_path", metavar="OUTPUT")
+@click.option("--preset", "preset_name", metavar="NAME",
+              help="Pipeline preset pipelines/NAME.toml (dashcam, handheld, archive); options "
+                   "given here win over it.")
+@click.option("--model", default="lite", show_default=True, help="lite, paper, or a weights file.")
+@click.option("--batch", type=click.IntRange(min=1), help="Frames per model call (default: from free memory).")
+@click.option("--tile", type=click.IntRange(min=0), help="Tile size in input pixels (0: never tile; default: when needed).")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto",
+              show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--codec", default="libx264", show_default=True,
+              help="Any FFmpeg video encoder: libx264, libx265, libsvtav1, h264_nvenc, hevc_nvenc, ...")
+@click.option("--crf", type=click.IntRange(0, 63), default=18, show_default=True,
+              help="Constant quality (lower is better); ignored with --bitrate.")
+@click.option("--encoder-preset", "--x264-preset", "encoder_preset", default="medium",
+              show_default=True, help="Encoder speed preset (ultrafast ... veryslow; p1-p7 for NVENC).")
+@click.option("--pix-fmt", default="yuv420p", show_default=True,
+              help="Output pixel format (yuv420p10le keeps 10 bits with libx265/libx264).")
+@click.option("--bitrate", help="Target bitrate such as 8M or 2500k (instead of CRF).")
+@click.option("--encoder-opt", multiple=True, metavar="KEY=VALUE",
+              help="Extra FFmpeg encoder option; repeatable.")
+@click.option("--side-by-side", is_flag=True, help="Left half bicubic, right half streamsr.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--start", type=click.FloatRange(min=0), help="Start at this many seconds.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Process this many seconds.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@click.pass_context
+def upscale(ctx: click.Context, input_path: str, output_path: str, preset_name: str | None,
+            **options) -> None:
+    """Upscale a blurry low-resolution video (or image, or image folder) x4 into OUTPUT.
+
+    OUTPUT is a video file (.mp4, .mkv, .mov, ...), an image file, or a folder for PNGs.
+    Audio, subtitles, chapters, colour tags and rotation are kept.
+    """
+    from streamsr.pipeline import upscale as run_upscale
+
+    quiet = options.pop("quiet")
+    if preset_name:
+        params = {p.name: p for p in ctx.command.params}
+        for key, value in load_preset(preset_name).items():
+            if ctx.get_parameter_source(key) in (ParameterSource.DEFAULT, None):
+                try:
+                    options[key] = params[key].type_cast_value(ctx, value)
+                except click.BadParameter as exc:
+                    raise ConfigError(f"preset {preset_name}: bad value for {key}: {exc.message}") from None
+    bar = _Bar(enabled=not quiet)
+    try:
+        stats = run_upscale(
+            input_path, output_path, model=options["model"], device=options["device"],
+            precision=options["precision"], batch=options["batch"], tile=options["tile"],
+            codec=options["codec"], crf=options["crf"], encoder_preset=options["encoder_preset"],
+            pix_fmt=options["pix_fmt"], bitrate=options["bitrate"],
+            encoder_options=parse_encoder_opts(tuple(options["encoder_opt"])),
+            side_by_side_view=bool(options["side_by_side"]), overwrite=options["overwrite"],
+            start=options["start"], duration=options["duration"], progress=bar)
+    finally:
+        bar.close()
+    if not quiet:
+        click.echo(stats.summary(), err=True)
