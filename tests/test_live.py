@@ -234,11 +234,11 @@ class _MemorySink:
     def __init__(self, path: str) -> None:
         self.path, self.frames_written, self.pts, self.closed = path, 0, [], False
 
-    def write(self, rgb, pts, time_base) -> None:
+    def write(self, rgb, pts, time_base, name=None) -> None:
         self.pts.append(pts)
         self.frames_written += 1
 
-    def close(self) -> None:
+    def close(self, trim: bool = False) -> None:
         self.closed = True
 
 

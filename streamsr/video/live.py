@@ -15,15 +15,31 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from urllib.parse import urlsplit
 
 import av
+import numpy as np
+from av.video.reformatter import ColorRange
 
 from streamsr.errors import ConfigError, SourceError
-from streamsr.video.source import ColorInfo, Frame, VideoInfo
+from streamsr.video.source import (
+    MATRICES,
+    PRIMARIES,
+    RANGES,
+    TO_RGB_FLAGS,
+    TRANSFERS,
+    ColorInfo,
+    Frame,
+    Source,
+    VideoInfo,
+    effective_matrix,
+    effective_range,
+    sws_matrix,
+    sws_range,
+)
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +230,7 @@ class DropQueue:
             return item
 
 
-class LiveSource:
+class LiveSource(Source):
     """A network stream as an iterator of `Frame`s, kept alive across outages."""
 
     def __init__(self, uri: str, options: LiveOptions | None = None, *,
@@ -234,6 +250,8 @@ class LiveSource:
         self._container = self._connect(first=True)
         stream = self._container.streams.video[0]
         self.info = self._video_info(stream)
+        self._matrix = sws_matrix(effective_matrix(self.info))
+        self._range = sws_range(effective_range(self.info))
         self._next_index = 0
         self._last_pts: int | None = None
         self._t0: float | None = None
@@ -284,7 +302,8 @@ class LiveSource:
             width=cc.width, height=cc.height, fps=Fraction(fps) if fps else None,
             time_base=Fraction(stream.time_base or Fraction(1, 90000)), frames=None,
             duration=None, pix_fmt=cc.pix_fmt or "yuv420p",
-            color=ColorInfo(primaries=None, transfer=None, matrix=None, range=None),
+            color=ColorInfo(PRIMARIES.get(cc.color_primaries), TRANSFERS.get(cc.color_trc),
+                            MATRICES.get(cc.colorspace), RANGES.get(cc.color_range)),
             rotation=0, is_live=True, uri=redact(self.uri))
 
     # -- reading -------------------------------------------------------------------------
@@ -324,7 +343,9 @@ class LiveSource:
                 log.warning("live: frame size changed to %dx%d; scaling back to %dx%d",
                             frame.width, frame.height, self.info.width, self.info.height)
                 frame = frame.reformat(width=self.info.width, height=self.info.height)
-            rgb = frame.to_ndarray(format="rgb24")
+            rgb = np.ascontiguousarray(frame.to_ndarray(
+                format="rgb24", src_colorspace=self._matrix, src_color_range=self._range,
+                dst_color_range=ColorRange.JPEG, interpolation=TO_RGB_FLAGS))
             item = Frame(rgb=rgb, pts=pts, time_base=tb_out, index=self._next_index, wallclock=now)
             self._next_index += 1
             self._last_pts = pts
@@ -372,6 +393,11 @@ class LiveSource:
                 continue
             yield item
 
+    @property
+    def dropped(self) -> int:  # type: ignore[override]
+        """Frames decoded but never handed to inference (queue overflow or too old)."""
+        return self.stats.dropped
+
     def fresh(self, frame: Frame) -> bool:
         """Take `frame` for inference unless older than max_latency (then count it as dropped)."""
         age = time.monotonic() - frame.wallclock
@@ -400,6 +426,23 @@ class LiveSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def live_progress(source: LiveSource, progress: Callable[[int, int | None], None] | None,
+                  status: Callable[[str], None] | None, interval: float = 5.0
+                  ) -> Callable[[int, int | None], None]:
+    """Wrap the pipeline's per-frame progress callback to count output frames and print status."""
+    line = StatusLine(source.stats, interval)
+    report = status or (lambda text: log.info("%s", text))
+
+    def on_frame(done: int, total: int | None) -> None:
+        source.stats.frames_written = done
+        if progress is not None:
+            progress(done, total)
+        if interval > 0 and line.due():
+            report(line.line())
+
+    return on_frame
 
 
 def _reason(exc: BaseException) -> str:

@@ -14,29 +14,27 @@ import time
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
-from typing import Protocol
 from urllib.parse import urlsplit
 
 import av
 import numpy as np
 
 from streamsr.errors import ConfigError, OutputError
+from streamsr.video.sink import EncodeOptions, Sink, encoder_options, open_sink, parse_bitrate
+from streamsr.video.source import (
+    FROM_RGB_FLAGS,
+    MATRICES,
+    VideoInfo,
+    default_matrix,
+    sws_matrix,
+    sws_range,
+)
 
 log = logging.getLogger(__name__)
 
 PUSH_FORMATS = {"rtsp": "rtsp", "rtsps": "rtsp", "rtmp": "flv", "rtmps": "flv",
                 "udp": "mpegts", "srt": "mpegts", "tcp": "mpegts"}
 LIVE_DEFAULT_SUFFIX = ".mkv"  # stays playable if the process dies mid-write
-
-
-class FrameSink(Protocol):
-    """What the pipeline writes to (matches `streamsr.video.sink.Sink`)."""
-
-    frames_written: int
-
-    def write(self, rgb: np.ndarray, pts: int | None, time_base: Fraction) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def is_push_url(dst: str) -> bool:
@@ -49,10 +47,26 @@ def live_output_path(dst: str) -> str:
     return dst if Path(dst).suffix else dst + LIVE_DEFAULT_SUFFIX
 
 
-class SegmentSink:
+def open_live_sink(dst: str, info: VideoInfo, *, scale: int = 4,
+                   encode: EncodeOptions | None = None, segment_time: float | None = None,
+                   overwrite: bool = False, rtsp_transport: str = "tcp") -> Sink:
+    """The output of a live run: a push to a server, rolling segments, or one MKV/MP4 file."""
+    encode = encode or EncodeOptions()
+    if is_push_url(dst):
+        if segment_time:
+            raise ConfigError("--segment-time applies to files, not to a push to a server")
+        return PushSink(dst, info.width * scale, info.height * scale, info.fps, encode,
+                        rtsp_transport=rtsp_transport)
+    if segment_time:
+        return SegmentSink(dst, lambda path: open_sink(path, info, scale=scale, encode=encode,
+                                                       overwrite=overwrite), segment_time)
+    return open_sink(live_output_path(dst), info, scale=scale, encode=encode, overwrite=overwrite)
+
+
+class SegmentSink(Sink):
     """Writes rolling files of `segment_time` seconds; each is finalised when the next begins."""
 
-    def __init__(self, pattern: str, open_file: Callable[[str], FrameSink],
+    def __init__(self, pattern: str, open_file: Callable[[str], Sink],
                  segment_time: float, *, clock: Callable[[], float] = time.time) -> None:
         if segment_time <= 0:
             raise ConfigError("--segment-time must be a positive number of seconds")
@@ -62,9 +76,14 @@ class SegmentSink:
         self.frames_written = 0
         self._open_file = open_file
         self._clock = clock
-        self._sink: FrameSink | None = None
+        self._sink: Sink | None = None
         self._start_pts: int | None = None
         self._last_pts: int | None = None
+        self.path = Path(self.pattern)
+
+    @property
+    def bytes_written(self) -> int:
+        return sum(os.path.getsize(p) for p in self.segments if os.path.exists(p))
 
     def _next_name(self) -> str:
         name = time.strftime(self.pattern, time.localtime(self._clock()))
@@ -87,7 +106,8 @@ class SegmentSink:
         self.segments.append(name)
         log.info("segment: writing %s", name)
 
-    def write(self, rgb: np.ndarray, pts: int | None, time_base: Fraction) -> None:
+    def write(self, rgb: np.ndarray, pts: int | None, time_base: Fraction,
+              name: str | None = None) -> None:
         """Write one frame; starts a new file once the current one spans `segment_time`."""
         if pts is None:
             pts = 0 if self._last_pts is None else self._last_pts + 1
@@ -97,35 +117,33 @@ class SegmentSink:
         self._last_pts = pts
         self.frames_written += 1
 
-    def _close_current(self) -> None:
+    def _close_current(self, trim: bool = False) -> None:
         if self._sink is not None:
             sink, self._sink = self._sink, None
-            sink.close()
+            sink.close(trim=trim)
             log.info("segment: finalised %s (%d frames)", self.segments[-1], sink.frames_written)
 
-    def close(self) -> None:
+    def close(self, trim: bool = False) -> None:
         """Finalise the open segment."""
-        self._close_current()
-
-    def __enter__(self) -> SegmentSink:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        self._close_current(trim)
 
 
-class PushSink:
+class PushSink(Sink):
     """Encodes frames with low-delay x264 and pushes them to an RTSP/RTMP (or UDP/SRT) server."""
 
-    def __init__(self, url: str, width: int, height: int, fps: Fraction | float | None, *,
-                 codec: str = "libx264", preset: str | None = "veryfast", crf: int | None = 23,
-                 bitrate: str | None = None, rtsp_transport: str = "tcp",
-                 timeout: float = 10.0, options: dict[str, str] | None = None) -> None:
+    def __init__(self, url: str, width: int, height: int, fps: Fraction | float | None,
+                 encode: EncodeOptions | None = None, *, rtsp_transport: str = "tcp",
+                 timeout: float = 10.0) -> None:
         scheme = urlsplit(url).scheme.lower()
         if scheme not in PUSH_FORMATS:
             raise ConfigError(f"cannot push to {scheme}:// (use rtsp:// or rtmp://)")
+        encode = encode or EncodeOptions(preset="veryfast", crf=23)
         self.url = url
+        self.path = Path(url)
         self.frames_written = 0
+        self._bytes = 0
+        self._pix_fmt = encode.pix_fmt
+        self._matrix = default_matrix(width, height)
         fmt = PUSH_FORMATS[scheme]
         mux_opts = {"rtsp_transport": rtsp_transport} if fmt == "rtsp" else {}
         rate = Fraction(fps).limit_denominator(1001) if fps else Fraction(25)
@@ -134,26 +152,37 @@ class PushSink:
                                       timeout=(timeout, timeout))
         except (av.FFmpegError, OSError) as exc:
             raise OutputError(f"cannot push to {url}: {exc}") from None
-        gop = max(1, round(rate))  # a keyframe every second lets viewers join quickly
-        codec_opts = {"tune": "zerolatency", "bf": "0", "g": str(gop)}
-        if preset:
-            codec_opts["preset"] = preset
-        if crf is not None and bitrate is None:
-            codec_opts["crf"] = str(crf)
-        codec_opts.update(options or {})
-        self._stream = self._container.add_stream(codec, rate=rate, options=codec_opts)
+        codec_opts = {"g": str(max(1, round(rate))), "bf": "0"}  # keyframe every second
+        if encode.codec in ("libx264", "libx265"):
+            codec_opts["tune"] = "zerolatency"
+        codec_opts.update(encoder_options(encode))
+        try:
+            self._stream = self._container.add_stream(encode.codec, rate=rate, options=codec_opts)
+        except (av.FFmpegError, ValueError) as exc:
+            self._container.close()
+            raise ConfigError(f"cannot push with encoder {encode.codec}: {exc}") from None
         self._stream.width, self._stream.height = width, height
-        self._stream.pix_fmt = "yuv420p"
-        if bitrate:
-            self._stream.bit_rate = _parse_bitrate(bitrate)
+        self._stream.pix_fmt = encode.pix_fmt
+        cc = self._stream.codec_context
+        cc.colorspace = {v: k for k, v in MATRICES.items()}[self._matrix]
+        cc.color_range = 1  # limited ("tv"), what players assume
+        if encode.bitrate:
+            cc.bit_rate = parse_bitrate(encode.bitrate)
         self._tb = Fraction(1, 90000)
-        self._stream.codec_context.time_base = self._tb
+        cc.time_base = self._tb
         self._last_pts: int | None = None
         self._closed = False
 
-    def write(self, rgb: np.ndarray, pts: int | None, time_base: Fraction) -> None:
+    @property
+    def bytes_written(self) -> int:
+        return self._bytes
+
+    def write(self, rgb: np.ndarray, pts: int | None, time_base: Fraction,
+              name: str | None = None) -> None:
         """Encode and send one RGB frame at `pts` (in `time_base`)."""
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(
+            format=self._pix_fmt, dst_colorspace=sws_matrix(self._matrix),
+            dst_color_range=sws_range("tv"), interpolation=FROM_RGB_FLAGS)
         out = round(pts * time_base / self._tb) if pts is not None else None
         if out is None or (self._last_pts is not None and out <= self._last_pts):
             out = 0 if self._last_pts is None else self._last_pts + 1
@@ -161,12 +190,13 @@ class PushSink:
         self._last_pts = out
         try:
             for packet in self._stream.encode(frame):
+                self._bytes += packet.size
                 self._container.mux(packet)
         except (av.FFmpegError, OSError) as exc:
             raise OutputError(f"push to {self.url} failed: {exc}") from None
         self.frames_written += 1
 
-    def close(self) -> None:
+    def close(self, trim: bool = False) -> None:
         """Flush the encoder and end the session with the server."""
         if self._closed:
             return
@@ -181,21 +211,3 @@ class PushSink:
                 self._container.close()
             except (av.FFmpegError, OSError) as exc:
                 log.warning("push: closing %s failed: %s", self.url, exc)
-
-    def __enter__(self) -> PushSink:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _parse_bitrate(text: str) -> int:
-    """'2M', '800k' or '1500000' -> bits per second."""
-    units = {"k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
-    t = text.strip().lower()
-    try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
-    except ValueError:
-        raise ConfigError(f"bad bitrate {text!r} (use e.g. 800k or 2M)") from None
