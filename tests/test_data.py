@@ -14,8 +14,14 @@ from skimage import data as skdata
 
 from streamsr.data.dataset import PairFolder, TripletDataset
 from streamsr.data.gopro import find_pairs, read_rgb
-from streamsr.data.prepare import (CropSettings, prepare_frames, prepare_gopro, prepare_synthetic,
-                                   read_index, write_triplets)
+from streamsr.data.prepare import (
+    CropSettings,
+    prepare_frames,
+    prepare_gopro,
+    prepare_synthetic,
+    read_index,
+    write_triplets,
+)
 from streamsr.data.transforms import bicubic_uint8
 from streamsr.errors import ConfigError, InputError
 

@@ -408,7 +408,7 @@ class _Run:
                 "scaler": self.scaler.state_dict(), "epoch": epoch, "step": step,
                 "sampler": {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "batch": r.batch,
                             "world": self.d.world, "seed": r.seed},
-                "rng": _rng_state(), "recipe": r.to_dict(),
+                "rng": _rng_state(), "recipe": r.to_dict(), "precision": self.precision,
                 "best": {"psnr": self.best_psnr, "step": self.best_step}}
 
     def _checkpoint(self, epoch: int, batch_in_epoch: int, step: int) -> None:
@@ -440,6 +440,7 @@ class _Run:
         r, d, dev, out = self.recipe, self.d, self.dev, self.out
         _seed_everything(r.seed, r.deterministic)
         self.autocast = _precision(r, dev)
+        self.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast]
 
         # data: the sample order is DistributedSampler's permutation of (seed, epoch); this rank's
         # batches are consecutive slices of its share, so resuming just skips consumed batches

@@ -1,0 +1,220 @@
+"""Training: recipes and overrides, loss goes down, exact resume (after Ctrl-C and after a corrupt
+checkpoint), refusing to mix runs, weight export, DDP with two gloo processes == one process."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from skimage import data as skdata
+
+from streamsr.data.dataset import TripletDataset
+from streamsr.data.prepare import CropSettings, prepare_gopro
+from streamsr.errors import ConfigError, Interrupted, OutputError, WeightsError
+from streamsr.models import TINY, DeblurSR
+from streamsr.models.weights import load_model
+from streamsr.training.losses import joint_loss
+from streamsr.training.recipe import Recipe, apply_overrides, load_recipe
+from streamsr.training.trainer import _build_model, list_checkpoints, load_latest_checkpoint, train
+
+REPO = Path(__file__).resolve().parent.parent
+MOTION = np.zeros((9, 9), np.float32)
+MOTION[4, :] = 1 / 9
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """36 training and 6 test triplets (LR 16 px, HR 64 px) from four real photos."""
+    root = tmp_path_factory.mktemp("train_data")
+    src = root / "GOPRO"
+    photos = [("astro", skdata.astronaut()), ("cat", skdata.chelsea()), ("coffee", skdata.coffee()),
+              ("rocket", skdata.rocket())]
+    for i, (name, img) in enumerate(photos):
+        split = "test" if name == "rocket" else "train"
+        sharp = cv2.resize(img, (128, 96), interpolation=cv2.INTER_AREA)
+        blur = cv2.filter2D(sharp, -1, MOTION, borderType=cv2.BORDER_REFLECT)
+        for frame in ("000001", "000002") if split == "train" else ("000001",):
+            for kind, im in (("sharp", sharp), ("blur", blur)):
+                d = src / split / f"S{i}_{name}" / kind
+                d.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(d / f"{frame}.png"), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
+    dst = root / "prep"
+    summary = prepare_gopro(src, dst, CropSettings(64, 32, 4))
+    assert summary.per_split == {"train": 36, "test": 6}
+    return dst
+
+
+# 36 triplets / batch 3 = 12 steps per epoch; 16 steps cross one epoch boundary.
+RECIPE = Recipe(name="t", model="tiny", batch=3, epochs=5, max_steps=16, lr=2e-3, lr_min=2e-4,
+                patch=8, augment=True, num_workers=0, log_every=1, checkpoint_every=4, keep_last=3,
+                val_max=6, seed=7)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def _loss_rows(run: Path) -> dict[int, float]:
+    with open(run / "log.csv", newline="") as f:
+        return {int(r["step"]): float(r["value"]) for r in csv.DictReader(f) if r["key"] == "train/loss"}
+
+
+@pytest.fixture(scope="module")
+def reference_run(prepared, tmp_path_factory) -> Path:
+    """An uninterrupted run: the yardstick for resumed ones."""
+    out = tmp_path_factory.mktemp("runs") / "A"
+    res = train(prepared, out, RECIPE)
+    assert res.step == 16 and res.epoch == 1
+    return out
+
+
+def test_recipes_in_repo_and_overrides():
+    paper = load_recipe(REPO / "train" / "paper_gopro.toml")
+    assert (paper.model, paper.lr, paper.lr_min, paper.betas, paper.epochs, paper.batch) == \
+        ("paper", 1e-4, 1e-5, (0.9, 0.999), 21, 13)
+    assert (paper.alpha, paper.edge_weight) == (0.5, 0.05)
+    lite = load_recipe(REPO / "train" / "lite_synthetic.toml")
+    assert lite.model == "lite" and lite.max_steps > 0
+    r = apply_overrides(paper, ["lr=2e-4", "batch=4", "model=lite", "betas=0.8,0.99", "augment=false"])
+    assert (r.lr, r.batch, r.model, r.betas, r.augment) == (2e-4, 4, "lite", (0.8, 0.99), False)
+    assert r.epochs == 21  # untouched
+    for bad in ["nosuchkey=1", "batch=2.5", "augment=maybe", "lr=fast", "model=huge", "epochs",
+                "lr_min=1"]:
+        with pytest.raises(ConfigError):
+            apply_overrides(paper, [bad])
+
+
+def test_recipe_file_rejects_unknown_keys_and_bad_types(tmp_path):
+    (tmp_path / "a.toml").write_text('model = "tiny"\nlearning_rate = 1e-3\n')
+    with pytest.raises(ConfigError, match="learning_rate"):
+        load_recipe(tmp_path / "a.toml")
+    (tmp_path / "b.toml").write_text('model = "tiny"\nepochs = "ten"\n')
+    with pytest.raises(ConfigError, match="epochs"):
+        load_recipe(tmp_path / "b.toml")
+    (tmp_path / "c.toml").write_text('model = "tiny"\nepochs = 3\n')
+    assert load_recipe(tmp_path / "c.toml") == Recipe(name="c", model="tiny", epochs=3)
+
+
+def test_training_lowers_the_loss_and_exports_weights(prepared, reference_run):
+    # the joint loss on held-out triplets: trained weights vs the same architecture untrained
+    val = TripletDataset(prepared, "test")
+    lr_blur, lr, hr = (torch.stack(t) for t in zip(*[val[i] for i in range(len(val))], strict=True))
+    torch.manual_seed(RECIPE.seed)
+    fresh = DeblurSR(TINY).eval()
+    trained = load_model(reference_run / "model.safetensors")
+    with torch.no_grad():
+        before = float(joint_loss(fresh(lr_blur), lr, hr).total)
+        after = float(joint_loss(trained(lr_blur), lr, hr).total)
+    assert after < 0.8 * before, (before, after)
+    assert (reference_run / "best.safetensors").exists()
+    with open(reference_run / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["key"] for r in rows} >= {"train/loss", "train/lr", "val/psnr_sr", "val/psnr_lr3",
+                                        "val/ssim_sr", "val/ssim_lr3"}
+    val_steps = [int(r["step"]) for r in rows if r["key"] == "val/psnr_sr"]
+    assert val_steps == [12, 16]  # end of epoch 0, end of the step budget
+    lrs = [float(r["value"]) for r in rows if r["key"] == "train/lr"]
+    assert lrs[-1] == pytest.approx(RECIPE.lr_min) and all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+    out = trained(torch.rand(1, 3, 12, 20))
+    assert out.hr.shape == (1, 3, 48, 80)
+
+
+def test_ctrl_c_saves_and_resume_is_bit_exact(prepared, reference_run, tmp_path):
+    out = tmp_path / "B"
+
+    def interrupt(step: int, loss: float) -> None:
+        if step == 7:  # mid-epoch, between checkpoints
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted) as info:
+        train(prepared, out, RECIPE, on_step=interrupt)
+    assert info.value.exit_code == 128 + signal.SIGINT
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000004.pt", "step-00000007.pt"]
+    assert not (out / "model.safetensors").exists()
+    with pytest.raises(OutputError):  # the run exists: refuse to start over it silently
+        train(prepared, out, RECIPE)
+    with pytest.raises(ConfigError, match="lr"):
+        train(prepared, out, replace(RECIPE, lr=1e-3), resume=True)
+    res = train(prepared, out, None, resume=True)  # the recipe comes from the checkpoint
+    assert res.step == 16
+    a, b = _weights(reference_run / "model.safetensors"), _weights(out / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from uninterrupted"
+    assert _loss_rows(out) == _loss_rows(reference_run)
+
+
+def test_corrupt_latest_checkpoint_falls_back(prepared, reference_run, tmp_path, caplog):
+    import shutil
+
+    out = tmp_path / "C"
+    shutil.copytree(reference_run, out)
+    ckpts = list_checkpoints(out)
+    assert [p.name for p in ckpts] == ["step-00000008.pt", "step-00000012.pt", "step-00000016.pt"]
+    ckpts[-1].write_bytes(ckpts[-1].read_bytes()[:5000])  # torn write
+    (out / "model.safetensors").unlink()
+    with caplog.at_level(logging.WARNING):
+        state, path = load_latest_checkpoint(out)
+    assert path.name == "step-00000012.pt" and state["step"] == 12
+    assert "falling back" in caplog.text
+    res = train(prepared, out, RECIPE, resume=True)
+    assert res.step == 16
+    a, b = _weights(reference_run / "model.safetensors"), _weights(out / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for p in list_checkpoints(out):
+        p.write_bytes(b"garbage")
+    with pytest.raises(WeightsError):
+        load_latest_checkpoint(out)
+
+
+def test_init_from_weights_file(reference_run):
+    model = _build_model(RECIPE, None, reference_run / "model.safetensors")
+    ref = _weights(reference_run / "model.safetensors")
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in ref.items())
+    with pytest.raises(WeightsError):
+        _build_model(replace(RECIPE, model="lite"), None, reference_run / "model.safetensors")
+    with pytest.raises(ConfigError):
+        _build_model(RECIPE, reference_run / "x.pth", None)  # --init-mprnet needs model=paper
+
+
+def test_ddp_two_gloo_processes_match_one(prepared, tmp_path):
+    """torchrun, 2 CPU processes x batch 2 == 1 process x batch 4 (same global batch)."""
+    recipe = ["--set", "model=tiny", "--set", "max_steps=5", "--set", "patch=8",
+              "--set", "num_workers=0", "--set", "log_every=1", "--set", "val_max=4",
+              "--set", "lr=2e-3", "--set", "lr_min=2e-4", "--set", "checkpoint_every=100"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    single = train(prepared, tmp_path / "one", load_recipe(REPO / "train" / "lite_synthetic.toml"),
+                   [r for r in recipe if r != "--set"] + ["batch=4"])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "streamsr", "train", "--recipe", str(REPO / "train" / "lite_synthetic.toml"),
+           "--data", str(prepared), "--out", str(tmp_path / "two"), "--set", "batch=2", *recipe]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = _loss_rows(tmp_path / "one"), _loss_rows(tmp_path / "two")
+    assert sorted(two) == sorted(one) == [1, 2, 3, 4, 5]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-6)
+    assert single.losses[0][1] == pytest.approx(one[1])
+    a, b = _weights(tmp_path / "one" / "model.safetensors"), _weights(tmp_path / "two" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bf16_training_steps(prepared, tmp_path):
+    res = train(prepared, tmp_path / "gpu", replace(RECIPE, max_steps=6), device="cuda")
+    assert res.step == 6 and all(np.isfinite(v) for _, v in res.losses)
+    state = torch.load(list_checkpoints(tmp_path / "gpu")[-1], weights_only=True)
+    assert state["recipe"]["precision"] == "auto"
+    assert state["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
