@@ -1,0 +1,315 @@
+"""The whole pipeline (`streamsr.upscale`): nothing lost, nothing reordered, colours kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import media
+import streamsr
+from streamsr.data.transforms import bicubic_uint8
+from streamsr.errors import ConfigError, InputError, OutputError
+from streamsr.models import TINY, DeblurSR
+from streamsr.pipeline import side_by_side, upscale
+from streamsr.video.source import open_source
+
+HERE = Path(__file__).parent
+FAST = dict(encoder_preset="ultrafast", device="cpu", batch=3)  # odd batch: partial last batch
+
+
+def _run(src, dst, **kw):
+    return upscale(src, dst, **{"model": media.BicubicX4(), **FAST, **kw})
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
+
+
+def _source_frames(path) -> list:
+    with open_source(path) as src:
+        return list(src)
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".mkv"])
+def test_every_frame_once_in_order_with_the_same_timestamps(tmp_path, ext):
+    src = media.make_index_clip(tmp_path / f"in{ext}", n=14)
+    stats = _run(src, tmp_path / f"out{ext}")
+    frames, _, _ = media.decode_all(tmp_path / f"out{ext}")
+    assert [media.read_index(f) for f in frames] == list(range(14))
+    assert np.allclose(media.frame_times(tmp_path / f"out{ext}"), media.frame_times(src), atol=1e-3)
+    assert stats.frames == 14 and stats.dropped == 0
+    assert stats.output_size == (256, 192) and stats.input_size == (64, 48)
+    assert stats.output_bytes == (tmp_path / f"out{ext}").stat().st_size
+    assert "14 frames" in stats.summary()
+
+
+def test_variable_frame_rate_survives(tmp_path):
+    src = media.make_vfr_clip(tmp_path / "vfr.mkv")
+    _run(src, tmp_path / "out.mp4")
+    expected = np.concatenate([[0], np.cumsum(media.VFR_DURATIONS_MS)[:-1]]) / 1000
+    assert np.allclose(media.frame_times(tmp_path / "out.mp4"), expected, atol=1e-3)
+    frames, _, _ = media.decode_all(tmp_path / "out.mp4")
+    assert [media.read_index(f) for f in frames] == list(range(len(expected)))
+
+
+def test_bicubic_stand_in_matches_bicubic_of_decoded_input(tmp_path):
+    src = media.make_smooth_clip(tmp_path / "in.mp4", n=7)
+    _run(src, tmp_path / "out.mp4")  # default encoder settings: CRF 18 yuv420p
+    inputs, outputs = _source_frames(src), _source_frames(tmp_path / "out.mp4")
+    assert len(inputs) == len(outputs) == 7
+    for fin, fout in zip(inputs, outputs):
+        ref = bicubic_uint8(fin.rgb, (192, 256))
+        assert _psnr(fout.rgb, ref) > 35
+
+
+def test_audio_subtitles_chapters_copied(tmp_path):
+    src = media.make_av_clip(tmp_path / "in.mkv", n=25)
+    _run(src, tmp_path / "out.mkv")
+    assert media.packets(tmp_path / "out.mkv") == media.packets(src)
+    assert media.packets(tmp_path / "out.mkv", "subtitle") == media.packets(src, "subtitle")
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        assert len(c.chapters()) == 2 and c.metadata.get("title") == "streamsr test"
+        assert {s.type for s in c.streams} == {"video", "audio", "subtitle"}
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_bt709_and_full_range_keep_mean_colour(tmp_path, full):
+    rgb = (60, 170, 220)
+    src = media.make_color_clip(tmp_path / "in.mp4", rgb=rgb, matrix="bt709", full_range=full, n=3)
+    _run(src, tmp_path / "out.mp4")
+    mean_in = np.mean([f.rgb.reshape(-1, 3).mean(0) for f in _source_frames(src)], axis=0)
+    mean_out = np.mean([f.rgb.reshape(-1, 3).mean(0) for f in _source_frames(tmp_path / "out.mp4")], axis=0)
+    assert np.abs(mean_out - mean_in).max() <= 1.0, (mean_in, mean_out)
+    assert np.abs(mean_in - rgb).max() <= 1.0
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        f = next(c.decode(video=0))
+        assert (f.colorspace, f.color_range) == (1, 2 if full else 1)
+
+
+def test_rotation_kept_and_10bit_in_and_out(tmp_path):
+    _run(media.make_rotated_clip(tmp_path / "r.mp4", rotation=270), tmp_path / "r_out.mp4")
+    with av.open(str(tmp_path / "r_out.mp4")) as c:
+        assert next(c.decode(video=0)).rotation == -90  # 270 ccw == -90
+    src = media.make_10bit_clip(tmp_path / "ten.mp4", n=4)
+    stats = _run(src, tmp_path / "eight.mp4")
+    assert stats.frames == 4
+    stats = _run(src, tmp_path / "ten_out.mkv", codec="libx264", pix_fmt="yuv420p10le")
+    with av.open(str(tmp_path / "ten_out.mkv")) as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv420p10le"
+    ref = [bicubic_uint8(f.rgb, (192, 256)) for f in _source_frames(src)]
+    out = [f.rgb for f in _source_frames(tmp_path / "ten_out.mkv")]
+    assert len(out) == 4 and min(_psnr(a, b) for a, b in zip(out, ref)) > 35
+
+
+def test_image_and_image_folder_inputs(tmp_path):
+    paths = media.write_images(tmp_path / "imgs", n=4)
+    stats = _run(tmp_path / "imgs", tmp_path / "out")
+    assert stats.frames == 4
+    import cv2
+
+    for i, p in enumerate(paths):
+        img = cv2.imread(str(tmp_path / "out" / p.name))[:, :, ::-1]
+        assert np.array_equal(img, bicubic_uint8(media.index_frame(i), (192, 256)))
+    stats = _run(paths[2], tmp_path / "one.png")
+    assert stats.frames == 1
+    assert media.read_index(cv2.imread(str(tmp_path / "one.png"))) == 2
+    _run(tmp_path / "imgs", tmp_path / "fromimgs.mp4")  # a folder can become a video too
+    assert [media.read_index(f) for f in media.decode_all(tmp_path / "fromimgs.mp4")[0]] == [0, 1, 2, 3]
+
+
+def test_start_and_duration(tmp_path):
+    src = media.make_av_clip(tmp_path / "in.mkv", n=25, subtitles=False)
+    stats = _run(src, tmp_path / "part.mkv", start=0.4, duration=0.32)
+    frames, _, _ = media.decode_all(tmp_path / "part.mkv")
+    assert [media.read_index(f) for f in frames] == list(range(10, 18)) and stats.frames == 8
+    times = media.frame_times(tmp_path / "part.mkv")
+    assert abs(times[0]) < 1e-3  # the part starts at 0 in the output
+    with av.open(str(tmp_path / "part.mkv")) as c:
+        audio = [float(p.pts * p.time_base) for p in c.demux(audio=0) if p.size]
+    assert audio and -0.05 <= min(audio) and max(audio) < 0.36
+
+
+def test_side_by_side_halves(tmp_path):
+    class Inverted(media.BicubicX4):
+        def forward(self, x):
+            return 1 - super().forward(x)
+
+    src = media.make_smooth_clip(tmp_path / "in.mp4", n=3)
+    _run(src, tmp_path / "sbs.mp4", model=Inverted(), side_by_side_view=True)
+    inputs, outputs = _source_frames(src), _source_frames(tmp_path / "sbs.mp4")
+    for fin, fout in zip(inputs, outputs):
+        bic = bicubic_uint8(fin.rgb, (192, 256))
+        rows = slice(40, 192)  # below the labels
+        assert _psnr(fout.rgb[rows, 8:120], bic[rows, 8:120]) > 30
+        assert _psnr(fout.rgb[rows, 136:248], 255 - bic[rows, 136:248]) > 30
+    lr = media.smooth_frame(0)[None]
+    sr = np.zeros((1, 192, 256, 3), np.uint8)
+    out = side_by_side(lr, sr)
+    assert out.shape == sr.shape and out[0, :20].max() == 255  # labels drawn at the top
+
+
+def test_tiny_model_from_a_weights_file(tmp_path):
+    torch.manual_seed(0)
+    net = DeblurSR(TINY).eval()
+    streamsr.save_model(net, tmp_path / "tiny.safetensors")
+    src = media.make_index_clip(tmp_path / "in.mp4", n=2, size=(32, 24))
+    stats = streamsr.upscale(src, tmp_path / "b.mp4", model=tmp_path / "tiny.safetensors", **FAST)
+    assert stats.frames == 2 and stats.output_size == (128, 96)
+    with torch.inference_mode():
+        ref = net(torch.from_numpy(_source_frames(src)[0].rgb).permute(2, 0, 1)[None].float() / 255).hr
+    ref = (ref[0].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+    assert _psnr(_source_frames(tmp_path / "b.mp4")[0].rgb, ref) > 33
+
+
+def test_bad_inputs_and_outputs(tmp_path):
+    src = media.make_index_clip(tmp_path / "in.mp4", n=3)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "text.mp4").write_text("not a video " * 100)
+    for bad, words in [(tmp_path / "missing.mp4", "not found"), (tmp_path / "empty.mp4", "empty"),
+                       (tmp_path / "text.mp4", "not a video"),
+                       (media.make_audio_only(tmp_path / "a.m4a"), "no video stream")]:
+        with pytest.raises(InputError, match=words):
+            _run(bad, tmp_path / "never.mp4")
+    assert not (tmp_path / "never.mp4").exists()
+    (tmp_path / "exists.mp4").write_bytes(b"keep")
+    with pytest.raises(OutputError, match="--overwrite"):
+        _run(src, tmp_path / "exists.mp4")
+    assert (tmp_path / "exists.mp4").read_bytes() == b"keep"
+    assert _run(src, tmp_path / "exists.mp4", overwrite=True).frames == 3
+    with pytest.raises(OutputError):
+        _run(src, tmp_path / "in.mp4" / "out.mp4")  # parent is a file
+    with pytest.raises(ConfigError, match="unknown encoder"):
+        _run(src, tmp_path / "x.mp4", codec="libnothing")
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_truncated_input_keeps_good_frames(tmp_path, caplog):
+    src = media.make_truncated(tmp_path / "cut.mkv", n=30, keep=0.6)
+    good = len(_source_frames(src))
+    stats = _run(src, tmp_path / "out.mp4")
+    assert stats.truncated and stats.frames == good > 0
+    frames, _, _ = media.decode_all(tmp_path / "out.mp4")
+    assert [media.read_index(f) for f in frames] == list(range(good))
+    assert "truncated" in stats.summary()
+
+
+def test_corrupt_packets_skipped(tmp_path):
+    src = media.make_corrupt_packets(tmp_path / "bad.mkv", n=12, bad=(4,))
+    stats = _run(src, tmp_path / "out.mp4")
+    assert stats.skipped_packets == 1 and stats.frames == 11
+    frames, _, _ = media.decode_all(tmp_path / "out.mp4")
+    assert [media.read_index(f) for f in frames] == [i for i in range(12) if i != 4]
+
+
+@pytest.mark.parametrize("size", [(1, 1), (101, 57)])
+def test_odd_sizes(tmp_path, size):
+    src = media.write_clip(tmp_path / "odd.mkv", (media.smooth_frame(i, *size) for i in range(4)),
+                           codec="ffv1", pix_fmt="yuv444p", options={})
+    stats = _run(src, tmp_path / "out.mp4")
+    frames, _, _ = media.decode_all(tmp_path / "out.mp4")
+    assert stats.frames == len(frames) == 4
+    assert frames[0].shape == (size[1] * 4, size[0] * 4, 3)
+
+
+def test_model_error_midway_still_finalises_the_output(tmp_path):
+    class Breaks(media.BicubicX4):
+        calls = 0
+
+        def forward(self, x):
+            Breaks.calls += x.shape[-1] == 64  # count real batches (not the engine's trial run)
+            if Breaks.calls == 3:
+                raise RuntimeError("boom")
+            return super().forward(x)
+
+    src = media.make_index_clip(tmp_path / "in.mp4", n=12)
+    with pytest.raises(RuntimeError, match="boom"):
+        upscale(src, tmp_path / "out.mp4", model=Breaks(), encoder_preset="ultrafast", device="cpu", batch=2)
+    frames, _, _ = media.decode_all(tmp_path / "out.mp4")  # playable, with the first batches
+    assert [media.read_index(f) for f in frames] == list(range(len(frames))) and len(frames) == 4
+
+
+_SLOW_CHILD = """
+import json, sys, time
+sys.path.insert(0, {here!r})
+import media
+from streamsr.errors import Interrupted
+from streamsr.pipeline import upscale
+
+class Slow(media.BicubicX4):
+    def forward(self, x):
+        time.sleep(0.05)
+        return super().forward(x)
+
+def progress(done, total):
+    print(done, flush=True)
+
+try:
+    upscale({src!r}, {dst!r}, model=Slow(), batch=1, device="cpu", encoder_preset="ultrafast",
+            progress=progress)
+except Interrupted as exc:
+    print(json.dumps({{"frames": exc.stats.frames}}), flush=True)
+    sys.exit(exc.exit_code)
+"""
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_halfway_finalises_a_playable_output(tmp_path, sig, code):
+    src = media.make_av_clip(tmp_path / "in.mp4", n=200, subtitles=False)
+    dst = tmp_path / "out.mp4"
+    script = _SLOW_CHILD.format(here=str(HERE), src=str(src), dst=str(dst))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.strip().isdigit() and int(line) >= 10:
+                break
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err[-2000:]
+    written = json.loads(out.strip().splitlines()[-1])["frames"]
+    frames, _, _ = media.decode_all(dst)
+    assert 10 <= written < 200
+    assert [media.read_index(f) for f in frames] == list(range(written))
+    with av.open(str(dst)) as c:  # audio stops with the video, it does not run on alone
+        audio_end = max(float((p.pts + p.duration) * p.time_base) for p in c.demux(audio=0) if p.size)
+    assert audio_end <= written * 0.04 + 0.1
+
+
+_RSS_CHILD = """
+import resource, sys
+sys.path.insert(0, {here!r})
+import media
+from streamsr.pipeline import upscale
+src = media.make_smooth_clip({src!r}, n={n}, size=(160, 120))
+upscale(src, {dst!r}, model=media.BicubicX4(), batch=2, device="cpu", encoder_preset="ultrafast")
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def test_peak_memory_does_not_grow_with_clip_length(tmp_path):
+    peaks = {}
+    for n in (20, 60):
+        script = _RSS_CHILD.format(here=str(HERE), src=str(tmp_path / f"in{n}.mkv"),
+                                   dst=str(tmp_path / f"out{n}.mkv"), n=n)
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        peaks[n] = int(proc.stdout.split()[-1]) / 1024  # MiB
+        assert len(media.decode_all(tmp_path / f"out{n}.mkv")[0]) == n
+    # Keeping every 640x480 output frame would add 40 x 0.9 MB; the bound is well below that.
+    assert peaks[60] - peaks[20] < 15, peaks
