@@ -1,0 +1,227 @@
+"""`streamsr bench`: it runs, its numbers are consistent, its parts do what they claim (no speed asserts)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from streamsr.bench import (
+    PARTS,
+    BenchConfig,
+    NearestX4,
+    count_frames,
+    encode_options,
+    ffmpeg_scale,
+    format_result,
+    format_sweep,
+    make_clip,
+    naive_loop,
+    parse_resolution,
+    run_bench,
+    run_sweep,
+)
+from streamsr.cli import main
+from streamsr.errors import ConfigError
+
+TINY_PARAMS = 112_088  # the `tiny` config's parameter count (tests/test_cli.py checks it too)
+W, H, N = 64, 48, 4
+RESULT_KEYS = {"model_only", "pipeline", "naive", "io_pipeline", "io_ffmpeg"}
+MACHINE_KEYS = {"cpu", "cpu_cores", "cpus_available", "torch_threads", "gpu", "gpu_memory_gib",
+                "torch", "cuda", "cudnn", "pyav", "ffmpeg", "ffmpeg_cli", "python", "platform"}
+
+
+def decode_all(path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def psnr_u8(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * math.log10(255.0**2 / max(mse, 1e-12))
+
+
+def nearest4(frames: np.ndarray) -> np.ndarray:
+    return frames.repeat(4, axis=1).repeat(4, axis=2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a busy shared machine two spinning threads make tiny models 10x slower.
+
+    (The engine keeps a thread count the user pinned with OMP_NUM_THREADS.)
+    """
+    old_env, old_threads = os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old_threads)
+    if old_env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = old_env
+
+
+@pytest.fixture(scope="module")
+def cpu_result():
+    return run_bench(BenchConfig(resolution=(W, H), frames=N, model="tiny", device="cpu"))
+
+
+def check_result(data: dict, frames: int, device: str) -> None:
+    """Schema, positive finite fps, fps = frames / seconds, ratios = quotients of reported fps."""
+    assert data["schema"] == "streamsr-bench-v1"
+    assert set(data) == {"schema", "date", "machine", "config", "model", "engine", "results",
+                         "ratios", "notes"}
+    assert data["date"].endswith("Z")
+    assert set(data["machine"]) == MACHINE_KEYS
+    assert data["machine"]["cpu_cores"] >= 1 and data["machine"]["torch"] == torch.__version__
+    assert data["machine"]["pyav"] == av.__version__
+    assert data["model"] == {"name": "tiny", "parameters": TINY_PARAMS, "trained": False}
+    assert data["engine"]["device"].startswith(device) and data["engine"]["batch"] >= 1
+    assert data["config"]["resolution"] == [W, H] and data["config"]["frames"] == frames
+    assert data["config"]["clip_frames"] == frames
+    results = data["results"]
+    assert set(results) == RESULT_KEYS
+    for name, t in results.items():
+        assert set(t) == {"fps", "frames", "seconds", "detail"}, name
+        assert math.isfinite(t["fps"]) and t["fps"] > 0, name
+        assert t["seconds"] > 0 and t["fps"] == pytest.approx(t["frames"] / t["seconds"], rel=1e-9)
+    # Every frame of the clip comes out of every video path, exactly once.
+    assert results["pipeline"]["frames"] == results["pipeline"]["detail"]["output_frames"] == frames
+    assert results["pipeline"]["detail"]["stats_frames"] == frames
+    assert results["io_pipeline"]["frames"] == frames
+    assert results["naive"]["frames"] == frames
+    assert results["io_ffmpeg"]["frames"] == frames
+    batch = data["engine"]["batch"]
+    assert results["model_only"]["frames"] == math.ceil(frames / batch) * batch
+    r, fps = data["ratios"], {k: v["fps"] for k, v in results.items()}
+    assert r["pipeline_over_model"] == pytest.approx(fps["pipeline"] / fps["model_only"], rel=1e-12)
+    assert r["pipeline_over_naive"] == pytest.approx(fps["pipeline"] / fps["naive"], rel=1e-12)
+    assert r["io_over_ffmpeg"] == pytest.approx(fps["io_pipeline"] / fps["io_ffmpeg"], rel=1e-12)
+    assert any("random weights" in note for note in data["notes"])
+
+
+def test_bench_on_cpu_reports_consistent_numbers(cpu_result):
+    data = json.loads(cpu_result.to_json())
+    check_result(data, N, "cpu")
+    assert data["machine"]["gpu"] is None
+    assert data["results"]["io_ffmpeg"]["detail"]["method"] in ("PyAV filter graph", "ffmpeg program")
+
+
+def test_table_shows_every_part_and_ratio(cpu_result):
+    text = format_result(cpu_result)
+    for label in ("model only", "pipeline", "naive loop", "I/O only: pipeline", "I/O only: FFmpeg",
+                  "pipeline / model only", "pipeline / naive loop", "I/O: pipeline / FFmpeg"):
+        assert f"| {label}" in text
+    assert f"{cpu_result.ratios.pipeline_over_naive:.2f}" in text
+    assert cpu_result.machine.cpu in text and "64x48 -> 256x192" in text
+
+
+def test_clip_has_the_requested_size_frames_and_motion(tmp_path):
+    clip = make_clip(tmp_path / "c.mp4", 96, 64, 5)
+    frames = decode_all(clip)
+    assert frames.shape == (5, 64, 96, 3)
+    assert count_frames(clip) == 5
+    assert frames.std() > 20  # textured, not flat
+    for a, b in zip(frames, frames[1:], strict=False):  # it moves: consecutive frames differ
+        assert np.abs(a.astype(int) - b.astype(int)).mean() > 5
+
+
+def test_ffmpeg_reference_is_a_nearest_x4_scale(tmp_path):
+    clip = make_clip(tmp_path / "c.mp4", W, H, 3)
+    t = ffmpeg_scale(clip, tmp_path / "f.mp4", encode_options(), method="pyav")
+    out = decode_all(tmp_path / "f.mp4")
+    assert t.frames == 3 and out.shape == (3, 4 * H, 4 * W, 3)
+    assert psnr_u8(out, nearest4(decode_all(clip))) > 28  # only the encoder's loss separates them
+
+
+def test_naive_loop_runs_the_model_on_every_frame(tmp_path):
+    clip = make_clip(tmp_path / "c.mp4", W, H, 3)
+    t = naive_loop(clip, tmp_path / "n.mp4", NearestX4(), torch.device("cpu"), encode_options())
+    out = decode_all(tmp_path / "n.mp4")
+    assert t.frames == 3 and out.shape == (3, 4 * H, 4 * W, 3)
+    assert psnr_u8(out, nearest4(decode_all(clip))) > 28
+
+
+def test_sweep_grows_over_sizes_and_batches(tmp_path):
+    # CPU engines pick batch 4 themselves: that batch gets a row too, with the pipeline's fps.
+    res = run_sweep(BenchConfig(frames=1, model="tiny", device="cpu"),
+                    resolutions=[(32, 16), (48, 32)], batches=(1,))
+    data = json.loads(res.to_json())
+    assert data["schema"] == "streamsr-bench-v1-sweep"
+    sizes = {(p["width"], p["height"]) for p in data["points"]}
+    assert sizes == {(32, 16), (48, 32)}
+    for size in sizes:
+        rows = [p for p in data["points"] if (p["width"], p["height"]) == size]
+        assert {p["batch"] for p in rows} == {1, 4}
+        assert sum(p["pipeline_fps"] is not None for p in rows) == 1  # once per size
+        for p in rows:
+            assert p["model_fps"] > 0 and p["ms_per_frame"] == pytest.approx(1000 / p["model_fps"])
+            assert p["ms_per_megapixel"] == pytest.approx(p["ms_per_frame"] / (size[0] * size[1] / 1e6))
+    assert "| 48x32 | 4 |" in format_sweep(res)
+
+
+def test_cli_json_to_stdout_and_file(tmp_path):
+    out = tmp_path / "b.json"
+    args = ["bench", "--device", "cpu", "--model", "tiny", "--resolution", "32x16", "--frames", "1",
+            "--skip", "pipeline", "--skip", "naive", "--skip", "io"]
+    res = CliRunner().invoke(main, [*args, "--json", "-"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)  # stdout is one JSON object; the table went to stderr
+    assert set(data["results"]) == {"model_only"}
+    assert data["ratios"] == {"pipeline_over_model": None, "pipeline_over_naive": None,
+                              "io_over_ffmpeg": None}
+    assert "| model only |" in res.stderr
+    res = CliRunner().invoke(main, [*args, "--json", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0
+    assert "| model only |" in res.stdout
+    assert set(json.loads(out.read_text())["results"]) == {"model_only"}
+
+
+@pytest.mark.parametrize("bad", [
+    BenchConfig(resolution=(65, 48)), BenchConfig(resolution=(8, 8)), BenchConfig(frames=0),
+    BenchConfig(batch=0), BenchConfig(parts=("model", "everything")), BenchConfig(parts=()),
+])
+def test_bad_settings_are_config_errors(bad):
+    with pytest.raises(ConfigError):
+        bad.check()
+
+
+def test_parse_resolution():
+    assert parse_resolution("320x180") == (320, 180) and parse_resolution("480X270") == (480, 270)
+    with pytest.raises(ConfigError):
+        parse_resolution("320")
+
+
+def test_cli_user_errors_are_one_line_exit_2(tmp_path):
+    # One real process (exit code and stderr as a user sees them), the other through CliRunner.
+    proc = subprocess.run([sys.executable, "-m", "streamsr", "bench", "--device", "cpu",
+                           "--resolution", "65x48"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "error:" in proc.stderr
+    res = CliRunner().invoke(main, ["bench", "--device", "cpu", "--model",
+                                    str(tmp_path / "none.safetensors")])
+    assert res.exit_code == 2 and "no such weights file" in res.stderr
+
+
+def test_parts_constant_matches_cli():
+    from streamsr.cli import bench_cmd
+
+    assert bench_cmd.PARTS == PARTS
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bench_on_cuda_reports_consistent_numbers():
+    result = run_bench(BenchConfig(resolution=(W, H), frames=8, model="tiny", device="cuda"))
+    data = json.loads(result.to_json())
+    check_result(data, 8, "cuda")
+    assert data["machine"]["gpu"] and data["engine"]["precision"] in ("bfloat16", "float16")
