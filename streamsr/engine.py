@@ -31,7 +31,7 @@ ALIGN = 8  # frames are padded to a multiple of this (MPRNet's quarter patches d
 CPU_BATCH = 4  # a modest default: on CPU, throughput barely grows past a few frames
 MAX_AUTO_BATCH = 16  # beyond this a GPU is saturated and latency only grows
 MIN_TILE = 32
-TILE_FEATHER = 0.5  # cross-fade tiles over this fraction of the overlap (see streamsr.tiling)
+TILE_FEATHER = 1.0  # cross-fade tiles over this fraction of the overlap (see streamsr.tiling)
 MEMORY_HEADROOM = 0.6  # fraction of free memory a batch may plan to use
 _PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -206,7 +206,7 @@ def test_tile_plan_covers_every_pixel_once_with_margin(size, tile, overlap):
             assert s.stop - s.keep_stop >= overlap
 
 
-@pytest.mark.parametrize("feather", [0, 8])
+@pytest.mark.parametrize("feather", [0, 16])
 def test_tiled_equals_untiled_for_a_local_model(feather):
     model = LocalNet().eval()
     x = torch.rand(2, 3, 96, 136, generator=torch.Generator().manual_seed(0))
@@ -239,16 +239,29 @@ def test_engine_tiles_give_the_untiled_result_for_a_local_model():
 
 
 def test_real_model_tiles_stay_close_to_the_whole_frame():
-    """MPRNet is not local (global channel attention, quarter/half patch splits, a receptive
-    field wider than any overlap), so tiles only approximate the whole frame: bound the PSNR."""
+    """MPRNet is not local, so its tiles only approximate the whole frame: bound the PSNR.
+
+    Stages 1-2 cut every input into quarters/halves at its centre lines, so each tile carries
+    patch seams of its own where the whole frame has none (and vice versa); the receptive field
+    (U-Net at 1/4 scale, 3 ORBs, 8 residual blocks) is far wider than any overlap; channel
+    attention pools globally. With a briefly trained tiny model we measured 41.7 dB for 32-px
+    tiles / 16-px overlap and 48 dB for 48 / 32 (cross-faded), errors peaking at the centre
+    lines of tiles and frame. Random weights give a flat image, so they are scaled up here
+    (x1.5) to get a lively output (std ~0.1) whose differences mean something.
+    """
     torch.manual_seed(0)
     model = DeblurSR(TINY)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_(1.5)
     x = frames(1, 6, 8, seed=2)
     x = np.ascontiguousarray(np.kron(x, np.ones((1, 12, 12, 1), np.uint8)))  # 72x96, blocky
     whole = Engine(model, EngineConfig(device="cpu", tile=0)).upscale_batch(x)
     tiled = Engine(model, EngineConfig(device="cpu", tile=32, tile_overlap=16)).upscale_batch(x)
     assert tiled.shape == whole.shape
-    assert psnr(tiled, whole) > 40
+    assert whole.std() > 10
+    assert psnr(tiled, whole) > 30
 
 
 # -- out of memory ------------------------------------------------------------------------------
