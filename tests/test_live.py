@@ -17,11 +17,15 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import media
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from streamsr.cli import main
 from streamsr.errors import ConfigError, SourceError
-from streamsr.video.live import LiveOptions, LiveSource, StatusLine, ffmpeg_options, is_network_uri
+from streamsr.pipeline import upscale
+from streamsr.video.live import LiveOptions, LiveSource, ffmpeg_options, is_network_uri
 from streamsr.video.segments import PushSink, SegmentSink, is_push_url, live_output_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,40 +161,6 @@ def test_reads_n_frames_with_source_clock(rtsp):
     assert src.stats.frames_decoded == n and src.stats.dropped == 0
 
 
-def _mean_rgb(frame) -> np.ndarray:
-    return frame.rgb.reshape(-1, 3).mean(0)
-
-
-def test_reconnects_after_server_restart(rtsp, caplog):
-    rtsp.start(color=RED)
-    outage = 0.8
-
-    def bounce() -> None:
-        time.sleep(1.0)
-        rtsp.stop()
-        time.sleep(outage)
-        rtsp.start(color=BLUE)
-
-    bouncer = threading.Thread(target=bounce)
-    caplog.set_level("WARNING", logger="streamsr.video.live")
-    with LiveSource(rtsp.url, fast_options(drop="none"), frames=50) as src:
-        bouncer.start()
-        frames = list(src)
-    bouncer.join()
-    red = [f for f in frames if _mean_rgb(f)[0] > 200 and _mean_rgb(f)[2] < 50]
-    blue = [f for f in frames if _mean_rgb(f)[2] > 200 and _mean_rgb(f)[0] < 50]
-    assert red and blue and len(red) + len(blue) == len(frames) == 50
-    assert max(f.pts for f in red) < min(f.pts for f in blue), "sessions in order"
-    gap = (min(f.pts for f in blue) - max(f.pts for f in red)) * frames[0].time_base
-    assert gap >= outage, "the outage shows as a gap in the output clock"
-    pts = [f.pts for f in frames]
-    assert pts == sorted(set(pts))
-    assert src.stats.reconnects == 1 and len(src.stats.outages) == 1
-    assert src.stats.downtime >= outage * 0.9
-    assert "reconnecting" in caplog.text and "attempt" in caplog.text
-    assert "reconnects 1" in StatusLine(src.stats).line()
-
-
 def test_silent_source_times_out_with_source_error():
     with socket.socket() as mute:  # accepts TCP connections, never says a word
         mute.bind(("127.0.0.1", 0))
@@ -199,32 +169,13 @@ def test_silent_source_times_out_with_source_error():
         t0 = time.monotonic()
         with pytest.raises(SourceError, match="after 2 attempt"):
             LiveSource(url, fast_options(open_timeout=0.7, reconnect_max=1))
-        assert time.monotonic() - t0 < 5
+        assert time.monotonic() - t0 < 20  # gave up, did not hang
 
 
 def test_closed_port_gives_up_after_reconnect_max():
     url = f"rtsp://127.0.0.1:{free_port()}/cam"
     with pytest.raises(SourceError, match="cannot open after 3 attempt"):
         LiveSource(url, fast_options(reconnect_max=2))
-
-
-def test_slow_consumer_drops_oldest_within_max_latency(rtsp):
-    rtsp.start()
-    n, max_latency = 40, 0.25
-    opts = fast_options(drop="oldest", queue_size=2, max_latency=max_latency)
-    ages = []
-    with LiveSource(rtsp.url, opts, frames=n) as src:
-        taken = []
-        for f in src:
-            ages.append(time.monotonic() - f.wallclock)
-            taken.append(f)
-            time.sleep(0.1)  # a model at 10 fps behind a 25 fps camera
-    s = src.stats
-    assert s.frames_decoded == n
-    assert len(taken) + s.dropped == n, "every frame is either delivered or counted as dropped"
-    assert s.dropped > 0 and max(ages) <= max_latency
-    indices = [f.index for f in taken]
-    assert indices == sorted(indices) and len(set(indices)) + s.dropped == n
 
 
 # -- outputs -------------------------------------------------------------------------------
@@ -310,3 +261,153 @@ def test_push_to_rtsp_and_read_back(tmp_path):
     assert got[5][2][0] > 150 and got[25][2][2] > 150
     times = [t for *_, t in got if t is not None]
     assert times[-1] - times[0] >= 29 / FPS + 0.45, "the gap survives the push"
+
+
+# -- the whole pipeline on a live source ----------------------------------------------------
+
+
+class SlowX4(media.BicubicX4):
+    """The bicubic stand-in at a fixed slow speed, like a big model on a small GPU."""
+
+    def __init__(self, seconds_per_frame: float) -> None:
+        super().__init__()
+        self.seconds_per_frame = seconds_per_frame
+
+    def forward(self, x):
+        time.sleep(self.seconds_per_frame * x.shape[0])
+        return super().forward(x)
+
+
+LIVE_FAST = dict(device="cpu", encoder_preset="ultrafast", batch=2)
+
+
+def _decode(path) -> tuple[list[np.ndarray], list[float]]:
+    frames, pts, tb = media.decode_all(path)
+    return frames, [float(p * tb) for p in pts]
+
+
+def _colour(rgb: np.ndarray) -> str:
+    r, g, b = rgb.reshape(-1, 3).mean(0)
+    return "red" if r > 180 and b < 60 else "blue" if b > 180 and r < 60 else "other"
+
+
+def test_live_upscale_writes_n_x4_frames_to_mkv(rtsp, tmp_path):
+    rtsp.start(color=RED)
+    stats = upscale(rtsp.url, tmp_path / "cam", model=media.BicubicX4(), frames=20,
+                    live_options=fast_options(drop="none"), **LIVE_FAST)
+    out = tmp_path / "cam.mkv"  # live default container
+    assert stats.output == str(out) and stats.frames == 20 and stats.dropped == 0
+    frames, times = _decode(out)
+    assert len(frames) == 20 and frames[0].shape == (4 * H, 4 * W, 3)
+    assert {_colour(f) for f in frames} == {"red"}
+    assert np.allclose(np.diff(times), 1 / FPS, atol=0.002), "output follows the 25 fps source clock"
+    assert stats.live["frames_decoded"] == 20 and stats.live["reconnects"] == 0
+
+
+def test_live_upscale_survives_server_restart(rtsp, tmp_path):
+    rtsp.start(color=RED)
+    outage = 0.8
+    lines: list[str] = []
+
+    def bounce() -> None:
+        time.sleep(1.0)
+        rtsp.stop()
+        time.sleep(outage)
+        rtsp.start(color=BLUE)
+
+    bouncer = threading.Thread(target=bounce)
+    bouncer.start()
+    try:
+        stats = upscale(rtsp.url, tmp_path / "cam.mkv", model=media.BicubicX4(), frames=50,
+                        live_options=fast_options(drop="none"), status=lines.append,
+                        status_interval=0.2, **LIVE_FAST)
+    finally:
+        bouncer.join()
+    frames, times = _decode(tmp_path / "cam.mkv")
+    colours = [_colour(f) for f in frames]
+    assert len(frames) == stats.frames == 50
+    n_red = colours.count("red")
+    assert 0 < n_red < 50 and colours == ["red"] * n_red + ["blue"] * (50 - n_red), \
+        "frames of both sessions, in order"
+    assert times[n_red] - times[n_red - 1] >= outage, "the outage is a gap in the timestamps"
+    assert stats.live["reconnects"] == 1 and stats.live["downtime_s"] >= 0.7
+    assert "1 reconnects" in stats.summary()
+    assert any("reconnects 1" in line for line in lines), lines
+
+
+def test_slow_model_drops_frames_and_keeps_latency_bounded(rtsp, tmp_path):
+    rtsp.start()
+    n, max_latency = 40, 0.3
+    stats = upscale(rtsp.url, tmp_path / "cam.mkv", model=SlowX4(0.1), frames=n,
+                    live_options=fast_options(drop="oldest", queue_size=2,
+                                              max_latency=max_latency),
+                    device="cpu", encoder_preset="ultrafast", batch=1)
+    frames, _ = _decode(tmp_path / "cam.mkv")
+    assert stats.live["frames_decoded"] == n
+    assert stats.dropped > 0 and len(frames) == stats.frames == n - stats.dropped, \
+        "the drop counter is exactly the frames missing from the output"
+    assert stats.live["latency_max_s"] <= max_latency
+
+
+def test_live_segments_are_each_playable(rtsp, tmp_path):
+    rtsp.start()
+    stats = upscale(rtsp.url, str(tmp_path / "seg" / "cam_%H%M%S.mkv"), model=media.BicubicX4(),
+                    frames=25, segment_time=0.42, live_options=fast_options(drop="none"),
+                    **LIVE_FAST)
+    files = sorted((tmp_path / "seg").glob("cam_*.mkv"))
+    counts = [len(_decode(f)[0]) for f in files]
+    assert len(files) == 3 and sum(counts) == stats.frames == 25
+    assert counts == [11, 11, 3], "0.42 s of a 25 fps stream per segment, in name order"
+    assert all(_decode(f)[1][0] == 0.0 for f in files), "each segment starts at time zero"
+
+
+def test_live_push_to_rtsp_and_read_back(rtsp, tmp_path):
+    rtsp.start(color=BLUE)
+    port = free_port()
+    url = f"rtsp://127.0.0.1:{port}/x4"
+    result = tmp_path / "got.json"
+    listener = subprocess.Popen([sys.executable, "-c", LISTENER, url, str(result)])
+    try:
+        _wait_listening(port)
+        stats = upscale(rtsp.url, url, model=media.BicubicX4(), frames=20,
+                        live_options=fast_options(drop="none"), **LIVE_FAST)
+        listener.wait(10)
+    finally:
+        listener.kill()
+    got = json.loads(result.read_text())
+    assert stats.output == url and len(got) == stats.frames == 20
+    assert all((w, h) == (4 * W, 4 * H) and rgb[2] > 180 for w, h, rgb, _ in got)
+
+
+@pytest.fixture
+def stand_in_model(monkeypatch):
+    """The CLI loads the bicubic stand-in instead of a real model (fast on a loaded CPU)."""
+    monkeypatch.setattr("streamsr.pipeline.resolve_model",
+                        lambda model, device="cpu": media.BicubicX4())
+
+
+def test_cli_silent_source_fails_with_one_line(tmp_path, stand_in_model):
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(4)
+        url = f"rtsp://127.0.0.1:{mute.getsockname()[1]}/cam"
+        result = CliRunner().invoke(main, [
+            "upscale", url, str(tmp_path / "out.mkv"), "--device", "cpu",
+            "--timeout", "0.7", "--reconnect-max", "1", "-q"])
+    assert result.exit_code == 2
+    assert "cannot open after 2 attempt" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out.mkv").exists()
+
+
+def test_cli_live_options_reach_the_pipeline(rtsp, tmp_path, stand_in_model):
+    rtsp.start(color=RED)
+    out = tmp_path / "cli.mkv"
+    result = CliRunner().invoke(main, [
+        "upscale", rtsp.url, str(out), "--device", "cpu", "--batch", "2",
+        "--encoder-preset", "ultrafast", "--frames", "8", "--rtsp-transport", "tcp",
+        "--drop", "none", "--reconnect-max", "3", "--timeout", "2", "--status-interval", "0"])
+    assert result.exit_code == 0, result.output
+    frames, _ = _decode(out)
+    assert len(frames) == 8 and frames[0].shape == (4 * H, 4 * W, 3)
+    assert {_colour(f) for f in frames} == {"red"}
+    assert "8 frames" in result.output and "dropped" not in result.output

@@ -47,6 +47,11 @@ def live_output_path(dst: str) -> str:
     return dst if Path(dst).suffix else dst + LIVE_DEFAULT_SUFFIX
 
 
+def live_output_label(dst: str, segment_time: float | None) -> str:
+    """What a live run writes to, for summaries: the URL, the segment pattern, or the file."""
+    return dst if is_push_url(dst) else live_output_path(dst)
+
+
 def open_live_sink(dst: str, info: VideoInfo, *, scale: int = 4,
                    encode: EncodeOptions | None = None, segment_time: float | None = None,
                    overwrite: bool = False, rtsp_transport: str = "tcp") -> Sink:
@@ -90,9 +95,9 @@ class SegmentSink(Sink):
         if name in self.segments or os.path.exists(name):
             stem, suffix = os.path.splitext(name)
             n = 1
-            while f"{stem}-{n}{suffix}" in self.segments or os.path.exists(f"{stem}-{n}{suffix}"):
+            while f"{stem}_{n:03d}{suffix}" in self.segments or os.path.exists(f"{stem}_{n:03d}{suffix}"):
                 n += 1
-            name = f"{stem}-{n}{suffix}"
+            name = f"{stem}_{n:03d}{suffix}"  # sorts after the first file of that second
         return name
 
     def _roll(self, pts: int) -> None:
