@@ -1,0 +1,169 @@
+"""`streamsr upscale`: options, presets, one-line errors with exit code 2, signals."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import av
+import pytest
+import torch
+from click.testing import CliRunner
+
+import media
+from streamsr.cli import main
+from streamsr.cli.video_cmds import find_preset, load_preset
+from streamsr.errors import ConfigError
+from streamsr.models import TINY, DeblurSR
+from streamsr.models.weights import save_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    save_model(DeblurSR(TINY), path)
+    return path
+
+
+@pytest.fixture
+def clip(tmp_path) -> Path:
+    return media.make_index_clip(tmp_path / "in.mp4", n=3, size=(16, 16))
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _one_line_error(result, *words: str) -> None:
+    assert result.exit_code == 2, (result.exit_code, result.output, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("streamsr: error:"), result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_upscale_writes_every_frame_and_prints_a_summary(tmp_path, clip, tiny_weights):
+    out = tmp_path / "out.mp4"
+    result = _invoke("upscale", clip, out, "--model", tiny_weights, "--device", "cpu",
+                     "--encoder-preset", "ultrafast", "--batch", "3")
+    assert result.exit_code == 0, result.stderr
+    frames, _, _ = media.decode_all(out)
+    assert len(frames) == 3 and frames[0].shape == (64, 64, 3)
+    assert "3 frames in" in result.stderr and "64x64" in result.stderr
+    quiet = _invoke("upscale", clip, out, "--model", tiny_weights, "--device", "cpu", "--quiet",
+                    "--overwrite", "--encoder-preset", "ultrafast", "--crf", "30",
+                    "--encoder-opt", "tune=zerolatency")
+    assert quiet.exit_code == 0 and quiet.stderr.strip() == "" and quiet.output == ""
+
+
+def test_preset_sets_values_and_command_line_wins(tmp_path, clip, tiny_weights, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "mine.toml").write_text(
+        f'description = "test"\nmodel = "{tiny_weights}"\ncodec = "libx264"\npix_fmt = "yuv444p"\n'
+        f'encoder_preset = "ultrafast"\ndevice = "cpu"\n[encoder_opt]\ntune = "zerolatency"\n')
+    r = _invoke("upscale", clip, "a.mp4", "--preset", "mine", "-q")
+    assert r.exit_code == 0, r.stderr
+    with av.open("a.mp4") as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv444p"
+    r = _invoke("upscale", clip, "b.mp4", "--preset", "mine", "--pix-fmt", "yuv420p", "-q")
+    assert r.exit_code == 0, r.stderr
+    with av.open("b.mp4") as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv420p"
+    (tmp_path / "pipelines" / "typo.toml").write_text('crf = "high"\n')
+    _one_line_error(_invoke("upscale", clip, "c.mp4", "--preset", "typo"), "crf")
+    (tmp_path / "pipelines" / "class.toml").write_text('network = "my.module.Net"\n')
+    _one_line_error(_invoke("upscale", clip, "c.mp4", "--preset", "class"), "unknown option")
+
+
+def test_bundled_presets_load():
+    for name in ("dashcam", "handheld", "archive"):
+        assert find_preset(name).parent.name == "pipelines"
+        values = load_preset(name)
+        assert values["model"] == "lite" and "codec" in values and "crf" in values
+    assert load_preset("archive")["pix_fmt"] == "yuv420p10le"
+    for bad in ("../etc/passwd", "a/b", "..", ".hidden"):
+        with pytest.raises(ConfigError, match="bad preset name"):
+            find_preset(bad)
+    with pytest.raises(ConfigError, match="no pipeline preset"):
+        find_preset("nosuchpreset")
+
+
+def test_user_errors_are_one_line_with_exit_code_2(tmp_path, clip, tiny_weights):
+    (tmp_path / "text.mp4").write_text("no video here " * 50)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "exists.mp4").write_bytes(b"x")
+    audio = media.make_audio_only(tmp_path / "a.m4a")
+    base = ["--model", tiny_weights, "--device", "cpu"]
+    cases = [
+        ([tmp_path / "missing.mp4", tmp_path / "o.mp4"], ["not found"]),
+        ([tmp_path / "text.mp4", tmp_path / "o.mp4"], ["not a video"]),
+        ([tmp_path / "empty.mp4", tmp_path / "o.mp4"], ["empty"]),
+        ([audio, tmp_path / "o.mp4"], ["no video stream"]),
+        ([clip, tmp_path / "exists.mp4"], ["--overwrite"]),
+        ([clip, tmp_path / "nodir" / "o.mp4"], ["does not exist"]),
+        ([clip, tmp_path / "o.mp4", "--codec", "nosuchcodec"], ["unknown encoder"]),
+        ([clip, tmp_path / "o.mp4", "--encoder-opt", "novalue"], ["key=value"]),
+        ([clip, tmp_path / "o.mp4", "--preset", "../../x"], ["bad preset name"]),
+        ([clip, tmp_path / "o.mp4", "--bitrate", "lots"], ["bitrate"]),
+    ]
+    for args, words in cases:
+        _one_line_error(_invoke("upscale", *args, *base), *words)
+    r = _invoke("upscale", clip, tmp_path / "o.mp4", "--model", tmp_path / "nope.safetensors")
+    _one_line_error(r)
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_truncated_input_exits_0_with_a_warning(tmp_path, tiny_weights):
+    src = media.make_truncated(tmp_path / "cut.mkv", n=30, keep=0.45, size=(32, 24))
+    good = len(media.decode_all(src)[0])
+    assert 0 < good < 30
+    r = _invoke("upscale", src, tmp_path / "o.mp4", "--model", tiny_weights, "--device", "cpu",
+                "--encoder-preset", "ultrafast")
+    assert r.exit_code == 0, r.stderr
+    assert "truncated" in r.stderr and f"{good} frames" in r.stderr
+    assert len(media.decode_all(tmp_path / "o.mp4")[0]) == good
+
+
+def test_sigterm_via_the_cli_exits_143_with_a_playable_file(tmp_path, tiny_weights):
+    src = media.make_index_clip(tmp_path / "in.mkv", n=300, size=(64, 48))
+    out = tmp_path / "out.mkv"
+    proc = subprocess.Popen([sys.executable, "-m", "streamsr", "upscale", str(src), str(out),
+                             "--model", str(tiny_weights), "--device", "cpu", "--batch", "1",
+                             "--encoder-preset", "ultrafast"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    err = bytearray()
+    reader = threading.Thread(target=lambda: [err.extend(b) for b in iter(lambda: proc.stderr.read1(4096), b"")],
+                              daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:  # wait for the bar to pass 10 frames
+            done = [int(n) for n in re.findall(rb"(\d+)/300", bytes(err))]
+            if done and max(done) >= 10:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, bytes(err)[-2000:]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+    finally:
+        proc.kill()
+    text = bytes(err).decode(errors="replace")
+    assert proc.returncode == 143, text[-2000:]
+    assert "Traceback" not in text and "interrupted by SIGTERM" in text
+    frames, _, _ = media.decode_all(out)
+    assert 10 <= len(frames) < 300
+    times = media.frame_times(out)  # the first len(frames) input timestamps, in order
+    assert times == pytest.approx([k * 0.04 for k in range(len(frames))], abs=1e-3)
