@@ -102,21 +102,33 @@ def available_cpus() -> int:
     return max(1, n)
 
 
-def use_all_cpu_threads() -> int:
-    """Give intra-op parallelism every available CPU, unless the user pinned a thread count.
+_cpu_threads: int | None = None  # chosen once per process (torch's thread pool is global)
 
-    Decode and encode run in FFmpeg's own threads and mostly wait on bounded queues; the model is
-    the bottleneck by orders of magnitude on CPU, so it gets all cores (one core kept aside made
-    the model ~2x slower on the 2-core CI machine for a negligible gain in decode latency). The
-    count is set once per process; an explicit OMP_NUM_THREADS wins.
+
+def use_cpu_threads() -> int:
+    """Give intra-op parallelism every idle CPU, once per process; OMP_NUM_THREADS wins.
+
+    Decode and encode run in FFmpeg's own threads and mostly wait on bounded queues; on CPU the
+    model is the bottleneck by orders of magnitude, so it gets every core that is free. Free
+    matters: torch's OpenMP threads meet at a barrier after every op, so when another process
+    holds a core the whole pool waits for the descheduled thread. Measured on the 2-core CI
+    machine under a load of ~11: `lite` at 64x64 took 0.67 s with 1 thread and 6-9 s with 2.
+    So the count is the available CPUs minus the 1-minute load average (at least 1).
     """
+    global _cpu_threads
+    if _cpu_threads is not None:
+        return _cpu_threads
     if os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads()
+        _cpu_threads = torch.get_num_threads()
+        return _cpu_threads
     n = available_cpus()
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-        log.info("torch intra-op threads set to %d (available CPUs)", n)
-    return n
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    threads = max(1, min(n, round(n - load)))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    log.info("torch intra-op threads: %d (%d CPUs available, load %.1f)", threads, n, load)
+    _cpu_threads = threads
+    return threads
 
 
 def free_memory(device: torch.device) -> int:
@@ -209,7 +221,7 @@ class Engine:
         self.dtype = resolve_precision(config.precision, self.device)
         self.scale = model_scale(model)
         if self.device.type == "cpu":
-            use_all_cpu_threads()
+            use_cpu_threads()
         else:
             torch.backends.cudnn.benchmark = True  # fixed batch shapes: let cuDNN pick kernels
         model = model.eval().to(self.device)
