@@ -1,0 +1,203 @@
+"""A folder of videos: upscale every file into OUT_DIR, spread over torchrun ranks, resumable.
+
+Files are found recursively (hidden files skipped) and mirrored under OUT_DIR with the same
+relative path; containers that cannot hold H.264 plus the usual audio become .mkv. Each rank
+takes every WORLD_SIZE-th file of the sorted list (round-robin) and runs the ordinary
+pipeline on its own device. An output is written under a hidden temporary name and renamed
+when complete, so a file with its final name is always finished: `resume=True` skips those,
+and an interrupted batch continues where it stopped. One bad file does not stop the others;
+the failures are reported together at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from streamsr.distributed import DistEnv, ProcessGroup, device_for, dist_env
+from streamsr.errors import InputError, Interrupted, OutputError, StreamsrError
+from streamsr.pipeline import resolve_model
+from streamsr.pipeline import upscale as pipeline_upscale
+from streamsr.video.source import IMAGE_EXTS
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTS = frozenset({".mp4", ".mkv", ".mov", ".m4v", ".avi", ".webm", ".ts", ".mts", ".m2ts",
+                        ".flv", ".wmv", ".mpg", ".mpeg", ".3gp", ".ogv", ".vob", ".mxf"})
+KEEP_EXTS = frozenset({".mp4", ".mkv", ".mov", ".m4v"})  # outputs keep these; others become .mkv
+TMP_TAG = ".partial"
+
+
+def list_videos(folder: Path, exclude: Path | None = None) -> list[Path]:
+    """Video files under `folder` (recursive, sorted, no hidden files, nothing under `exclude`)."""
+    found = []
+    skip = exclude.resolve() if exclude is not None else None
+    for root, dirs, files in os.walk(folder):
+        rootp = Path(root)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and (skip is None or (rootp / d).resolve() != skip))
+        for name in files:
+            if not name.startswith(".") and Path(name).suffix.lower() in VIDEO_EXTS:
+                found.append(rootp / name)
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def is_video_folder(folder: Path) -> bool:
+    """True when `folder` holds videos and no images (a folder of images is one image sequence)."""
+    if not folder.is_dir():
+        return False
+    top = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if any(p.suffix.lower() in IMAGE_EXTS for p in top):
+        return False
+    return any(p.suffix.lower() in VIDEO_EXTS for p in top) or bool(list_videos(folder))
+
+
+def output_for(src_dir: Path, out_dir: Path, video: Path) -> Path:
+    """OUT_DIR/<same relative path>, with .mkv for containers we do not write."""
+    rel = video.relative_to(src_dir)
+    if rel.suffix.lower() not in KEEP_EXTS:
+        rel = rel.with_suffix(".mkv")
+    return out_dir / rel
+
+
+def temp_for(out: Path) -> Path:
+    """Hidden name in the same folder with the same extension (so the container is the same)."""
+    return out.with_name(f".{out.stem}{TMP_TAG}{out.suffix}")
+
+
+@dataclass
+class BatchStats:
+    """What a folder run did, over all ranks."""
+
+    files: int
+    written: int = 0
+    skipped: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    output: str = ""
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        line = (f"{self.files} files: {self.written} written, {self.skipped} already finished"
+                f"{f', {len(self.failed)} failed' if self.failed else ''}; {self.frames} frames in "
+                f"{self.seconds:.1f} s -> {self.output}")
+        return line
+
+
+@dataclass
+class _RankResult:
+    written: int = 0
+    frames: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _plan(src_dir: Path, out_dir: Path, resume: bool, overwrite: bool) -> list[tuple[Path, Path]] | StreamsrError:
+    """Rank 0: the (input, output) pairs still to do, or the error that stops the run."""
+    if not src_dir.is_dir():
+        return InputError(f"{src_dir} is not a folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        return OutputError(f"{out_dir} exists and is not a folder")
+    if out_dir.resolve() == src_dir.resolve():
+        return OutputError("the output folder must differ from the input folder")
+    videos = list_videos(src_dir, exclude=out_dir)
+    if not videos:
+        return InputError(f"{src_dir} holds no video files ({', '.join(sorted(VIDEO_EXTS))})")
+    pairs = [(v, output_for(src_dir, out_dir, v)) for v in videos]
+    outs = [o for _, o in pairs]
+    if len(set(outs)) != len(outs):
+        dup = next(o for o in outs if outs.count(o) > 1)
+        return OutputError(f"two inputs would both be written to {dup}; rename one of them")
+    existing = [o for o in outs if o.exists()]
+    if existing and not (resume or overwrite):
+        return OutputError(f"{len(existing)} outputs exist already ({existing[0]}, ...): pass --resume "
+                           f"to skip them or --overwrite to replace them")
+    try:
+        for o in outs:
+            o.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return OutputError(f"cannot create folders in {out_dir}: {exc.strerror or exc}")
+    return pairs
+
+
+def upscale_folder(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, resume: bool = False,
+                   overwrite: bool = False, model: str | os.PathLike | nn.Module = "lite",
+                   device: str = "auto",
+                   progress: Callable[[int, int | None], None] | None = None,
+                   env: DistEnv | None = None, **options) -> BatchStats | None:
+    """Upscale every video under `src_dir` into `out_dir`; files are shared round-robin over ranks.
+
+    `options` are those of `streamsr.pipeline.upscale`; `progress(frames, None)` counts this
+    rank's frames.
+    Rank 0 returns the totals of all ranks, other ranks None. Raises `InputError` naming the
+    failed files after the others are done.
+    """
+    t0 = time.monotonic()
+    env = env or dist_env()
+    src_dir, out_dir = Path(src_dir), Path(out_dir)
+    dev = device_for(env, device) if env.distributed else device
+    for key in ("live", "live_options", "status", "status_interval", "segment_time"):
+        options.pop(key, None)
+    with ProcessGroup(env, dev) as group:
+        if env.main:
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                plan = OutputError(f"cannot create {out_dir}: {exc.strerror or exc}")
+            else:
+                plan = _plan(src_dir, out_dir, resume, overwrite)
+        else:
+            plan = None
+        plan = group.broadcast(plan)
+        if isinstance(plan, BaseException):
+            raise plan
+        module = resolve_model(model)
+        mine = plan[env.rank::env.world_size]
+        result = _RankResult()
+        skipped = 0
+        for video, out in mine:
+            if out.exists() and not overwrite:
+                skipped += 1  # finished by an earlier run (resume)
+                log.info("skipping %s: %s is finished", video, out)
+                continue
+            tmp = temp_for(out)
+            base = result.frames
+
+            def file_progress(done: int, _total: int | None, base: int = base) -> None:
+                if progress is not None:
+                    progress(base + done, None)
+
+            try:
+                stats = pipeline_upscale(video, tmp, model=module, device=dev, overwrite=True,
+                                         progress=file_progress if progress else None, **options)
+            except Interrupted:
+                tmp.unlink(missing_ok=True)
+                raise
+            except StreamsrError as exc:
+                tmp.unlink(missing_ok=True)
+                log.error("%s: %s", video, exc)
+                result.failed.append((str(video), str(exc)))
+                continue
+            os.replace(tmp, out)
+            result.written += 1
+            result.frames += stats.frames
+            log.info("rank %d: %s -> %s (%d frames)", env.rank, video, out, stats.frames)
+        results = group.all_gather((result.written, result.frames, skipped, result.failed))
+    if not env.main:
+        return None
+    total = BatchStats(files=len(plan), seconds=time.monotonic() - t0, output=str(out_dir))
+    for written, frames, skip, failed in results:
+        total.written += written
+        total.frames += frames
+        total.skipped += skip
+        total.failed.extend(failed)
+    if total.failed:
+        name, message = total.failed[0]
+        raise InputError(f"{len(total.failed)} of {total.files} files failed (first: {name}: "
+                         f"{message}); {total.summary()}")
+    return total

@@ -1,0 +1,385 @@
+"""One video file in keyframe-aligned parts: over many torchrun processes, and resumable.
+
+Rank 0 reads the input's keyframe index and plans contiguous parts (at least one per process,
+about `part_frames` frames each); every rank upscales its share of the parts with the ordinary
+pipeline (seek to the part's keyframe, decode up to the next part's first timestamp) into
+`OUT.parts/part_NNNNN.mp4`; rank 0 then stream-copies the parts into OUT and copies audio,
+subtitles and chapters once from the input. A part is finished when its final name exists
+(it is written under a temporary name and renamed), and `OUT.parts/manifest.json` records the
+plan, the input and the settings, so `resume=True` after an interruption redoes only the parts
+that are missing, on any number of processes. `upscale_job` picks the path for a CLI call:
+folder of videos, parts, or the plain single-process pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import torch
+from torch import nn
+
+from streamsr import errors
+from streamsr.distributed import DistEnv, ProcessGroup, device_for, dist_env
+from streamsr.errors import ConfigError, InputError, Interrupted, OutputError, StreamsrError
+from streamsr.pipeline import Stats, resolve_model
+from streamsr.pipeline import upscale as pipeline_upscale
+from streamsr.video.split import (
+    KeyframeIndex,
+    Segment,
+    join_parts,
+    part_offset,
+    plan_segments,
+    read_keyframe_index,
+    segment_window,
+)
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "streamsr-parts"
+DEFAULT_PART_FRAMES = 1800  # about a minute at 30 fps: what a resumed run may have to redo
+# Encoders whose packets MP4 holds (MP4 parts keep the input's time base exactly; MKV rounds to ms).
+_MP4_CODECS = {"libx264", "libx265", "h264_nvenc", "hevc_nvenc", "av1_nvenc", "libsvtav1",
+               "libaom-av1", "librav1e", "libvpx-vp9", "h264_qsv", "hevc_qsv", "mpeg4", "h264_vaapi",
+               "hevc_vaapi"}
+# Options that change what a part contains (a resumed run must use the same ones).
+_CONTENT_OPTIONS = ("precision", "tile", "codec", "crf", "encoder_preset", "pix_fmt", "bitrate",
+                    "encoder_options", "side_by_side_view")
+
+
+def parts_dir_for(dst: str | os.PathLike) -> Path:
+    """Where the parts of `dst` are kept: OUT.parts/ next to it (same file system: atomic renames)."""
+    dst = Path(dst)
+    return dst.with_name(dst.name + ".parts")
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 of the model's parameters and buffers (names, shapes, bytes)."""
+    h = hashlib.sha256(type(model).__name__.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _input_id(src: Path) -> dict:
+    st = src.stat()
+    return {"path": str(src.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+@dataclass
+class PartsPlan:
+    """What rank 0 decided, sent to every rank."""
+
+    parts_dir: Path
+    part_ext: str
+    time_base: Fraction
+    start_time: int | None
+    segments: list[Segment]
+    assignments: list[list[int]]  # per rank: indices of the segments it upscales
+    width: int
+    height: int
+    rotation: int
+    finished: bool = False  # OUT already exists and resume was asked: nothing to do
+
+    def index(self) -> KeyframeIndex:
+        """The parts of the index that segment windows need."""
+        return KeyframeIndex(self.time_base, self.start_time, (), ())
+
+    def part_path(self, seg: int, tmp: bool = False) -> Path:
+        return self.parts_dir / f"part_{seg:05d}{'.tmp' if tmp else ''}{self.part_ext}"
+
+
+def assign_contiguous(segments: list[Segment], world: int) -> list[list[int]]:
+    """Split `segments` (in order) into `world` contiguous runs of about equal frame counts."""
+    total = sum(max(1, s.frames) for s in segments)
+    out: list[list[int]] = [[] for _ in range(world)]
+    done = 0
+    for s in segments:
+        w = max(1, s.frames)
+        rank = min(world - 1, int((done + w / 2) * world / total)) if total else 0
+        out[rank].append(s.index)
+        done += w
+    return out
+
+
+def _read_manifest(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT else None
+
+
+def _video_geometry(src: Path) -> tuple[int, int, int]:
+    """(width, height, rotation) of the first video stream (rotation from its first frame)."""
+    try:
+        container = av.open(str(src), metadata_errors="ignore")
+    except av.error.FFmpegError:
+        raise InputError(f"{src} is not a video file FFmpeg can read") from None
+    with container as c:
+        if not c.streams.video:
+            raise InputError(f"{src} has no video stream")
+        vs = c.streams.video[0]
+        rotation = 0
+        try:
+            for f in c.decode(vs):
+                rotation = int(round(f.rotation or 0))
+                break
+        except av.error.FFmpegError:
+            pass
+        return vs.codec_context.width, vs.codec_context.height, rotation
+
+
+def _prepare(src: Path, dst: Path, *, world: int, resume: bool, overwrite: bool,
+             part_frames: int, settings: dict) -> PartsPlan:
+    """Rank 0: check paths, reuse or make the plan and the parts folder, share out the work."""
+    if not src.exists():
+        raise InputError(f"input not found: {src}")
+    if not src.is_file():
+        raise InputError(f"{src} is not a regular file")
+    if src.resolve() == dst.resolve():
+        raise ConfigError("input and output are the same file")
+    parts_dir = parts_dir_for(dst)
+    if not dst.parent.is_dir():
+        raise OutputError(f"cannot write {dst}: folder {dst.parent} does not exist")
+    if src.stat().st_size == 0:
+        raise InputError(f"{src} is empty (0 bytes)")
+    width, height, rotation = _video_geometry(src)
+    if dst.exists():
+        if resume and not overwrite:
+            log.info("%s exists: already finished", dst)
+            return PartsPlan(parts_dir, "", Fraction(1), None, [], [[] for _ in range(world)],
+                             width, height, rotation, finished=True)
+        if not overwrite:
+            raise OutputError(f"{dst} exists; pass --overwrite to replace it (or --resume to keep it)")
+    want = {"format": MANIFEST_FORMAT, "version": 1, "input": _input_id(src), "settings": settings}
+    manifest = None
+    if parts_dir.exists():
+        manifest = _read_manifest(parts_dir / MANIFEST)
+        if manifest is None and parts_dir.is_dir() and any(parts_dir.iterdir()):
+            raise OutputError(f"{parts_dir} exists and is not a streamsr parts folder; move it away")
+        if manifest is not None and resume:
+            if manifest.get("input") != want["input"] or manifest.get("settings") != settings:
+                what = "input" if manifest.get("input") != want["input"] else "settings"
+                raise ConfigError(f"the parts in {parts_dir} were made from another {what}; run "
+                                  f"without --resume to start over (or delete that folder)")
+            log.info("resuming from %s", parts_dir)
+        elif manifest is not None:
+            log.info("starting over: removing the old parts in %s", parts_dir)
+            shutil.rmtree(parts_dir)
+            manifest = None
+    if manifest is None:
+        index = read_keyframe_index(src)
+        frames = index.frames if index else 0
+        parts = max(world, math.ceil(frames / max(1, part_frames)))
+        segments = plan_segments(index, parts)
+        codec = settings.get("codec", "libx264")
+        manifest = {**want, "part_ext": ".mp4" if codec in _MP4_CODECS else ".mkv",
+                    "time_base": str(index.time_base if index else Fraction(1, 90000)),
+                    "start_time": index.start_time if index else None,
+                    "frames": frames, "segments": [s.as_dict() for s in segments]}
+        try:
+            parts_dir.mkdir(exist_ok=True)
+            tmp = parts_dir / (MANIFEST + ".tmp")
+            tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+            os.replace(tmp, parts_dir / MANIFEST)
+        except OSError as exc:
+            raise OutputError(f"cannot write {parts_dir}: {exc.strerror or exc}") from None
+        log.info("%s: %d frames in %d keyframe-aligned parts", src, frames, len(segments))
+    plan = PartsPlan(parts_dir, manifest["part_ext"], Fraction(manifest["time_base"]),
+                     manifest["start_time"], [Segment(**s) for s in manifest["segments"]], [],
+                     width, height, rotation)
+    for path in parts_dir.glob(f"part_*.tmp{plan.part_ext}"):
+        path.unlink(missing_ok=True)  # left by an interrupted run
+    todo = [s for s in plan.segments if not plan.part_path(s.index).exists()]
+    if len(todo) < len(plan.segments):
+        log.info("%d of %d parts already finished", len(plan.segments) - len(todo), len(plan.segments))
+    plan.assignments = assign_contiguous(todo, world) if todo else [[] for _ in range(world)]
+    return plan
+
+
+def _settings(module: nn.Module, options: dict) -> dict:
+    out = {k: options.get(k) for k in _CONTENT_OPTIONS if k in options}
+    out["model"] = model_fingerprint(module)
+    return json.loads(json.dumps(out, default=str))
+
+
+def _error_record(exc: BaseException) -> tuple[str, str]:
+    return type(exc).__name__, str(exc)
+
+
+def _raise_remote(rank: int, record: tuple[str, str]) -> None:
+    name, message = record
+    cls = getattr(errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, StreamsrError):
+        raise cls(f"rank {rank}: {message}")
+    raise RuntimeError(f"rank {rank} failed: {name}: {message}")
+
+
+def upscale_parts(src: str | os.PathLike, dst: str | os.PathLike, *, resume: bool = False,
+                  part_frames: int = DEFAULT_PART_FRAMES, keep_parts: bool = False,
+                  model: str | os.PathLike | nn.Module = "lite", device: str = "auto",
+                  overwrite: bool = False,
+                  progress: Callable[[int, int | None], None] | None = None,
+                  env: DistEnv | None = None, **options) -> Stats:
+    """Upscale one video file in keyframe-aligned parts on every torchrun rank, then join on rank 0.
+
+    Works with one process too (that is how `--resume` runs). `options` are those of
+    `streamsr.pipeline.upscale` (encoder, precision, batch, tile, side-by-side, ...). Rank 0
+    returns the `Stats` of the joined output, other ranks those of their own parts.
+    """
+    t0 = time.monotonic()
+    env = env or dist_env()
+    src, dst = Path(src), Path(dst)
+    dev = device_for(env, device)
+    module = resolve_model(model)
+    with ProcessGroup(env, dev) as group:
+        plan: PartsPlan | BaseException
+        if env.main:
+            try:
+                plan = _prepare(src, dst, world=env.world_size, resume=resume, overwrite=overwrite,
+                                part_frames=part_frames, settings=_settings(module, options))
+            except StreamsrError as exc:
+                plan = exc
+        else:
+            plan = None  # type: ignore[assignment]
+        plan = group.broadcast(plan)
+        if isinstance(plan, BaseException):
+            raise plan
+        mine = plan.assignments[env.rank]
+        segs = {s.index: s for s in plan.segments}
+        total = sum(segs[i].frames for i in mine)
+        done_frames = 0
+        error: tuple[str, str] | None = None
+        failure: BaseException | None = None
+        for i in mine:
+            seg = segs[i]
+            start, duration = segment_window(plan.index(), seg)
+            tmp, final = plan.part_path(i, tmp=True), plan.part_path(i)
+            base = done_frames
+
+            def part_progress(done: int, _total: int | None, base: int = base) -> None:
+                if progress is not None:
+                    progress(base + done, total)
+
+            try:
+                stats = pipeline_upscale(src, tmp, model=module, device=dev, start=start,
+                                         duration=duration, overwrite=True,
+                                         progress=part_progress if progress else None, **options)
+            except Interrupted:
+                tmp.unlink(missing_ok=True)
+                raise
+            except Exception as exc:  # noqa: BLE001 - reported to every rank below
+                tmp.unlink(missing_ok=True)
+                log.error("rank %d, part %d: %s", env.rank, i, exc)
+                error, failure = _error_record(exc), exc
+                break
+            if stats.frames != seg.frames:
+                log.warning("part %d: %d frames decoded, the index has %d (damaged input?)",
+                            i, stats.frames, seg.frames)
+            os.replace(tmp, final)
+            done_frames += stats.frames
+            log.info("rank %d: part %d done (%d frames)", env.rank, i, stats.frames)
+        results = group.all_gather(error)
+        if failure is not None:
+            raise failure
+        for rank, record in enumerate(results):
+            if record is not None:
+                _raise_remote(rank, record)
+        if plan.finished:
+            written = _count_frames(dst) if env.main else 0
+        elif env.main:
+            written = _join(src, dst, plan, keep_parts)  # the other ranks may leave meanwhile
+        else:
+            written = done_frames
+    seconds = time.monotonic() - t0
+    label = str(dst) if env.main else f"rank {env.rank}: {len(mine)} parts of {dst}"
+    scale = int(getattr(getattr(module, "config", None), "scale", None) or getattr(module, "scale", 4))
+    return Stats(frames=written, seconds=seconds, fps=written / seconds if seconds > 0 else 0.0,
+                 output_bytes=dst.stat().st_size if env.main and dst.exists() else 0, output=label,
+                 input_size=(plan.width, plan.height),
+                 output_size=(plan.width * scale, plan.height * scale))
+
+
+def _count_frames(path: Path) -> int:
+    with av.open(str(path)) as c:
+        return sum(1 for p in c.demux(c.streams.video[0]) if p.size)
+
+
+def _join(src: Path, dst: Path, plan: PartsPlan, keep_parts: bool) -> int:
+    """Rank 0: every part must be there (shared file system); stream-copy them into `dst`."""
+    missing = [plan.part_path(s.index).name for s in plan.segments if not plan.part_path(s.index).exists()]
+    if missing:
+        raise OutputError(f"{len(missing)} parts are not in {plan.parts_dir} ({missing[0]}, ...): with "
+                          f"several machines, OUT must be on a file system they all share")
+    index = plan.index()
+    parts = [(plan.part_path(s.index), part_offset(index, s), s.start_pts) for s in plan.segments]
+    joined = plan.parts_dir / f"joined{dst.suffix}"
+    written = join_parts(parts, joined, time_base=plan.time_base, copy_from=str(src),
+                         rotation=plan.rotation)
+    expected = sum(s.frames for s in plan.segments)
+    if written != expected:
+        log.warning("%s: %d frames joined, the input index has %d", dst, written, expected)
+    os.replace(joined, dst)
+    if not keep_parts:
+        shutil.rmtree(plan.parts_dir, ignore_errors=True)
+    return written
+
+
+def upscale_job(src: str | os.PathLike, dst: str | os.PathLike, *, resume: bool = False,
+                part_frames: int | None = None, progress=None, **options):
+    """What `streamsr upscale` runs: a folder of videos, a file in parts, or the plain pipeline.
+
+    Parts are used under torchrun (WORLD_SIZE > 1) and for `resume`; everything else (images,
+    live streams, --start/--duration/--frames, rolling segments) runs the plain pipeline on
+    rank 0 only. Returns `Stats` / `BatchStats`, or None on ranks that have nothing to report.
+    """
+    from streamsr.batch import is_video_folder, upscale_folder
+    from streamsr.video.live import is_network_uri
+    from streamsr.video.sink import is_image_output
+    from streamsr.video.source import IMAGE_EXTS
+
+    env = dist_env()
+    if not env.main:
+        progress = None
+    src_path = Path(str(src))
+    if src_path.is_dir() and is_video_folder(src_path):
+        return upscale_folder(src_path, dst, resume=resume, progress=progress, env=env, **options)
+    special = [name for name in ("start", "duration", "frames", "segment_time")
+               if options.get(name)]
+    if options.get("live") or is_network_uri(str(src)):
+        special.append("live")
+    plain = (special or src_path.is_dir() or src_path.suffix.lower() in IMAGE_EXTS
+             or is_image_output(dst))
+    if plain:
+        if env.distributed or resume:
+            log.warning("parts (torchrun/--resume) need a video file in and out without %s; "
+                        "running the plain pipeline%s", ", ".join(f"--{s.replace('_', '-')}" for s in special)
+                        or "images", " on rank 0" if env.distributed else "")
+        if not env.main:
+            return None
+        if env.distributed:
+            options["device"] = device_for(env, options.get("device", "auto"))
+        return pipeline_upscale(src, dst, progress=progress, **options)
+    if env.distributed or resume:
+        for key in ("live", "live_options", "status", "status_interval", "frames", "segment_time",
+                    "start", "duration"):
+            options.pop(key, None)
+        stats = upscale_parts(src, dst, resume=resume, progress=progress, env=env,
+                              part_frames=part_frames or DEFAULT_PART_FRAMES, **options)
+        return stats if env.main else None
+    return pipeline_upscale(src, dst, progress=progress, **options)
