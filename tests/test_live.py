@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -411,3 +412,38 @@ def test_cli_live_options_reach_the_pipeline(rtsp, tmp_path, stand_in_model):
     assert len(frames) == 8 and frames[0].shape == (4 * H, 4 * W, 3)
     assert {_colour(f) for f in frames} == {"red"}
     assert "8 frames" in result.output and "dropped" not in result.output
+
+
+_CLI_CHILD = """
+import sys
+sys.path.insert(0, {here!r})
+import media
+import streamsr.pipeline
+streamsr.pipeline.resolve_model = lambda model, device="cpu": media.BicubicX4()
+from streamsr.cli import main
+main(["upscale", {url!r}, {out!r}, "--device", "cpu", "--batch", "1",
+      "--encoder-preset", "ultrafast", "--status-interval", "0.2"])
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter with torch: ~10 s on a busy 2-core box
+def test_sigterm_finalises_a_playable_live_recording(rtsp, tmp_path):
+    rtsp.start(color=RED)
+    out = tmp_path / "cam.mkv"
+    script = _CLI_CHILD.format(here=str(Path(__file__).parent), url=rtsp.url, out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:  # status lines go to stderr
+            if line.startswith("live:") and " out 0.0 fps" not in line:
+                break
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    frames, times = _decode(out)
+    assert len(frames) > 0 and {_colour(f) for f in frames} == {"red"}
+    assert f"{len(frames)} frames" in err, "the summary counts what the file holds"
+    assert times == sorted(times)
