@@ -305,9 +305,13 @@ def _model_call(engine: Engine) -> Callable[[torch.Tensor], torch.Tensor]:
     return engine._forward  # noqa: SLF001 - the exact call the pipeline makes, minus I/O
 
 
-def time_model(engine: Engine, width: int, height: int, frames: int, warmup: int = 1) -> Timing:
-    """Model-only fps on one device-resident float batch of the engine's size, padded as it pads."""
+def time_model(engine: Engine, width: int, height: int, frames: int, warmup: int | None = None) -> Timing:
+    """Model-only fps on one device-resident float batch of the engine's size, padded as it pads.
+
+    `warmup` untimed calls first (default: 2 on CUDA, where the first one autotunes cuDNN; 1 on CPU).
+    """
     batch = engine.batch
+    warmup = warmup if warmup is not None else (2 if engine.device.type == "cuda" else 1)
     ph, pw = -(-height // ALIGN) * ALIGN, -(-width // ALIGN) * ALIGN
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, ph, pw, generator=gen).to(engine.device)
@@ -535,6 +539,10 @@ def _notes(model_info: dict, device: torch.device) -> list[str]:
     return notes
 
 
+def _said(t: Timing) -> str:
+    return f"  {t.fps:.3g} fps ({t.frames} frames in {t.seconds:.2f} s)"
+
+
 def _announce(progress: Progress | None, text: str) -> None:
     log.info("bench: %s", text)
     if progress is not None:
@@ -564,6 +572,7 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRes
         if "model" in config.parts:
             _announce(progress, f"model only ({config.model}, batch {engine.batch})")
             results["model_only"] = time_model(engine, width, height, frames)
+            _announce(progress, _said(results["model_only"]))
         if device.type == "cuda" and {"pipeline", "io"} & set(config.parts):
             _announce(progress, "warming up the pipeline (untimed)")
             warm_pipeline(work, width, height, min(frames, 2 * engine.batch),
@@ -572,14 +581,18 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRes
             _announce(progress, "pipeline (decode -> engine -> encode)")
             results["pipeline"] = run_pipeline(clip, work / "pipeline.mp4", copy.deepcopy(pristine),
                                                pipe_engine)
+            _announce(progress, _said(results["pipeline"]))
         if "naive" in config.parts:
             _announce(progress, "naive loop (one frame at a time, fp32)")
             results["naive"] = naive_loop(clip, work / "naive.mp4", copy.deepcopy(pristine), device, enc)
+            _announce(progress, _said(results["naive"]))
         if "io" in config.parts:
             _announce(progress, "I/O only: pipeline with a x4 nearest-neighbour stand-in")
             results["io_pipeline"] = run_pipeline(clip, work / "io.mp4", NearestX4(), pipe_engine)
+            _announce(progress, _said(results["io_pipeline"]))
             _announce(progress, "I/O only: FFmpeg decode + x4 nearest scale + encode")
             results["io_ffmpeg"] = ffmpeg_scale(clip, work / "ffmpeg.mp4", enc, config.ffmpeg)
+            _announce(progress, _said(results["io_ffmpeg"]))
     ratios = Ratios(
         pipeline_over_model=_ratio(results.get("pipeline"), results.get("model_only")),
         pipeline_over_naive=_ratio(results.get("pipeline"), results.get("naive")),
@@ -624,6 +637,7 @@ def run_sweep(config: BenchConfig, resolutions: Sequence[tuple[int, int]] = SWEE
                 fps = _fps_or_oom(time_model, engine, width, height, max(frames, batch))
                 rows[batch] = SweepPoint(width=width, height=height, batch=batch, model_fps=fps,
                                          ms_per_frame=_ms(fps), ms_per_megapixel=_ms(fps, mpx))
+                _announce(progress, f"  {fps:.3g} fps" if fps is not None else "  out of memory")
             if pipeline:
                 engine = Engine(model, _engine_config(config))
                 engine.plan(height, width)
@@ -640,6 +654,8 @@ def run_sweep(config: BenchConfig, resolutions: Sequence[tuple[int, int]] = SWEE
                 rows[batch].pipeline_fps = _fps_or_oom(run_pipeline, clip, work / "out.mp4",
                                                        copy.deepcopy(pristine),
                                                        _engine_config(config, batch=batch))
+                pipe_fps = rows[batch].pipeline_fps
+                _announce(progress, f"  {pipe_fps:.3g} fps" if pipe_fps is not None else "  out of memory")
             points += [rows[b] for b in sorted(rows)]
             if device.type == "cuda":
                 torch.cuda.empty_cache()

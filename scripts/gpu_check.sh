@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The one prepared check for a lent GPU machine (H100/H200): GPU info, the CUDA tests,
+# `streamsr bench` with the paper model at 480x270 in bf16, then, time allowing, a short sweep.
+#
+# Everything is teed to $OUT/gpu_check.log and the JSON results land in $OUT. Each step has its
+# own timeout, cut to the time left in the whole budget (GPU_CHECK_BUDGET seconds, default 540),
+# and a failing step never stops the next one. Run from anywhere; it works in the project root.
+#
+# On the device (after carrying .whl, see ../shared/device/README.md):
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+#     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit; bash scripts/gpu_check.sh
+# Rehearsal on a CPU machine (same steps, cpu + tiny model + tiny sizes):
+#   GPU_CHECK_DRY=1 OUT=/tmp/gpu_check bash scripts/gpu_check.sh
+# Overrides: PYTHON, BENCH_FRAMES, SWEEP_FRAMES, SWEEP_SIZES, SWEEP_BATCHES, GPU_CHECK_BUDGET.
+
+set -u
+cd "$(dirname "$0")/.." || exit 1
+ROOT=$PWD
+OUT=${OUT:-$ROOT/gpu_check_out}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/gpu_check.log") 2>&1
+
+PY=${PYTHON:-python3}
+START=$SECONDS
+RESERVE=10  # seconds kept for the summary at the end
+export PYTHONUNBUFFERED=1  # a step killed by its timeout still leaves its output in the log
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$ROOT"
+
+if [ "${GPU_CHECK_DRY:-0}" = 1 ]; then
+  echo "GPU_CHECK_DRY=1: rehearsal on the CPU with the tiny model and tiny sizes"
+  DEVICE=cpu MODEL=tiny RES=64x48 PRECISION=fp32
+  BENCH_FRAMES=${BENCH_FRAMES:-4} SWEEP_FRAMES=${SWEEP_FRAMES:-2}
+  SWEEP_SIZES=${SWEEP_SIZES:-32x16,64x48} SWEEP_BATCHES=${SWEEP_BATCHES:-1,2}
+  BUDGET=${GPU_CHECK_BUDGET:-300}
+else
+  DEVICE=cuda MODEL=paper RES=480x270 PRECISION=bf16
+  BENCH_FRAMES=${BENCH_FRAMES:-128} SWEEP_FRAMES=${SWEEP_FRAMES:-32}
+  SWEEP_SIZES=${SWEEP_SIZES:-320x180,480x270,960x540} SWEEP_BATCHES=${SWEEP_BATCHES:-1,2,4,8}
+  BUDGET=${GPU_CHECK_BUDGET:-540}
+fi
+SUMMARY=()
+
+# step NAME MAX_SECONDS COMMAND...: run with a timeout (MAX or the budget left), log rc and time.
+step() {
+  local name=$1 max=$2
+  shift 2
+  local left=$(( BUDGET - (SECONDS - START) - RESERVE ))
+  if (( left < 20 )); then
+    echo "== $name: skipped, only ${left}s of the budget left"
+    SUMMARY+=("$name: skipped (no time left)")
+    return 0
+  fi
+  local limit=$(( max < left ? max : left ))
+  echo
+  echo "== $name (timeout ${limit}s, $(date -u +%H:%M:%S) UTC)"
+  echo "\$ $*"
+  local t0=$SECONDS
+  timeout --kill-after=10 "$limit" "$@"
+  local rc=$?
+  local note=""
+  if (( rc == 124 || rc == 137 )); then note=" (timed out)"; fi
+  echo "== $name: exit $rc$note after $(( SECONDS - t0 ))s"
+  SUMMARY+=("$name: exit $rc$note, $(( SECONDS - t0 ))s")
+}
+
+echo "gpu_check: $(date -u +%Y-%m-%dT%H:%M:%SZ), budget ${BUDGET}s, device $DEVICE, out $OUT"
+
+step "nvidia-smi" 20 nvidia-smi
+step "gpu query" 20 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit \
+  --format=csv
+
+# PyAV: the lead installs the carried wheel first; install it here if that was skipped.
+if ! "$PY" -c "import av" 2>/dev/null && compgen -G "$ROOT/.whl/*.whl" >/dev/null; then
+  step "install PyAV wheel" 60 "$PY" -m pip install -q --no-index --no-deps --no-compile \
+    --no-cache-dir --upgrade --target /tmp/site "$ROOT"/.whl/*.whl
+  export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
+
+step "versions" 60 "$PY" - <<'EOF'
+import platform, torch
+print("python", platform.python_version(), "| torch", torch.__version__, "| cuda", torch.version.cuda,
+      "| available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("gpu", p.name, f"{p.total_memory / 2**30:.1f} GiB", "| bf16", torch.cuda.is_bf16_supported(),
+          "| cudnn", torch.backends.cudnn.version())
+try:
+    import av
+    print("PyAV", av.__version__, "| FFmpeg", getattr(av, "ffmpeg_version_info", "?"),
+          "| h264_nvenc", "h264_nvenc" in av.codecs_available, "| h264_cuvid", "h264_cuvid" in av.codecs_available)
+except ImportError as exc:
+    print("PyAV missing:", exc)
+EOF
+
+# -m cuda overrides the project's default "-m 'not slow'"; modules that need packages the GPU
+# image lacks fail to collect and are reported, the others still run.
+step "pytest engine (cuda)" 150 "$PY" -m pytest tests/test_engine.py -m cuda -q -p no:cacheprovider -rs
+step "pytest other cuda tests" 120 "$PY" -m pytest tests -m cuda -q -p no:cacheprovider -rs \
+  --ignore=tests/test_engine.py --continue-on-collection-errors
+
+BENCH_JSON="$OUT/bench_${MODEL}_${RES}.json"
+step "bench $MODEL $RES $PRECISION" 240 "$PY" -m streamsr bench --device "$DEVICE" --model "$MODEL" \
+  --resolution "$RES" --precision "$PRECISION" --frames "$BENCH_FRAMES" --json "$BENCH_JSON"
+[ -s "$BENCH_JSON" ] && cat "$BENCH_JSON"
+
+SWEEP_JSON="$OUT/sweep_${MODEL}.json"
+step "sweep $MODEL" 240 "$PY" -m streamsr bench --sweep --device "$DEVICE" --model "$MODEL" \
+  --precision "$PRECISION" --frames "$SWEEP_FRAMES" --sizes "$SWEEP_SIZES" --batches "$SWEEP_BATCHES" \
+  --json "$SWEEP_JSON"
+
+echo
+echo "== summary ($(( SECONDS - START ))s of ${BUDGET}s)"
+for line in "${SUMMARY[@]}"; do echo "  $line"; done
+ls -la "$OUT"
+exit 0
