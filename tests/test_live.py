@@ -447,3 +447,29 @@ def test_sigterm_finalises_a_playable_live_recording(rtsp, tmp_path):
     assert len(frames) > 0 and {_colour(f) for f in frames} == {"red"}
     assert f"{len(frames)} frames" in err, "the summary counts what the file holds"
     assert times == sorted(times)
+
+
+_KILLED_CHILD = """
+import os, sys
+from fractions import Fraction
+import numpy as np
+from streamsr.video.segments import open_live_sink
+from streamsr.video.source import ColorInfo, VideoInfo
+info = VideoInfo(64, 48, Fraction(25), Fraction(1, 90000), None, None, "yuv420p", ColorInfo(), 0,
+                 True, "rtsp://cam")
+sink = open_live_sink(sys.argv[1], info, encode=None)
+rng = np.random.default_rng(0)
+for i in range(130):  # 5.2 s of camera noise, keyframes every 2 s
+    sink.write(rng.integers(0, 255, (192, 256, 3), dtype=np.uint8), i * 3600, Fraction(1, 90000))
+os._exit(0)  # dies without closing anything, like kill -9
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter with torch
+@pytest.mark.parametrize("ext", ["mkv", "mp4"])
+def test_killed_live_recording_stays_playable(tmp_path, ext):
+    out = tmp_path / f"cam.{ext}"
+    subprocess.run([sys.executable, "-c", _KILLED_CHILD, str(out)], check=True, timeout=120)
+    frames, times = _decode(out)
+    assert len(frames) >= 40, "everything up to the last keyframe survives"
+    assert times == sorted(times)

@@ -8,6 +8,7 @@ and sends the x4 stream to an RTSP or RTMP server so it can be watched while it 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -62,6 +63,9 @@ def open_live_sink(dst: str, info: VideoInfo, *, scale: int = 4,
             raise ConfigError("--segment-time applies to files, not to a push to a server")
         return PushSink(dst, info.width * scale, info.height * scale, info.fps, encode,
                         rtsp_transport=rtsp_transport)
+    if "g" not in encode.options:  # a keyframe every 2 s: files are cut (and flushed) there
+        fps = float(info.fps) if info.fps else 25.0
+        encode = dataclasses.replace(encode, options={**encode.options, "g": str(max(1, round(2 * fps)))})
     if segment_time:
         return SegmentSink(dst, lambda path: open_sink(path, info, scale=scale, encode=encode,
                                                        overwrite=overwrite), segment_time)
