@@ -404,9 +404,10 @@ def test_cli_live_options_reach_the_pipeline(rtsp, tmp_path, stand_in_model):
     rtsp.start(color=RED)
     out = tmp_path / "cli.mkv"
     result = CliRunner().invoke(main, [
-        "upscale", rtsp.url, str(out), "--device", "cpu", "--batch", "2",
-        "--encoder-preset", "ultrafast", "--frames", "8", "--rtsp-transport", "tcp",
-        "--drop", "none", "--reconnect-max", "3", "--timeout", "2", "--status-interval", "0"])
+        "upscale", rtsp.url, str(out), "--preset", "rtsp-live", "--device", "cpu",
+        "--batch", "2", "--encoder-preset", "ultrafast", "--frames", "8",
+        "--rtsp-transport", "tcp", "--drop", "none", "--reconnect-max", "3", "--timeout", "2",
+        "--status-interval", "0"])
     assert result.exit_code == 0, result.output
     frames, _ = _decode(out)
     assert len(frames) == 8 and frames[0].shape == (4 * H, 4 * W, 3)
