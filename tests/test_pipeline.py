@@ -313,3 +313,20 @@ def test_peak_memory_does_not_grow_with_clip_length(tmp_path):
         assert len(media.decode_all(tmp_path / f"out{n}.mkv")[0]) == n
     # Keeping every 640x480 output frame would add 40 x 0.9 MB; the bound is well below that.
     assert peaks[60] - peaks[20] < 15, peaks
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision,floor", [("fp32", 35), ("bf16", 30)])
+def test_cuda_pipeline_keeps_order_and_matches_bicubic(tmp_path, precision, floor):
+    """The pinned double-buffered CUDA path: every frame once, in order, right pixels."""
+    src = media.make_index_clip(tmp_path / "idx.mp4", n=23)
+    stats = upscale(src, tmp_path / "idx_out.mp4", model=media.BicubicX4(), device="cuda",
+                    precision=precision, batch=4, encoder_preset="ultrafast")
+    frames, _, _ = media.decode_all(tmp_path / "idx_out.mp4")
+    assert stats.frames == 23 and [media.read_index(f) for f in frames] == list(range(23))
+    src = media.make_smooth_clip(tmp_path / "s.mp4", n=9)
+    upscale(src, tmp_path / "s_out.mp4", model=media.BicubicX4(), device="cuda",
+            precision=precision, batch=4, encoder_preset="ultrafast")
+    for fin, fout in zip(_source_frames(src), _source_frames(tmp_path / "s_out.mp4"), strict=True):
+        assert _psnr(fout.rgb, bicubic_uint8(fin.rgb, (192, 256))) > floor
