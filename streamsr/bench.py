@@ -406,12 +406,20 @@ def naive_loop(src: Path, dst: Path, model: nn.Module, device: torch.device,
 
 def ffmpeg_scale(src: Path, dst: Path, enc: EncodeOptions, method: str = "auto") -> Timing:
     """FFmpeg alone: decode + x4 nearest scale + encode with the pipeline's codec settings."""
+    fallback = method == "auto"
     if method == "auto":
         method = "cli" if shutil.which("ffmpeg") else "pyav"
     t0 = time.perf_counter()
     if method == "cli":
-        _ffmpeg_cli(src, dst, enc)
-    else:
+        try:
+            _ffmpeg_cli(src, dst, enc)
+        except (OSError, subprocess.SubprocessError) as exc:
+            if not fallback:
+                raise ConfigError(f"the ffmpeg program failed: {exc}") from None
+            log.warning("the ffmpeg program failed (%s); using PyAV's filter graph instead", exc)
+            method = "pyav"
+            t0 = time.perf_counter()
+    if method == "pyav":
         _ffmpeg_graph(src, dst, enc)
     seconds = max(time.perf_counter() - t0, 1e-9)
     n = count_frames(dst)
@@ -462,7 +470,7 @@ def _ffmpeg_cli(src: Path, dst: Path, enc: EncodeOptions) -> None:
         cmd += ["-b:v", str(parse_bitrate(enc.bitrate))]
     for key, value in codec_options(enc).items():
         cmd += [f"-{key}", value]
-    subprocess.run(cmd + [str(dst)], check=True)
+    subprocess.run(cmd + [str(dst)], check=True, timeout=3600)
 
 
 # ---------------------------------------------------------------------------------------------

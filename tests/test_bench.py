@@ -143,6 +143,19 @@ def test_ffmpeg_reference_is_a_nearest_x4_scale(tmp_path):
     assert psnr_u8(out, nearest4(decode_all(clip))) > 28  # only the encoder's loss separates them
 
 
+def test_ffmpeg_auto_falls_back_to_pyav_when_the_program_fails(tmp_path, monkeypatch):
+    fake = tmp_path / "bin" / "ffmpeg"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    clip = make_clip(tmp_path / "c.mp4", W, H, 2)
+    t = ffmpeg_scale(clip, tmp_path / "f.mp4", encode_options(), method="auto")
+    assert t.detail["method"] == "PyAV filter graph" and t.frames == 2
+    with pytest.raises(ConfigError):
+        ffmpeg_scale(clip, tmp_path / "g.mp4", encode_options(), method="cli")
+
+
 def test_naive_loop_runs_the_model_on_every_frame(tmp_path):
     clip = make_clip(tmp_path / "c.mp4", W, H, 3)
     t = naive_loop(clip, tmp_path / "n.mp4", NearestX4(), torch.device("cpu"), encode_options())
