@@ -111,7 +111,7 @@ def write_clip(path: str | os.PathLike, frames: Iterable[np.ndarray], *, fps: in
             {"id": 2, "start": int(duration * 500), "end": int(duration * 1000),
              "time_base": Fraction(1, 1000), "metadata": {"title": "second half"}},
         ])
-    for rgb, p in zip(frames, pts):
+    for rgb, p in zip(frames, pts, strict=True):
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
         frame.pts = p
         frame.time_base = tb
@@ -223,7 +223,7 @@ def make_color_clip(path, rgb=(200, 100, 50), matrix: str = "bt709", full_range:
         cc.color_range = 2 if full_range else 1
     for i in range(n):
         frame = av.VideoFrame(w, h, "yuv420p")
-        for plane, value in zip(frame.planes, (yv, uv, vv)):
+        for plane, value in zip(frame.planes, (yv, uv, vv), strict=True):
             plane.update(bytes([value]) * plane.buffer_size)
         if tag:
             frame.colorspace = _SPC[matrix]

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import av
+import media
 import pytest
 import torch
 from click.testing import CliRunner
 
-import media
 from streamsr.cli import main
 from streamsr.cli.video_cmds import find_preset, load_preset
 from streamsr.errors import ConfigError

@@ -7,17 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
 import av
+import media
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-import media
 import streamsr
 from streamsr.data.transforms import bicubic_uint8
 from streamsr.errors import ConfigError, InputError, OutputError
@@ -70,7 +67,7 @@ def test_bicubic_stand_in_matches_bicubic_of_decoded_input(tmp_path):
     _run(src, tmp_path / "out.mp4")  # default encoder settings: CRF 18 yuv420p
     inputs, outputs = _source_frames(src), _source_frames(tmp_path / "out.mp4")
     assert len(inputs) == len(outputs) == 7
-    for fin, fout in zip(inputs, outputs):
+    for fin, fout in zip(inputs, outputs, strict=True):
         ref = bicubic_uint8(fin.rgb, (192, 256))
         assert _psnr(fout.rgb, ref) > 35
 
@@ -111,7 +108,7 @@ def test_rotation_kept_and_10bit_in_and_out(tmp_path):
         assert c.streams.video[0].codec_context.pix_fmt == "yuv420p10le"
     ref = [bicubic_uint8(f.rgb, (192, 256)) for f in _source_frames(src)]
     out = [f.rgb for f in _source_frames(tmp_path / "ten_out.mkv")]
-    assert len(out) == 4 and min(_psnr(a, b) for a, b in zip(out, ref)) > 35
+    assert len(out) == 4 and min(_psnr(a, b) for a, b in zip(out, ref, strict=True)) > 35
 
 
 def test_image_and_image_folder_inputs(tmp_path):
@@ -150,7 +147,7 @@ def test_side_by_side_halves(tmp_path):
     src = media.make_smooth_clip(tmp_path / "in.mp4", n=3)
     _run(src, tmp_path / "sbs.mp4", model=Inverted(), side_by_side_view=True)
     inputs, outputs = _source_frames(src), _source_frames(tmp_path / "sbs.mp4")
-    for fin, fout in zip(inputs, outputs):
+    for fin, fout in zip(inputs, outputs, strict=True):
         bic = bicubic_uint8(fin.rgb, (192, 256))
         rows = slice(40, 192)  # below the labels
         assert _psnr(fout.rgb[rows, 8:120], bic[rows, 8:120]) > 30

@@ -6,14 +6,13 @@ import logging
 import subprocess
 import sys
 import textwrap
-from fractions import Fraction
 from pathlib import Path
 
 import av
+import media
 import numpy as np
 import pytest
 
-import media
 from streamsr.data.transforms import bicubic_uint8
 from streamsr.errors import ConfigError, InputError, OutputError
 from streamsr.video.sink import EncodeOptions, open_sink, parse_bitrate
@@ -271,7 +270,7 @@ def test_colour_tags_and_values_survive_the_sink(tmp_path, full):
         fa, fb = next(a.decode(video=0)), next(b.decode(video=0))
         for attr in ("colorspace", "color_range", "color_primaries", "color_trc"):
             assert getattr(fb, attr) == getattr(fa, attr), attr
-        for pa, pb in zip(fa.planes, fb.planes):  # stored Y', Cb, Cr means
+        for pa, pb in zip(fa.planes, fb.planes, strict=True):  # stored Y', Cb, Cr means
             assert abs(_plane(pa).mean() - _plane(pb).mean()) <= 1.0
 
 
