@@ -1,0 +1,248 @@
+"""Scale-out: torchrun ranks, keyframe-aligned parts, stream-copy join, folders, resume.
+
+Two real torchrun launches (2 gloo processes on CPU): one file split over the ranks, and a
+folder of files shared out between them. Everything else runs in this process (one rank).
+Expectations come from the inputs: frames carry their index as a pattern, so every index must
+appear exactly once; a single-process run of the same command is the reference for timestamps,
+audio/subtitle packets and (within encoder noise) pixels.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import media
+from streamsr.distributed import DistEnv, ProcessGroup, device_for, dist_env
+from streamsr.errors import ConfigError, Interrupted, OutputError
+from streamsr.models import TINY, DeblurSR
+from streamsr.models.weights import save_model
+from streamsr.pipeline import upscale
+from streamsr.scale_out import assign_contiguous, parts_dir_for, upscale_parts
+from streamsr.batch import output_for, temp_for, upscale_folder
+from streamsr.video.split import KeyframeIndex, Segment, plan_segments, read_keyframe_index
+
+REPO = Path(__file__).resolve().parents[1]
+GOP6 = {"crf": "12", "preset": "fast", "g": "6", "x264-params": "scenecut=0"}  # B-frames, IDR every 6
+GOP6_FAST = {"crf": "12", "preset": "ultrafast", "g": "6", "x264-params": "scenecut=0"}
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+# `python -m streamsr` plus one more model name, "bicubic": the stand-in x4 of tests/media.py,
+# whose output still shows each frame's index (a random tiny model's output does not).
+ENTRY = f"""
+import sys
+sys.path.insert(0, {str(REPO / "tests")!r})
+import media
+import streamsr.models.weights as weights
+real = weights.load_model
+weights.load_model = lambda name, device="cpu": media.BicubicX4() if str(name) == "bicubic" else real(name, device)
+from streamsr.cli import main
+main(prog_name="streamsr")
+"""
+
+
+def torchrun(tmp_path: Path, *args: str | os.PathLike, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node 2 <streamsr> ARGS` on CPU (gloo)."""
+    entry = tmp_path / "streamsr_entry.py"
+    entry.write_text(ENTRY)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
+    env.pop("OMP_NUM_THREADS", None)  # torchrun sets 1 per process, as it does for users
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(entry), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    save_model(DeblurSR(TINY), path)
+    return path
+
+
+class CountingX4(media.BicubicX4):
+    """Bicubic x4 that counts the 64x48 frames it sees and can send itself SIGINT once after `stop_after`."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        super().__init__()
+        self.seen = 0
+        self.stop_after = stop_after
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (48, 64):  # the engine's small trial run to size its batches
+            return super().forward(x)
+        self.seen += x.shape[0]
+        if self.stop_after is not None and self.seen >= self.stop_after:
+            self.stop_after = None
+            os.kill(os.getpid(), signal.SIGINT)  # like Ctrl-C in the middle of a long file
+        return super().forward(x)
+
+
+def indices(path: Path) -> list[int]:
+    frames, _, _ = media.decode_all(path)
+    return [media.read_index(f) for f in frames]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure parts: environment, index, plan
+
+def test_environment_of_a_plain_process_and_of_a_torchrun_rank():
+    assert dist_env({}) == DistEnv(0, 1, 0, 1)
+    env = dist_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
+    assert (env.rank, env.world_size, env.local_rank, env.distributed, env.main) == (3, 4, 1, True, False)
+    with pytest.raises(ConfigError):
+        dist_env({"RANK": "4", "WORLD_SIZE": "4"})
+    with pytest.raises(ConfigError):
+        dist_env({"WORLD_SIZE": "two"})
+    assert device_for(env, "cpu") == "cpu"
+    if not torch.cuda.is_available():
+        assert device_for(env, "auto") == "cpu"
+    with ProcessGroup(DistEnv()) as group:  # a single process: collectives are identities
+        assert group.broadcast({"a": 1}) == {"a": 1} and group.all_gather(5) == [5]
+        assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_each_local_rank_gets_its_own_gpu():
+    n = torch.cuda.device_count()
+    assert device_for(DistEnv(0, n, n - 1, n), "auto") == f"cuda:{n - 1}"
+    assert device_for(DistEnv(0, n, 0, n), "cuda:0") == "cuda:0"
+    with pytest.raises(ConfigError):
+        device_for(DistEnv(0, n + 1, n, n + 1), "auto")
+
+
+def test_keyframe_index_from_packets(tmp_path):
+    src = media.make_index_clip(tmp_path / "in.mp4", n=24, options=GOP6)
+    index = read_keyframe_index(src)
+    assert index.frames == 24
+    assert index.keyframes == (0, 6, 12, 18)
+    _, pts, tb = media.decode_all(src)
+    assert list(index.pts) == pts and index.time_base == tb
+
+
+def test_plan_cuts_at_keyframes_into_contiguous_parts():
+    index = KeyframeIndex(Fraction(1, 25), 0, tuple(range(0, 240, 10)), (0, 6, 12, 18))
+    two = plan_segments(index, 2)
+    assert [(s.first, s.frames, s.start_pts, s.end_pts) for s in two] == [(0, 12, 0, 120), (12, 12, 120, None)]
+    three = plan_segments(index, 3)  # targets 8 and 16 -> nearest keyframes 6 and 18
+    assert [s.first for s in three] == [0, 6, 18] and sum(s.frames for s in three) == 24
+    assert len(plan_segments(index, 10)) == 4  # never more parts than keyframes
+    single = plan_segments(KeyframeIndex(Fraction(1, 25), 0, tuple(range(24)), (0,)), 4)
+    assert [(s.first, s.frames, s.end_pts) for s in single] == [(0, 24, None)]
+    segs = [Segment(i, 6 * i, 6, 60 * i, None) for i in range(5)]
+    assert assign_contiguous(segs, 2) == [[0, 1], [2, 3, 4]] or assign_contiguous(segs, 2) == [[0, 1, 2], [3, 4]]
+    assert assign_contiguous(segs[:1], 3) == [[0], [], []] or sum(map(len, assign_contiguous(segs[:1], 3))) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# One file over two torchrun processes
+
+def test_two_processes_match_a_single_process_run(tmp_path):
+    src = media.make_av_clip(tmp_path / "in.mp4", n=24, options=GOP6)  # audio, subtitles, chapters
+    single = tmp_path / "single.mp4"
+    upscale(src, single, model=media.BicubicX4(), device="cpu", handle_signals=False)
+    dist = tmp_path / "dist.mp4"
+    run = torchrun(tmp_path, "-v", "upscale", src, dist, "--model", "bicubic", "--device", "cpu", "-q")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "rank 0: part 0 done (12 frames)" in run.stderr
+    assert "rank 1: part 1 done (12 frames)" in run.stderr  # each rank decoded only its half
+    assert not parts_dir_for(dist).exists()
+
+    a, pts_a, tb_a = media.decode_all(single)
+    b, pts_b, tb_b = media.decode_all(dist)
+    assert len(b) == len(a) == 24
+    assert pts_b == pts_a and tb_b == tb_a  # same timestamps
+    assert [media.read_index(f) for f in b] == list(range(24))  # each frame once, in order
+    assert min(psnr(x, y) for x, y in zip(a, b)) > 40  # equal within encoder noise
+    assert media.packets(dist, "audio") == media.packets(single, "audio") == media.packets(src, "audio")
+    assert media.packets(dist, "subtitle") == media.packets(single, "subtitle")
+    import av
+
+    with av.open(str(dist)) as c, av.open(str(single)) as r:
+        assert c.metadata.get("title") == r.metadata.get("title") == "streamsr test"
+        assert [ch["metadata"] for ch in c.chapters()] == [ch["metadata"] for ch in r.chapters()]
+        assert c.streams.video[0].codec_context.width == 256
+
+
+def test_folder_is_shared_between_two_processes_and_resume_skips_finished(tmp_path, tiny_weights):
+    src_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    (src_dir / "sub").mkdir(parents=True)
+    sizes = {"a.mp4": 5, "b.mkv": 7, "sub/c.avi": 4}
+    for name, n in sizes.items():
+        media.make_index_clip(src_dir / name, n=n, options={"crf": "12", "preset": "ultrafast"})
+    run = torchrun(tmp_path, "-v", "upscale", src_dir, out_dir, "--model", tiny_weights, "--device",
+                   "cpu", "--encoder-preset", "ultrafast", "-q")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "rank 0: " in run.stderr and "rank 1: " in run.stderr  # both ranks took files
+    outs = {name: output_for(src_dir, out_dir, src_dir / name) for name in sizes}
+    assert outs["sub/c.avi"] == out_dir / "sub" / "c.mkv"
+    for name, n in sizes.items():  # every file, each frame at its own time
+        assert media.frame_times(outs[name]) == pytest.approx(media.frame_times(src_dir / name))
+        assert len(media.frame_times(outs[name])) == n
+    assert not list(out_dir.rglob(".*"))  # no temporary files left
+
+    # An interrupted batch: one output missing, a stale temporary file of it left behind.
+    outs["b.mkv"].unlink()
+    temp_for(outs["b.mkv"]).write_bytes(b"half a file")
+    kept = {name: outs[name].stat().st_mtime_ns for name in ("a.mp4", "sub/c.avi")}
+    with pytest.raises(OutputError, match="--resume"):
+        upscale_folder(src_dir, out_dir, model=media.BicubicX4(), device="cpu", env=DistEnv())
+    time.sleep(0.01)
+    stats = upscale_folder(src_dir, out_dir, resume=True, model=media.BicubicX4(), device="cpu",
+                           env=DistEnv(), encoder_preset="ultrafast", handle_signals=False)
+    assert (stats.files, stats.written, stats.skipped, stats.frames) == (3, 1, 2, 7)
+    assert indices(outs["b.mkv"]) == list(range(7))
+    assert {name: outs[name].stat().st_mtime_ns for name in kept} == kept  # untouched
+    assert not temp_for(outs["b.mkv"]).exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Resuming one file
+
+def test_resume_after_an_interruption_redoes_only_missing_parts(tmp_path):
+    src = media.make_index_clip(tmp_path / "in.mp4", n=24, options=GOP6_FAST)
+    out = tmp_path / "out.mp4"
+    parts = parts_dir_for(out)
+    opts = dict(part_frames=6, device="cpu", batch=2, encoder_preset="ultrafast", keep_parts=True,
+                env=DistEnv())
+
+    first = CountingX4(stop_after=8)  # SIGINT in the middle of the second part (frames 6-11)
+    with pytest.raises(Interrupted):
+        upscale_parts(src, out, resume=True, model=first, **opts)
+    assert not out.exists()
+    assert sorted(p.name for p in parts.iterdir()) == ["manifest.json", "part_00000.mp4"]
+    done_at = (parts / "part_00000.mp4").stat().st_mtime_ns
+
+    again = CountingX4()
+    stats = upscale_parts(src, out, resume=True, model=again, **opts)
+    assert again.seen == 18  # parts 1-3 only
+    assert stats.frames == 24 and indices(out) == list(range(24))
+    assert (parts / "part_00000.mp4").stat().st_mtime_ns == done_at
+
+    # A lost part (and a lost output): only that part is made again.
+    out.unlink()
+    (parts / "part_00002.mp4").unlink()
+    third = CountingX4()
+    upscale_parts(src, out, resume=True, model=third, **opts)
+    assert third.seen == 6 and indices(out) == list(range(24))
+
+    # A finished output is left alone; other settings do not mix with the old parts.
+    assert upscale_parts(src, out, resume=True, model=CountingX4(), **opts).frames == 24
+    out.unlink()
+    with pytest.raises(ConfigError, match="settings"):
+        upscale_parts(src, out, resume=True, model=CountingX4(), crf=30, **opts)
