@@ -33,6 +33,15 @@ MOTION = np.zeros((9, 9), np.float32)
 MOTION[4, :] = 1 / 9
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The CI box has 2 shared cores: oversubscribed OpenMP threads make tiny convs ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     """36 training and 6 test triplets (LR 16 px, HR 64 px) from four real photos."""
