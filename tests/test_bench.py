@@ -72,10 +72,11 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def cpu_result():
-    return run_bench(BenchConfig(resolution=(W, H), frames=N, model="tiny", device="cpu"))
+    return run_bench(BenchConfig(resolution=(W, H), frames=N, io_frames=N + 2, model="tiny",
+                                 device="cpu"))
 
 
-def check_result(data: dict, frames: int, device: str) -> None:
+def check_result(data: dict, frames: int, io_frames: int, device: str) -> None:
     """Schema, positive finite fps, fps = frames / seconds, ratios = quotients of reported fps."""
     assert data["schema"] == "streamsr-bench-v1"
     assert set(data) == {"schema", "date", "machine", "config", "model", "engine", "results",
@@ -97,9 +98,10 @@ def check_result(data: dict, frames: int, device: str) -> None:
     # Every frame of the clip comes out of every video path, exactly once.
     assert results["pipeline"]["frames"] == results["pipeline"]["detail"]["output_frames"] == frames
     assert results["pipeline"]["detail"]["stats_frames"] == frames
-    assert results["io_pipeline"]["frames"] == frames
+    assert data["config"]["io_frames"] == io_frames
+    assert results["io_pipeline"]["frames"] == results["io_pipeline"]["detail"]["output_frames"] == io_frames
     assert results["naive"]["frames"] == frames
-    assert results["io_ffmpeg"]["frames"] == frames
+    assert results["io_ffmpeg"]["frames"] == io_frames
     batch = data["engine"]["batch"]
     assert results["model_only"]["frames"] == math.ceil(frames / batch) * batch
     r, fps = data["ratios"], {k: v["fps"] for k, v in results.items()}
@@ -111,7 +113,7 @@ def check_result(data: dict, frames: int, device: str) -> None:
 
 def test_bench_on_cpu_reports_consistent_numbers(cpu_result):
     data = json.loads(cpu_result.to_json())
-    check_result(data, N, "cpu")
+    check_result(data, N, N + 2, "cpu")
     assert data["machine"]["gpu"] is None
     assert data["results"]["io_ffmpeg"]["detail"]["method"] in ("PyAV filter graph", "ffmpeg program")
 
@@ -201,7 +203,8 @@ def test_cli_json_to_stdout_and_file(tmp_path):
 
 @pytest.mark.parametrize("bad", [
     BenchConfig(resolution=(65, 48)), BenchConfig(resolution=(8, 8)), BenchConfig(frames=0),
-    BenchConfig(batch=0), BenchConfig(parts=("model", "everything")), BenchConfig(parts=()),
+    BenchConfig(batch=0), BenchConfig(io_frames=0), BenchConfig(parts=("model", "everything")),
+    BenchConfig(parts=()), BenchConfig(ffmpeg="gstreamer"),
 ])
 def test_bad_settings_are_config_errors(bad):
     with pytest.raises(ConfigError):
@@ -236,5 +239,5 @@ def test_parts_constant_matches_cli():
 def test_bench_on_cuda_reports_consistent_numbers():
     result = run_bench(BenchConfig(resolution=(W, H), frames=8, model="tiny", device="cuda"))
     data = json.loads(result.to_json())
-    check_result(data, 8, "cuda")
+    check_result(data, 8, 48, "cuda")  # I/O parts: at least 48 frames by default
     assert data["machine"]["gpu"] and data["engine"]["precision"] in ("bfloat16", "float16")

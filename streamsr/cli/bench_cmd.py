@@ -17,6 +17,8 @@ PARTS = ("model", "pipeline", "naive", "io")  # streamsr.bench.PARTS, kept here 
 @click.option("--resolution", default="320x180", show_default=True, help="Input clip size WxH.")
 @click.option("--frames", type=int, default=None,
               help="Clip length [default: 96 on CUDA, 8 on CPU].")
+@click.option("--io-frames", type=int, default=None,
+              help="Clip length for the I/O-only parts [default: frames, at least 48].")
 @click.option("--model", "model_name", default="lite", show_default=True,
               help="paper, lite, tiny, or a weights file (untrained configs time fine).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -36,7 +38,7 @@ PARTS = ("model", "pipeline", "naive", "io")  # streamsr.bench.PARTS, kept here 
               "[default: 1,2,4,8 on GPU, 1,2,4 on CPU].")
 @click.option("--json", "json_path", default=None, metavar="PATH|-",
               help="Also write the result as one JSON object (- for stdout).")
-def bench(resolution: str, frames: int | None, model_name: str, device: str, precision: str,
+def bench(resolution: str, frames: int | None, io_frames: int | None, model_name: str, device: str, precision: str,
           batch: int | None, compile_: bool, skip: tuple[str, ...],
           ffmpeg_method: str, sweep: bool, sizes: str, batches: str | None,
           json_path: str | None) -> None:
@@ -51,7 +53,8 @@ def bench(resolution: str, frames: int | None, model_name: str, device: str, pre
         run_sweep,
     )
 
-    config = BenchConfig(resolution=parse_resolution(resolution), frames=frames, model=model_name,
+    config = BenchConfig(resolution=parse_resolution(resolution), frames=frames, io_frames=io_frames,
+                         model=model_name,
                          device=device, precision=precision, batch=batch, compile=compile_,
                          parts=tuple(p for p in PARTS if p not in skip), ffmpeg=ffmpeg_method)
 
