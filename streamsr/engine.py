@@ -28,9 +28,12 @@ from streamsr.tiling import run_tiled
 log = logging.getLogger(__name__)
 
 ALIGN = 8  # frames are padded to a multiple of this (MPRNet's quarter patches down-sampled twice)
-CPU_BATCH = 4  # a modest default: on CPU, throughput barely grows past a few frames
+CPU_BATCH = 4  # at most this many frames per call on CPU (and no more than threads, see below)
 MAX_AUTO_BATCH = 16  # beyond this a GPU is saturated and latency only grows
 MIN_TILE = 32
+# Automatic tiles stay at most this big (LR px). On an H200, the first 4K frame in 2512-px tiles
+# took 71 s (cuDNN autotuning the huge shape), the next 1.75 s; 1024-px tiles: 3.3 s, then 2.1 s.
+MAX_AUTO_TILE = 1024
 TILE_FEATHER = 1.0  # cross-fade tiles over this fraction of the overlap (see streamsr.tiling)
 MEMORY_HEADROOM = 0.6  # fraction of free memory a batch may plan to use
 _PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -220,19 +223,22 @@ class Engine:
         self.device = resolve_device(config.device)
         self.dtype = resolve_precision(config.precision, self.device)
         self.scale = model_scale(model)
-        if self.device.type == "cpu":
-            use_cpu_threads()
-        else:
+        threads = use_cpu_threads() if self.device.type == "cpu" else 0
+        if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed batch shapes: let cuDNN pick kernels
         model = model.eval().to(self.device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self._forward = _Forward(model, self.device, self.dtype, config.channels_last, config.compile)
-        self.batch = config.batch or (CPU_BATCH if self.device.type == "cpu" else 8)
+        # On CPU a batch only helps by giving more threads parallel work: with one free thread,
+        # lite at 320x180 ran 0.137 fps at batch 1 and 0.110 fps at batch 4 (loaded 2-core box).
+        self._cpu_batch = min(CPU_BATCH, threads) if threads else CPU_BATCH
+        self.batch = config.batch or (self._cpu_batch if self.device.type == "cpu" else 8)
         self._bytes_per_px: float | None = None  # activation memory per LR pixel, measured once
         self._chunk: dict[tuple[int, int], int] = {}  # frames per call, by padded frame size
         self._tile: dict[tuple[int, int], int] = {}  # tile size, by padded frame size (0: none)
+        self._tiles_per_call: dict[tuple[int, int], int] = {}  # tiles batched per model call
         log.info("engine: %s, %s, batch %d, scale %d, compile %s", self.device,
                  str(self.dtype).removeprefix("torch."), self.batch, self.scale, config.compile)
 
@@ -246,7 +252,7 @@ class Engine:
         """
         chunk, tile = self._plan(height, width)
         if self.config.batch is None:
-            self.batch = chunk if self.device.type == "cuda" else min(CPU_BATCH, chunk)
+            self.batch = chunk if self.device.type == "cuda" else min(self._cpu_batch, chunk)
         log.info("plan for %dx%d: batch %d, tile %s", width, height, self.batch, tile or "off")
         return self.batch
 
@@ -257,22 +263,29 @@ class Engine:
             return self._chunk[key], self._tile[key]
         h, w = key
         tile, chunk = self.config.tile, self.config.batch
-        if tile is None or chunk is None:
+        limit = MAX_AUTO_BATCH if self.device.type == "cuda" else self._cpu_batch
+        overlap = self.config.tile_overlap
+        budget = 0.0
+        if tile is None or chunk is None or tile:
             budget = free_memory(self.device) * MEMORY_HEADROOM
-            per_frame = self.bytes_per_pixel() * h * w
-            fits = int(budget // max(per_frame, 1.0))
-            if tile is None:
-                tile = 0
-                if fits < 1:  # not one whole frame fits: tiles whose windows do
-                    side = math.isqrt(int(budget // self.bytes_per_pixel()))
-                    tile = max(MIN_TILE, (side - 2 * self.config.tile_overlap) // ALIGN * ALIGN)
-                    log.info("frames of %dx%d do not fit in memory: tiles of %d px", w, h, tile)
-            if chunk is None:
-                limit = MAX_AUTO_BATCH if self.device.type == "cuda" else CPU_BATCH
-                chunk = max(1, min(limit, fits))
+        if tile is None:
+            tile = 0
+            if self.bytes_per_pixel() * h * w > budget:  # not one frame fits: tiles that do
+                side = math.isqrt(int(budget // self.bytes_per_pixel()))
+                tile = min(MAX_AUTO_TILE, (side - 2 * overlap) // ALIGN * ALIGN)
+                tile = max(MIN_TILE, tile)
+                log.info("frames of %dx%d do not fit in memory: tiles of %d px", w, h, tile)
         if tile and tile >= max(h, w):
             tile = 0
-        self._chunk[key], self._tile[key] = chunk, tile
+        if chunk is None:
+            chunk = 1 if tile else max(1, min(limit, int(budget // (self.bytes_per_pixel() * h * w))))
+        per_call = chunk
+        if tile:
+            side = -(-(tile + 2 * overlap) // ALIGN) * ALIGN
+            window_px = min(h, side) * min(w, side)
+            per_call = self.config.batch or max(
+                1, min(limit, int(budget // (self.bytes_per_pixel() * window_px))))
+        self._chunk[key], self._tile[key], self._tiles_per_call[key] = chunk, tile, per_call
         return chunk, tile
 
     def bytes_per_pixel(self) -> float:
@@ -424,6 +437,11 @@ class Engine:
                 log.warning("out of memory with %d frames of %dx%d: retrying %d at a time",
                             part.shape[0], w, h, self._chunk[key])
                 continue
+            if tile and self._tiles_per_call[key] > 1:
+                self._tiles_per_call[key] = (self._tiles_per_call[key] + 1) // 2
+                log.warning("out of memory with %d-px tiles of a %dx%d frame: %d tiles at a time",
+                            tile, w, h, self._tiles_per_call[key])
+                continue
             if self.config.tile == 0:
                 raise ConfigError(f"out of memory on one {w}x{h} frame with tiling disabled; "
                                   f"use a tile size (e.g. --tile 256) or a smaller model") from None
@@ -432,6 +450,7 @@ class Engine:
                 raise ConfigError(f"out of memory even with {tile}-px tiles on {self.device}; "
                                   "try --device cpu or a smaller model") from None
             self._tile[key] = smaller
+            self._tiles_per_call[key] = 1
             log.warning("out of memory on one %dx%d frame: retrying with %d-px tiles", w, h, smaller)
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
@@ -442,7 +461,7 @@ class Engine:
         # tiled frame sees the same borders as a whole one and tile starts can be aligned.
         x = pad_frames(frames.permute(0, 3, 1, 2).float().div_(255.0))
         if tile:
-            per_call = max(1, self._chunk.get((x.shape[2], x.shape[3]), 1))
+            per_call = self._tiles_per_call[(x.shape[2], x.shape[3])]
             overlap = self.config.tile_overlap
             y = run_tiled(self._forward, x, tile=tile, overlap=overlap, scale=self.scale,
                           feather=round(overlap * TILE_FEATHER), tiles_per_call=per_call,
