@@ -167,21 +167,22 @@ def test_naive_loop_runs_the_model_on_every_frame(tmp_path):
 
 
 def test_sweep_grows_over_sizes_and_batches(tmp_path):
-    # CPU engines pick batch 4 themselves: that batch gets a row too, with the pipeline's fps.
-    res = run_sweep(BenchConfig(frames=1, model="tiny", device="cpu"),
-                    resolutions=[(32, 16), (48, 32)], batches=(1,))
+    # The pipeline runs at the engine's own batch (it depends on threads and load): when that is
+    # not among the swept batches it gets a row of its own.
+    res = run_sweep(BenchConfig(frames=2, model="tiny", device="cpu"),
+                    resolutions=[(32, 16), (48, 32)], batches=(2,))
     data = json.loads(res.to_json())
     assert data["schema"] == "streamsr-bench-v1-sweep"
     sizes = {(p["width"], p["height"]) for p in data["points"]}
     assert sizes == {(32, 16), (48, 32)}
     for size in sizes:
         rows = [p for p in data["points"] if (p["width"], p["height"]) == size]
-        assert {p["batch"] for p in rows} == {1, 4}
+        assert 2 in {p["batch"] for p in rows} and len(rows) <= 2
         assert sum(p["pipeline_fps"] is not None for p in rows) == 1  # once per size
         for p in rows:
             assert p["model_fps"] > 0 and p["ms_per_frame"] == pytest.approx(1000 / p["model_fps"])
             assert p["ms_per_megapixel"] == pytest.approx(p["ms_per_frame"] / (size[0] * size[1] / 1e6))
-    assert "| 48x32 | 4 |" in format_sweep(res)
+    assert "| 48x32 | 2 |" in format_sweep(res)
 
 
 def test_cli_json_to_stdout_and_file(tmp_path):
