@@ -183,7 +183,7 @@ class _CopiedStreams:
         self.pending: av.Packet | None = None
         self.last_video_time = -math.inf
         try:
-            self.container = av.open(uri, metadata_errors="ignore")
+            self.container = av.open(uri)
         except av.error.FFmpegError as exc:
             log.warning("not copying audio/subtitles from %s: %s", uri, exc)
             return

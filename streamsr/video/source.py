@@ -162,7 +162,7 @@ class VideoSource(Source):
                  is_live: bool = False) -> None:
         self.uri = uri
         try:
-            self.container = av.open(uri, options=options or {}, metadata_errors="ignore")
+            self.container = av.open(uri, options=options or {})
         except av.error.FileNotFoundError:
             raise InputError(f"input not found: {uri}") from None
         except av.error.PermissionError:
