@@ -125,6 +125,15 @@ def _clean_meta(meta: dict) -> dict[str, str]:
     return {k: v for k, v in meta.items() if k.lower() not in _DROP_META and not k.startswith("_STAT")}
 
 
+def _read_meta(obj) -> dict[str, str]:
+    """Metadata tags worth copying; undecodable (non-UTF-8) tags are skipped, not fatal."""
+    try:
+        return _clean_meta(dict(obj.metadata))
+    except (UnicodeDecodeError, ValueError) as exc:
+        log.warning("not copying metadata tags that cannot be decoded: %s", exc)
+        return {}
+
+
 def _output_error(path: Path, exc: BaseException) -> OutputError:
     code = getattr(exc, "errno", None)
     why = {errno.ENOSPC: "disk full", errno.EFBIG: "file too large / disk quota",
@@ -192,7 +201,7 @@ class _CopiedStreams:
             self.chapters = self.container.chapters()
         except (av.error.FFmpegError, AttributeError):
             pass
-        self.metadata = _clean_meta(dict(self.container.metadata))
+        self.metadata = _read_meta(self.container)
         supported = out.supported_codecs
         for s in self.container.streams:
             if s.type not in ("audio", "subtitle"):
@@ -226,7 +235,7 @@ class _CopiedStreams:
         log.warning("re-encoding audio stream #%d from %s to %s: the %s container cannot hold %s",
                     s.index, name, target, self.out.format.name, name)
         self.map[s.index] = (o, "encode", None)
-        o.metadata.update(_clean_meta(dict(s.metadata)))
+        o.metadata.update(_read_meta(s))
 
     def _add_subtitle(self, s, name: str, supported: set[str]) -> None:
         if name in supported:
@@ -239,7 +248,7 @@ class _CopiedStreams:
                 if target in supported:
                     o = self.out.add_mux_stream(target)
                     o.time_base = s.time_base
-                    o.metadata.update(_clean_meta(dict(s.metadata)))
+                    o.metadata.update(_read_meta(s))
                     self.map[s.index] = (o, "text", (name, target))
                     log.warning("converting subtitle stream #%d from %s to %s for %s (text only)",
                                 s.index, name, target, self.out.format.name)
