@@ -482,3 +482,12 @@ def test_killed_live_recording_stays_playable(tmp_path, ext):
     frames, times = _decode(out)
     assert len(frames) >= 40, "everything up to the last keyframe survives"
     assert times == sorted(times)
+
+
+def test_forced_live_file_ends_at_its_end(tmp_path):
+    clip = media.make_index_clip(tmp_path / "clip.mkv", n=12)
+    stats = upscale(clip, tmp_path / "out", model=media.BicubicX4(), live=True,
+                    live_options=fast_options(drop="none"), **LIVE_FAST)
+    frames, _ = _decode(tmp_path / "out.mkv")
+    assert stats.frames == len(frames) == 12 and stats.live["reconnects"] == 0
+    assert [media.read_index(f) for f in frames] == list(range(12)), "every frame once, in order"

@@ -105,7 +105,7 @@ def ffmpeg_options(uri: str, opts: LiveOptions) -> dict[str, str]:
     elif scheme in ("http", "https", "udp", "tcp"):
         out["timeout"] = usec
     # rtmp's "timeout" means "listen for a connection", so it is left alone there.
-    if opts.low_delay:
+    if opts.low_delay and is_network_uri(uri):  # nobuffer drops the probed packets of a file
         out.update({"fflags": "nobuffer", "flags": "low_delay",
                     "probesize": "65536", "analyzeduration": "500000"})
     out.update(opts.options)
@@ -361,13 +361,18 @@ class LiveSource(Source):
         try:
             while True:
                 reason = "the stream ended"
+                # A file, or a stream that announces a duration, ends at its end; a live feed
+                # that ends has gone away and is reconnected.
+                finite = container.duration is not None or not is_network_uri(self.uri)
+                ended = False
                 try:
                     self._read_session(container)
+                    ended = True
                 except (av.FFmpegError, OSError) as exc:
                     reason = _reason(exc)
                 finally:
                     container.close()
-                if self._done():
+                if self._done() or (ended and finite):
                     break
                 down = time.monotonic()
                 log.warning("live: lost %s (%s); reconnecting", redact(self.uri), reason)
