@@ -11,7 +11,8 @@
 #     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit; bash scripts/gpu_check.sh
 # Rehearsal on a CPU machine (same steps, cpu + tiny model + tiny sizes):
 #   GPU_CHECK_DRY=1 OUT=/tmp/gpu_check bash scripts/gpu_check.sh
-# Overrides: PYTHON, BENCH_FRAMES, SWEEP_FRAMES, SWEEP_SIZES, SWEEP_BATCHES, GPU_CHECK_BUDGET.
+# Overrides: PYTHON, BENCH_FRAMES, SWEEP_FRAMES, SWEEP_SIZES, SWEEP_BATCHES, GPU_CHECK_BUDGET;
+# GPU_CHECK_COMPILE=1 adds a torch.compile bench at the end (if time is left).
 
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -107,6 +108,13 @@ SWEEP_JSON="$OUT/sweep_${MODEL}.json"
 step "sweep $MODEL" 240 "$PY" -m streamsr bench --sweep --device "$DEVICE" --model "$MODEL" \
   --precision "$PRECISION" --frames "$SWEEP_FRAMES" --sizes "$SWEEP_SIZES" --batches "$SWEEP_BATCHES" \
   --json "$SWEEP_JSON"
+
+# Optional, off by default (compiling the paper model can take minutes): the same with torch.compile.
+if [ "${GPU_CHECK_COMPILE:-0}" = 1 ]; then
+  step "bench $MODEL $RES $PRECISION --compile" 240 "$PY" -m streamsr bench --device "$DEVICE" \
+    --model "$MODEL" --resolution "$RES" --precision "$PRECISION" --frames "$BENCH_FRAMES" --compile \
+    --skip naive --skip io --json "$OUT/bench_${MODEL}_${RES}_compile.json"
+fi
 
 echo
 echo "== summary ($(( SECONDS - START ))s of ${BUDGET}s)"

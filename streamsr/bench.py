@@ -138,6 +138,7 @@ class Machine:
     ffmpeg_cli: str | None
     python: str
     platform: str
+    load_average: list[float] | None  # 1/5/15-minute load when the run ended (others' work too)
 
 
 @dataclass
@@ -515,7 +516,14 @@ def describe_machine(device: torch.device) -> Machine:
         cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         pyav=av.__version__, ffmpeg=str(getattr(av, "ffmpeg_version_info", "unknown")),
         ffmpeg_cli=_ffmpeg_cli_version(), python=platform.python_version(),
-        platform=platform.platform())
+        platform=platform.platform(), load_average=_load_average())
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def _now() -> str:
@@ -723,8 +731,9 @@ def _fmt_fps(fps: float) -> str:
 
 
 def machine_lines(m: Machine) -> list[str]:
+    load = f", load {m.load_average[0]:.1f}" if m.load_average else ""
     lines = [f"CPU: {m.cpu} ({m.cpus_available} of {m.cpu_cores} cores available, "
-             f"{m.torch_threads} torch threads)"]
+             f"{m.torch_threads} torch threads{load})"]
     if m.gpu:
         lines.append(f"GPU: {m.gpu} ({m.gpu_memory_gib} GiB), CUDA {m.cuda}, cuDNN {m.cudnn}")
     lines.append(f"torch {m.torch}, PyAV {m.pyav} (FFmpeg {m.ffmpeg})"

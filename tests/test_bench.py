@@ -36,7 +36,8 @@ TINY_PARAMS = 112_088  # the `tiny` config's parameter count (tests/test_cli.py 
 W, H, N = 64, 48, 4
 RESULT_KEYS = {"model_only", "pipeline", "naive", "io_pipeline", "io_ffmpeg"}
 MACHINE_KEYS = {"cpu", "cpu_cores", "cpus_available", "torch_threads", "gpu", "gpu_memory_gib",
-                "torch", "cuda", "cudnn", "pyav", "ffmpeg", "ffmpeg_cli", "python", "platform"}
+                "torch", "cuda", "cudnn", "pyav", "ffmpeg", "ffmpeg_cli", "python", "platform",
+                "load_average"}
 
 
 def decode_all(path) -> np.ndarray:
