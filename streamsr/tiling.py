@@ -1,14 +1,16 @@
 """Overlapping tiles for frames too large to run whole, stitched without seams.
 
 Every tile window has the same size (so tiles batch together and a compiled model sees one
-shape). Neighbouring windows overlap by at least `2 * overlap` LR pixels; each window keeps the
-part of its output that lies closer to its own centre than to its neighbour's, so every kept
-pixel is at least `overlap` pixels away from any window edge that is not an image edge. For a
-model whose receptive field reaches at most `overlap` pixels (and whose stride pattern repeats
-every `align` pixels), the stitched result therefore equals the whole-frame result exactly, up to
-floating-point summation order. Models with global pooling (MPRNet's channel attention) are not
-local: their tiles see different image statistics, and the stitched result only approximates
-the whole-frame one (see tests/test_engine.py for the bound we measure).
+shape) and starts on a multiple of `align`. Neighbouring windows overlap by at least
+`2 * overlap` LR pixels; the boundary between two tiles is the middle of their overlap, so every
+output pixel is taken from a window whose edges (other than image edges) are at least `overlap`
+pixels away. With `feather` > 0 neighbours cross-fade linearly over `feather` px around that
+boundary instead of meeting edge to edge, which leaves `overlap - feather / 2` px of margin.
+For a model whose receptive field reaches no further than the margin (and whose stride pattern
+repeats every `align` px), the stitched result equals the whole-frame result up to float
+rounding. MPRNet is not such a model (stages 1-2 split each input at its centre lines, channel
+attention pools globally, the receptive field is far wider than any overlap): its tiles only
+approximate the whole frame, and cross-fading hides the seams (tests/test_engine.py).
 """
 
 from __future__ import annotations
