@@ -467,16 +467,16 @@ class Engine:
                           feather=round(overlap * TILE_FEATHER), tiles_per_call=per_call,
                           align=ALIGN)
         else:
-            y = self._forward(self._fixed_batch(x))[:n]
+            y = self._forward(self._fixed_batch(x, self._chunk[(x.shape[2], x.shape[3])]))[:n]
         s = self.scale
         y = y[:, :, : s * h, : s * w]
         return y.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
-    def _fixed_batch(self, x: Tensor) -> Tensor:
+    def _fixed_batch(self, x: Tensor, size: int) -> Tensor:
         """With torch.compile, pad a short (last) batch to the planned size so nothing recompiles."""
-        if self._forward.compiled is None or x.shape[0] >= self.batch:
+        if self._forward.compiled is None or x.shape[0] >= size:
             return x
-        extra = x[-1:].expand(self.batch - x.shape[0], *x.shape[1:])
+        extra = x[-1:].expand(size - x.shape[0], *x.shape[1:])
         return torch.cat((x, extra))
 
 
