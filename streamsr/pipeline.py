@@ -28,7 +28,7 @@ from torch import nn
 from streamsr.data.transforms import resize_bicubic
 from streamsr.errors import ConfigError, Interrupted, StreamsrError
 from streamsr.video.sink import EncodeOptions, Sink, check_encoder, is_image_output, open_sink
-from streamsr.video.source import DEFAULT_MAX_PIXELS, Frame, Source, open_source
+from streamsr.video.source import DEFAULT_MAX_PIXELS, Frame, Source, VideoSource, open_source
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,8 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
                                                             batch=batch, tile=tile, compile=compile))
         info = source.info
         n_batch = engine.plan(info.height, info.width)
-        copy_from = None if (info.is_live or Path(src).is_dir() or is_image_output(src)) else src
+        # audio, subtitles, chapters and tags come from the input file itself
+        copy_from = src if isinstance(source, VideoSource) and not info.is_live else None
         sink = open_sink(dst, info, scale=engine.scale, encode=encode, copy_from=copy_from,
                          overwrite=overwrite, start=source.window[0], end=source.window[1])
         run = _Run(source, sink, engine, n_batch, queue_frames or 2 * n_batch, side_by_side_view,

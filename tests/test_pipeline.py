@@ -127,6 +127,13 @@ def test_image_and_image_folder_inputs(tmp_path):
     assert [media.read_index(f) for f in media.decode_all(tmp_path / "fromimgs.mp4")[0]] == [0, 1, 2, 3]
 
 
+def test_input_without_extension_still_gets_its_audio_copied(tmp_path):
+    src = media.make_av_clip(tmp_path / "in.mkv", n=10, subtitles=False)
+    bare = src.rename(tmp_path / "recording")
+    _run(bare, tmp_path / "out.mkv")
+    assert media.packets(tmp_path / "out.mkv") == media.packets(bare)
+
+
 def test_start_and_duration(tmp_path):
     src = media.make_av_clip(tmp_path / "in.mkv", n=25, subtitles=False)
     stats = _run(src, tmp_path / "part.mkv", start=0.4, duration=0.32)

@@ -302,6 +302,9 @@ def test_png_folder_and_single_image_outputs(tmp_path):
     with pytest.raises(OutputError, match="not empty"):
         _copy(tmp_path / "imgs", tmp_path / "out")
     _copy(paths[0], tmp_path / "single.png")
+    with pytest.raises(OutputError, match="single image"):  # refused before anything is written
+        _copy(media.make_index_clip(tmp_path / "v.mp4", n=3), tmp_path / "three.png")
+    assert not (tmp_path / "three.png").exists()
     assert cv2.imread(str(tmp_path / "single.png")).shape == (192, 256, 3)
 
 

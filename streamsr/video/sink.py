@@ -600,6 +600,9 @@ def open_sink(path: str | os.PathLike, info: VideoInfo, *, scale: int = 4,
     p = Path(path)
     if is_image_output(path):
         single = p.suffix.lower() in IMAGE_EXTS and not p.is_dir()
+        if single and (info.frames or 1) > 1:
+            raise OutputError(f"{p.name} is a single image but the input has {info.frames} frames; "
+                              f"give a folder (no extension) for PNGs or a video file name")
         return ImageSink(p, info, scale=scale, overwrite=overwrite, folder=not single)
     return VideoSink(p, info, scale=scale, encode=encode, copy_from=copy_from, overwrite=overwrite,
                      start=start, end=end)
