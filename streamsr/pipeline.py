@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -322,7 +321,7 @@ class _Run:
                     raise RuntimeError(f"engine returned {len(result)} frames for {len(group)}")
                 if self.sbs:
                     result = side_by_side(np.stack([f.rgb for f in group]), result)
-                for rgb, frame in zip(result, group):
+                for rgb, frame in zip(result, group, strict=True):
                     if not _put(self.frames_out, (rgb, frame), self.abort):
                         break
                 if self.abort.is_set():
