@@ -5,11 +5,15 @@ from __future__ import annotations
 import re
 import sys
 import threading
-import tomllib
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 from streamsr.cli import main
 from streamsr.errors import ConfigError
