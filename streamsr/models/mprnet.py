@@ -37,8 +37,12 @@ class ChannelAttention(nn.Module):
             nn.Sigmoid(),
         )
 
+    def weights(self, x: Tensor) -> Tensor:
+        """Per-channel gates in (0, 1), shape (N, C, 1, 1)."""
+        return self.conv_du(x.mean(dim=(2, 3), keepdim=True))
+
     def forward(self, x: Tensor) -> Tensor:
-        return x * self.conv_du(x.mean(dim=(2, 3), keepdim=True))
+        return x * self.weights(x)
 
 
 class CAB(nn.Module):
@@ -56,7 +60,8 @@ class CAB(nn.Module):
         self.CA = ChannelAttention(channels, reduction, bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.CA(self.body(x)) + x
+        r = self.body(x)
+        return torch.addcmul(x, r, self.CA.weights(r))  # x + r * gate, one fused kernel
 
 
 def cabs(n: int, channels: int, kernel_size: int, reduction: int, act: nn.Module) -> nn.Sequential:
@@ -75,7 +80,7 @@ class SAM(nn.Module):
     def forward(self, x: Tensor, x_img: Tensor) -> tuple[Tensor, Tensor]:
         img = self.conv2(x) + x_img
         gate = torch.sigmoid(self.conv3(img))
-        return self.conv1(x) * gate + x, img
+        return torch.addcmul(x, self.conv1(x), gate), img
 
 
 class DownSample(nn.Module):
