@@ -348,8 +348,8 @@ def time_model(engine: Engine, width: int, height: int, frames: int, warmup: int
 def run_pipeline(src: Path, dst: Path, model: nn.Module, engine: EngineConfig) -> Timing:
     """Wall time of `streamsr.pipeline.upscale` on the clip, frames counted in its output.
 
-    `fps` is end to end (the whole call: opening, engine set-up, pipeline fill and drain);
-    `detail` adds the time to the first frame written and the steady rate after the first batch.
+    `fps` is end to end (the whole call: opening, engine set-up, pipeline fill and drain,
+    encoder flush); `detail` adds the time until the first frame reached the encoder.
     """
     from streamsr.pipeline import upscale
 
@@ -362,11 +362,8 @@ def run_pipeline(src: Path, dst: Path, model: nn.Module, engine: EngineConfig) -
     seconds = max(time.perf_counter() - t0, 1e-9)
     written = count_frames(dst)
     detail: dict = {"output_frames": written, "stats_frames": stats.frames}
-    if written_at:
-        detail["first_frame_s"] = written_at[0] - t0
-    first = engine.batch or 1  # steady rate: from the end of the first batch to the last frame
-    if len(written_at) > first and written_at[-1] > written_at[first - 1]:
-        detail["steady_fps"] = (len(written_at) - first) / (written_at[-1] - written_at[first - 1])
+    if written_at:  # start-up latency; a steady rate from these would mislead, as encoders
+        detail["first_frame_s"] = written_at[0] - t0  # buffer frames (x264: ~40) until the flush
     return Timing(fps=written / seconds, frames=written, seconds=seconds, detail=detail)
 
 
