@@ -18,7 +18,7 @@ import numpy as np
 
 from streamsr.data.transforms import linear_to_srgb, srgb_to_linear
 
-__all__ = ["shake_trajectory", "camera_path", "render_exposure", "synthetic_pair"]
+__all__ = ["shake_trajectory", "camera_path", "pose_matrix", "render_exposure", "synthetic_pair"]
 
 
 def _smooth_noise(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
