@@ -44,6 +44,10 @@ class Recipe:
     alpha: float = 0.5
     edge_weight: float = 0.05
     # data
+    data: str = "prepared"  # prepared: a `streamsr prepare` folder; photos: sharp stills, shaken on the fly
+    samples_per_epoch: int = 4096  # data = photos: samples drawn per epoch
+    shake_max_shift: float = 24.0  # data = photos: longest shake path, HR pixels
+    shake_max_noise: float = 2.0  # data = photos: Gaussian noise sigma drawn in [0, this], 8-bit values
     patch: int = 0  # LR crop fed to the network (random within a stored triplet); 0 = whole triplet
     augment: bool = True  # random flip and rot90
     train_split: str = "train"
@@ -64,6 +68,10 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.model not in CONFIGS:
             raise ConfigError(f"recipe model {self.model!r} is not one of {sorted(CONFIGS)}")
+        if self.data not in ("prepared", "photos"):
+            raise ConfigError(f"recipe data {self.data!r} is not 'prepared' or 'photos'")
+        if self.data == "photos" and self.patch < 1:
+            raise ConfigError("recipe data = 'photos' needs a patch size (LR pixels)")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"recipe precision {self.precision!r} is not one of {PRECISIONS}")
         positive = ("epochs", "batch", "log_every", "checkpoint_every", "keep_last", "val_batch")

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from streamsr.data.dataset import TripletDataset
+from streamsr.data.shake_dataset import ShakeDataset
 from streamsr.errors import ConfigError, Interrupted, OutputError, WeightsError
 from streamsr.models import DeblurSR, count_parameters, get_config
 from streamsr.models.weights import import_mprnet, load_weights, model_config, save_model
@@ -444,8 +445,15 @@ class _Run:
 
         # data: the sample order is DistributedSampler's permutation of (seed, epoch); this rank's
         # batches are consecutive slices of its share, so resuming just skips consumed batches
-        self.train_ds = TripletDataset(self.data, r.train_split, r.patch, r.augment, r.seed)
-        self.val_ds = TripletDataset(self.data, r.val_split, 0, False, r.seed, r.val_max)
+        if r.data == "photos":  # sharp stills, a fresh camera shake for every sample
+            shake = dict(patch=r.patch, seed=r.seed, max_shift=r.shake_max_shift)
+            self.train_ds = ShakeDataset(self.data, r.train_split, length=r.samples_per_epoch,
+                                         max_noise=r.shake_max_noise, augment=r.augment, **shake)
+            self.val_ds = ShakeDataset(self.data, r.val_split, length=r.val_max or 64,
+                                       max_noise=0.0, augment=False, **shake)
+        else:
+            self.train_ds = TripletDataset(self.data, r.train_split, r.patch, r.augment, r.seed)
+            self.val_ds = TripletDataset(self.data, r.val_split, 0, False, r.seed, r.val_max)
         sampler = DistributedSampler(self.train_ds, num_replicas=d.world, rank=d.rank, shuffle=True,
                                      seed=r.seed, drop_last=True)
         steps_per_epoch = len(sampler) // r.batch

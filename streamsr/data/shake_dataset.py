@@ -1,0 +1,76 @@
+"""Training triplets made on the fly from sharp photographs with random camera shake.
+
+`streamsr prepare synthetic` writes a fixed set of triplets to disk; this dataset instead draws a
+fresh shake blur, crop, noise level and orientation for every sample, so a small photo
+collection gives unlimited distinct training pairs and nothing has to be stored or shipped (the
+default `lite` weights are trained this way, see train/lite_synthetic.toml). Each sample is a
+pure function of (seed, epoch, index), like `TripletDataset`, so resumed and multi-process runs
+see the same data as an uninterrupted single run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from streamsr.data.dataset import to_tensor
+from streamsr.data.gopro import read_rgb
+from streamsr.data.prepare import _still_images, held_out
+from streamsr.data.synthetic import synthetic_pair
+from streamsr.data.transforms import bicubic_uint8
+from streamsr.errors import InputError
+
+
+class ShakeDataset(Dataset):
+    """[L_blur, L, H] float CHW triplets: `patch` LR pixels square, x`scale` for H.
+
+    Photos are split into train/test by `held_out` (whole photos, as `prepare synthetic` does).
+    Photos smaller than one HR crop are skipped. `length` is the number of samples per epoch.
+    """
+
+    def __init__(self, images: str | os.PathLike, split: str = "train", patch: int = 48,
+                 length: int = 4096, seed: int = 0, scale: int = 4, val_fraction: float = 0.1,
+                 max_shift: float = 24.0, max_angle: float = 0.6, exposures: int = 13,
+                 max_noise: float = 2.0, augment: bool = True) -> None:
+        files = _still_images(Path(images))
+        hr = patch * scale
+        self.images = []
+        for i, f in enumerate(files):
+            if held_out(i, len(files), val_fraction) != (split == "test"):
+                continue
+            img = read_rgb(f)
+            if min(img.shape[:2]) >= hr:
+                self.images.append(img)
+        if not self.images:
+            raise InputError(f"no {split!r} photos of at least {hr}x{hr} pixels in {images}")
+        self.split, self.patch, self.scale, self.length = split, patch, scale, length
+        self.seed, self.augment, self.max_noise = seed, augment, max_noise
+        self.blur = dict(max_shift=max_shift, max_angle=max_angle, exposures=exposures)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw a new set of samples (validation keeps epoch 0: the same set every time)."""
+        self.epoch = epoch if self.split == "train" else 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, i, 1 if self.split == "train" else 2])
+        img = self.images[int(rng.integers(len(self.images)))]
+        hr_size = self.patch * self.scale
+        noise = float(rng.uniform(0, self.max_noise)) if self.max_noise > 0 else 0.0
+        blurry, sharp = synthetic_pair(img, rng, size=hr_size, noise_sigma=noise, **self.blur)
+        if self.augment:
+            k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
+            blurry, sharp = (np.rot90(a[:, ::-1] if flip else a, k) for a in (blurry, sharp))
+        lr_size = (self.patch, self.patch)
+        return (to_tensor(bicubic_uint8(blurry, lr_size)), to_tensor(bicubic_uint8(sharp, lr_size)),
+                to_tensor(sharp))
+
+
+__all__ = ["ShakeDataset"]
