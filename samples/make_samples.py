@@ -23,11 +23,13 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import ColorRange, Colorspace
 import torch
 from skimage import data as skdata
 
 from streamsr.data.synthetic import camera_path, pose_matrix, render_exposure
 from streamsr.data.transforms import linear_to_srgb, scale_bicubic, srgb_to_linear
+from streamsr.video.source import FROM_RGB_FLAGS
 
 HERE = Path(__file__).resolve().parent
 SCALE = 4
@@ -183,8 +185,8 @@ def encode(path: Path, frames: list[np.ndarray], fps: Fraction, *, near_lossless
             vs = out.add_stream("libx264", rate=fps)
             vs.pix_fmt = "yuv420p"
             vs.options = {"crf": str(LR_CRF), "preset": "slow", "threads": "1"}
-            vs.codec_context.color_range = 1  # tv / limited, what swscale's default conversion makes
-            vs.codec_context.colorspace = 6  # smpte170m (BT.601), the matrix swscale uses by default
+            vs.codec_context.color_range = 1  # tv (limited), as converted below
+            vs.codec_context.colorspace = 6  # smpte170m (BT.601), as converted below
             vs.codec_context.color_primaries = 6
             vs.codec_context.color_trc = 6
         vs.width, vs.height = w, h
@@ -194,8 +196,10 @@ def encode(path: Path, frames: list[np.ndarray], fps: Fraction, *, near_lossless
             aus.bit_rate = 48000
         for i, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-            if not near_lossless:
-                frame = frame.reformat(format="yuv420p")
+            if not near_lossless:  # BT.601 limited range, accurate rounding, filtered chroma
+                frame = frame.reformat(format="yuv420p", dst_colorspace=Colorspace.ITU601,
+                                       dst_color_range=ColorRange.MPEG,
+                                       interpolation=FROM_RGB_FLAGS)
             frame.pts = i
             out.mux(vs.encode(frame))
         out.mux(vs.encode(None))
