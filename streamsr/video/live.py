@@ -221,9 +221,12 @@ class DropQueue:
             self._items.append(item)
             self._cond.notify_all()
 
-    def get(self) -> object:
+    def get(self, give_up: Callable[[], bool] = lambda: False) -> object:
+        """The oldest item; an end marker once `give_up()` is true while the queue is empty."""
         with self._cond:
             while not self._items:
+                if give_up():
+                    return _End()
                 self._cond.wait(0.1)
             item = self._items.popleft()
             self._cond.notify_all()
@@ -247,6 +250,7 @@ class LiveSource(Source):
         # A pipeline that buffers frames itself sets this False and calls `fresh()` right
         # before inference, so the latency bound covers its own queue too.
         self.check_latency_on_iter = True
+        self._consumer_stops: tuple[threading.Event, ...] = ()
         self._container = self._connect(first=True)
         stream = self._container.streams.video[0]
         self.info = self._video_info(stream)
@@ -388,7 +392,7 @@ class LiveSource(Source):
             self._thread = threading.Thread(target=self._run, name="streamsr-live", daemon=True)
             self._thread.start()
         while True:
-            item = self._queue.get()
+            item = self._queue.get(self._consumer_gone)
             self.stats.queue_depth = len(self._queue)
             if isinstance(item, _End):
                 return
@@ -397,6 +401,13 @@ class LiveSource(Source):
             if self.check_latency_on_iter and not self.fresh(item):
                 continue
             yield item
+
+    def stop_on(self, *events: threading.Event) -> None:
+        """End iteration as soon as any of `events` is set, even while the feed is down."""
+        self._consumer_stops = events
+
+    def _consumer_gone(self) -> bool:
+        return self._stop.is_set() or any(e.is_set() for e in self._consumer_stops)
 
     @property
     def dropped(self) -> int:  # type: ignore[override]
