@@ -495,3 +495,11 @@ def test_forced_live_file_ends_at_its_end(tmp_path):
     frames, _ = _decode(tmp_path / "out.mkv")
     assert stats.frames == len(frames) == 12 and stats.live["reconnects"] == 0
     assert [media.read_index(f) for f in frames] == list(range(12)), "every frame once, in order"
+
+
+def test_frames_limit_on_a_file(tmp_path):
+    clip = media.make_index_clip(tmp_path / "clip.mp4", n=12)
+    stats = upscale(clip, tmp_path / "out.mp4", model=media.BicubicX4(), frames=5, **LIVE_FAST)
+    frames, _ = _decode(tmp_path / "out.mp4")
+    assert stats.frames == 5 and [media.read_index(f) for f in frames] == list(range(5))
+    assert stats.live is None and stats.dropped == 0
