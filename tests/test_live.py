@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from streamsr.cli import main
-from streamsr.errors import ConfigError, SourceError
+from streamsr.errors import ConfigError, OutputError, SourceError
 from streamsr.pipeline import upscale
 from streamsr.video.live import LiveOptions, LiveSource, ffmpeg_options, is_network_uri
 from streamsr.video.segments import PushSink, SegmentSink, is_push_url, live_output_path
@@ -270,6 +270,40 @@ def test_push_to_server_and_read_back(tmp_path, scheme):
     assert got[5][2][0] > 150 and got[25][2][2] > 150
     times = [t for *_, t in got if t is not None]
     assert times[-1] - times[0] >= 29 / FPS + 0.45, "the gap survives the push"
+
+
+def test_push_to_nobody_is_an_output_error():
+    with pytest.raises(OutputError, match="cannot push"):
+        PushSink(f"rtsp://127.0.0.1:{free_port()}/x4", 4 * W, 4 * H, FPS)
+
+
+def test_push_reconnects_when_the_server_comes_back(tmp_path):
+    port = free_port()
+    url = f"rtsp://127.0.0.1:{port}/live/x4"
+    first = subprocess.Popen([sys.executable, "-c", LISTENER, url, str(tmp_path / "first.json")])
+    second = None
+    try:
+        _wait_listening(port)
+        tb = Fraction(1, 90000)
+        with PushSink(url, 4 * W, 4 * H, FPS) as push:
+            for i in range(100):
+                if i == 20:  # the server dies ...
+                    first.kill()
+                    first.wait()
+                if i == 35:  # ... and comes back
+                    second = subprocess.Popen([sys.executable, "-c", LISTENER, url,
+                                               str(tmp_path / "second.json")])
+                push.write(np.full((4 * H, 4 * W, 3), 120, np.uint8), i * 3600, tb)
+                time.sleep(1 / FPS)
+        second.wait(10)
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+    got = json.loads((tmp_path / "second.json").read_text())
+    assert push.reconnects == 1 and push.frames_lost > 0
+    assert push.frames_written + push.frames_lost == 100
+    assert 0 < len(got) <= push.frames_written - 20, "the new server gets the frames after it came back"
 
 
 # -- the whole pipeline on a live source ----------------------------------------------------
