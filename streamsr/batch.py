@@ -103,6 +103,8 @@ def _plan(src_dir: Path, out_dir: Path, resume: bool, overwrite: bool) -> list[t
         return InputError(f"{src_dir} is not a folder")
     if out_dir.exists() and not out_dir.is_dir():
         return OutputError(f"{out_dir} exists and is not a folder")
+    if out_dir.suffix.lower() in VIDEO_EXTS and not out_dir.exists():
+        return OutputError(f"{src_dir} is a folder of videos: give a folder as OUTPUT, not {out_dir.name}")
     if out_dir.resolve() == src_dir.resolve():
         return OutputError("the output folder must differ from the input folder")
     videos = list_videos(src_dir, exclude=out_dir)
@@ -118,6 +120,7 @@ def _plan(src_dir: Path, out_dir: Path, resume: bool, overwrite: bool) -> list[t
         return OutputError(f"{len(existing)} outputs exist already ({existing[0]}, ...): pass --resume "
                            f"to skip them or --overwrite to replace them")
     try:
+        out_dir.mkdir(parents=True, exist_ok=True)
         for o in outs:
             o.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -145,12 +148,7 @@ def upscale_folder(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, re
         options.pop(key, None)
     with ProcessGroup(env, dev) as group:
         if env.main:
-            try:
-                out_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                plan = OutputError(f"cannot create {out_dir}: {exc.strerror or exc}")
-            else:
-                plan = _plan(src_dir, out_dir, resume, overwrite)
+            plan = _plan(src_dir, out_dir, resume, overwrite)
         else:
             plan = None
         plan = group.broadcast(plan)

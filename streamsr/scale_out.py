@@ -288,6 +288,12 @@ def upscale_parts(src: str | os.PathLike, dst: str | os.PathLike, *, resume: boo
                 log.error("rank %d, part %d: %s", env.rank, i, exc)
                 error, failure = _error_record(exc), exc
                 break
+            if stats.frames > seg.frames:  # frames of another part: never keep a doubled frame
+                tmp.unlink(missing_ok=True)
+                failure = RuntimeError(f"part {i}: {stats.frames} frames decoded, but the part "
+                                       f"has only {seg.frames}")
+                error = _error_record(failure)
+                break
             if stats.frames != seg.frames:
                 log.warning("part %d: %d frames decoded, the index has %d (damaged input?)",
                             i, stats.frames, seg.frames)

@@ -132,7 +132,19 @@ def test_keyframe_index_from_packets(tmp_path):
     assert index.frames == 24
     assert index.keyframes == (0, 6, 12, 18)
     _, pts, tb = media.decode_all(src)
-    assert list(index.pts) == pts and index.time_base == tb
+    assert list(index.pts) == pts and index.time_base == tb and index.start_time == pts[0]
+
+
+@pytest.mark.parametrize("ext", [".ts", ".mkv"])
+def test_parts_of_other_containers_keep_every_frame_and_timestamp(tmp_path, ext):
+    # MPEG-TS starts at 0.08 s and seeks by decode time (past the keyframe); MKV counts in ms.
+    src = media.make_index_clip(tmp_path / f"in{ext}", n=24, options=GOP6)
+    single, parts = tmp_path / "single.mp4", tmp_path / "parts.mp4"
+    upscale(src, single, model=media.BicubicX4(), encoder_preset="ultrafast", handle_signals=False)
+    stats = upscale_parts(src, parts, model=media.BicubicX4(), part_frames=6, env=DistEnv(),
+                          encoder_preset="ultrafast", handle_signals=False)
+    assert stats.frames == 24 and indices(parts) == list(range(24))
+    assert media.frame_times(parts) == media.frame_times(single) == media.frame_times(src)
 
 
 def test_plan_cuts_at_keyframes_into_contiguous_parts():

@@ -69,6 +69,7 @@ def read_keyframe_index(path: str | os.PathLike) -> KeyframeIndex | None:
             raise InputError(f"{path} has no video stream")
         vs = container.streams.video[0]
         tb = vs.time_base or Fraction(1, 90000)
+        start_time = vs.start_time  # read while the container is open (PyAV frees it on close)
         frames: list[tuple[int, bool]] = []
         try:
             for packet in container.demux(vs):
@@ -86,7 +87,7 @@ def read_keyframe_index(path: str | os.PathLike) -> KeyframeIndex | None:
         log.info("%s: repeated video timestamps; cannot split at keyframes", path)
         return None
     keyframes = tuple(i for i, (_, key) in enumerate(frames) if key)
-    return KeyframeIndex(tb, vs.start_time, pts, keyframes)
+    return KeyframeIndex(tb, start_time, pts, keyframes)
 
 
 def plan_segments(index: KeyframeIndex | None, parts: int) -> list[Segment]:
