@@ -12,7 +12,6 @@ PACKAGES=(
   gstreamer1.0-plugins-base
   gstreamer1.0-plugins-good
   gstreamer1.0-plugins-ugly
-  gstreamer1.0-plugins-bad
 )
 
 have_all() {
