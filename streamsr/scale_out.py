@@ -14,6 +14,7 @@ folder of videos, parts, or the plain single-process pipeline.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -213,7 +214,10 @@ def _prepare(src: Path, dst: Path, *, world: int, resume: bool, overwrite: bool,
 
 
 def _settings(module: nn.Module, options: dict) -> dict:
-    out = {k: options.get(k) for k in _CONTENT_OPTIONS if k in options}
+    """What decides the content of a part: the model and the content options (defaults filled in)."""
+    defaults = {k: p.default for k, p in inspect.signature(pipeline_upscale).parameters.items()}
+    out = {k: options.get(k, defaults.get(k)) for k in _CONTENT_OPTIONS}
+    out["encoder_options"] = dict(out.get("encoder_options") or {})
     out["model"] = model_fingerprint(module)
     return json.loads(json.dumps(out, default=str))
 
@@ -373,9 +377,9 @@ def upscale_job(src: str | os.PathLike, dst: str | os.PathLike, *, resume: bool 
              or is_image_output(dst))
     if plain:
         if env.distributed or resume:
-            log.warning("parts (torchrun/--resume) need a video file in and out without %s; "
-                        "running the plain pipeline%s", ", ".join(f"--{s.replace('_', '-')}" for s in special)
-                        or "images", " on rank 0" if env.distributed else "")
+            why = ", ".join(f"--{s.replace('_', '-')}" for s in special) or "images"
+            log.warning("torchrun and --resume split video files into parts, not with %s: running "
+                        "the plain pipeline%s", why, " on rank 0" if env.distributed else "")
         if not env.main:
             return None
         if env.distributed:

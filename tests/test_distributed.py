@@ -17,23 +17,25 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import media
 import numpy as np
 import pytest
 import torch
 
-import media
+from streamsr.batch import output_for, temp_for, upscale_folder
 from streamsr.distributed import DistEnv, ProcessGroup, device_for, dist_env
 from streamsr.errors import ConfigError, Interrupted, OutputError
 from streamsr.models import TINY, DeblurSR
 from streamsr.models.weights import save_model
 from streamsr.pipeline import upscale
 from streamsr.scale_out import assign_contiguous, parts_dir_for, upscale_parts
-from streamsr.batch import output_for, temp_for, upscale_folder
 from streamsr.video.split import KeyframeIndex, Segment, plan_segments, read_keyframe_index
 
 REPO = Path(__file__).resolve().parents[1]
 GOP6 = {"crf": "12", "preset": "fast", "g": "6", "x264-params": "scenecut=0"}  # B-frames, IDR every 6
 GOP6_FAST = {"crf": "12", "preset": "ultrafast", "g": "6", "x264-params": "scenecut=0"}
+# Open GOPs: the B-frames after each I-frame (in decode order) show earlier frames and refer back.
+OPEN_GOP6 = {"crf": "12", "preset": "fast", "g": "6", "x264-params": "scenecut=0:open-gop=1:bframes=3"}
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -138,7 +140,7 @@ def test_keyframe_index_from_packets(tmp_path):
 @pytest.mark.parametrize("ext", [".ts", ".mkv"])
 def test_parts_of_other_containers_keep_every_frame_and_timestamp(tmp_path, ext):
     # MPEG-TS starts at 0.08 s and seeks by decode time (past the keyframe); MKV counts in ms.
-    src = media.make_index_clip(tmp_path / f"in{ext}", n=24, options=GOP6)
+    src = media.make_index_clip(tmp_path / f"in{ext}", n=24, options=OPEN_GOP6)
     single, parts = tmp_path / "single.mp4", tmp_path / "parts.mp4"
     upscale(src, single, model=media.BicubicX4(), encoder_preset="ultrafast", handle_signals=False)
     stats = upscale_parts(src, parts, model=media.BicubicX4(), part_frames=6, env=DistEnv(),
@@ -157,8 +159,9 @@ def test_plan_cuts_at_keyframes_into_contiguous_parts():
     single = plan_segments(KeyframeIndex(Fraction(1, 25), 0, tuple(range(24)), (0,)), 4)
     assert [(s.first, s.frames, s.end_pts) for s in single] == [(0, 24, None)]
     segs = [Segment(i, 6 * i, 6, 60 * i, None) for i in range(5)]
-    assert assign_contiguous(segs, 2) == [[0, 1], [2, 3, 4]] or assign_contiguous(segs, 2) == [[0, 1, 2], [3, 4]]
-    assert assign_contiguous(segs[:1], 3) == [[0], [], []] or sum(map(len, assign_contiguous(segs[:1], 3))) == 1
+    assert assign_contiguous(segs, 2) == [[0, 1], [2, 3, 4]]  # contiguous, 12 vs 18 frames
+    assert assign_contiguous(segs, 5) == [[0], [1], [2], [3], [4]]
+    assert sorted(sum(assign_contiguous(segs[:1], 3), [])) == [0]  # one part: one rank works
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +183,7 @@ def test_two_processes_match_a_single_process_run(tmp_path):
     assert len(b) == len(a) == 24
     assert pts_b == pts_a and tb_b == tb_a  # same timestamps
     assert [media.read_index(f) for f in b] == list(range(24))  # each frame once, in order
-    assert min(psnr(x, y) for x, y in zip(a, b)) > 40  # equal within encoder noise
+    assert min(psnr(x, y) for x, y in zip(a, b, strict=True)) > 40  # equal within encoder noise
     assert media.packets(dist, "audio") == media.packets(single, "audio") == media.packets(src, "audio")
     assert media.packets(dist, "subtitle") == media.packets(single, "subtitle")
     import av

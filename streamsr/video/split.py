@@ -113,7 +113,7 @@ def plan_segments(index: KeyframeIndex | None, parts: int) -> list[Segment]:
             cuts.append(best)
     bounds = [0, *cuts, total]
     segments = []
-    for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+    for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
         end = index.pts[b] if b < total else None
         segments.append(Segment(i, a, b - a, index.pts[a], end))
     return segments
@@ -161,7 +161,8 @@ def join_parts(parts: list[tuple[Path, int, int]], dst: str | os.PathLike, *, ti
     from `copy_from` (the input). Returns the number of video packets (frames) written. `dst`
     is replaced if it exists.
     """
-    from streamsr.video.sink import _CopiedStreams  # the sink's own copier: same streams, same order
+    # The sink's own copier of audio/subtitles: same streams, same order, same interleaving.
+    from streamsr.video.sink import _CopiedStreams
 
     dst = Path(dst)
     fmt = dst.suffix.lstrip(".").lower()
