@@ -199,7 +199,7 @@ def test_init_from_weights_file(reference_run):
 
 def test_ddp_two_gloo_processes_match_one(prepared, tmp_path):
     """torchrun, 2 CPU processes x batch 2 == 1 process x batch 4 (same global batch)."""
-    recipe = ["--set", "model=tiny", "--set", "max_steps=5", "--set", "patch=8",
+    recipe = ["--set", "data=prepared", "--set", "model=tiny", "--set", "max_steps=5", "--set", "patch=8",
               "--set", "num_workers=0", "--set", "log_every=1", "--set", "val_max=4",
               "--set", "lr=2e-3", "--set", "lr_min=2e-4", "--set", "checkpoint_every=100"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from streamsr.data.dataset import TripletDataset
 from streamsr.data.shake_dataset import ShakeDataset
-from streamsr.errors import ConfigError, Interrupted, OutputError, WeightsError
+from streamsr.errors import ConfigError, InputError, Interrupted, OutputError, WeightsError
 from streamsr.models import DeblurSR, count_parameters, get_config
 from streamsr.models.weights import import_mprnet, load_weights, model_config, save_model
 from streamsr.training.losses import joint_loss
@@ -453,7 +453,12 @@ class _Run:
                                        max_noise=0.0, augment=False, **shake)
         else:
             self.train_ds = TripletDataset(self.data, r.train_split, r.patch, r.augment, r.seed)
-            self.val_ds = TripletDataset(self.data, r.val_split, 0, False, r.seed, r.val_max)
+            try:
+                self.val_ds = TripletDataset(self.data, r.val_split, 0, False, r.seed, r.val_max)
+            except InputError:
+                raise ConfigError(f"{self.data} has no {r.val_split!r} triplets to validate on: "
+                                  f"prepare with a held-out split (`--val-fraction`, GOPRO's test/) "
+                                  f"or pick one with --set val_split=NAME") from None
         sampler = DistributedSampler(self.train_ds, num_replicas=d.world, rank=d.rank, shuffle=True,
                                      seed=r.seed, drop_last=True)
         steps_per_epoch = len(sampler) // r.batch
