@@ -12,6 +12,7 @@ time its first frame arrived, so outages and drops show up as gaps, never as tim
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import threading
 import time
@@ -253,6 +254,9 @@ class LiveSource(Source):
         self._consumer_stops: tuple[threading.Event, ...] = ()
         self._container = self._connect(first=True)
         stream = self._container.streams.video[0]
+        self._pending: list[av.VideoFrame] = []
+        if not (stream.codec_context.width and stream.codec_context.height):
+            self._pending = self._first_frame(self._container)  # the header had no frame size
         self.info = self._video_info(stream)
         self._matrix = sws_matrix(effective_matrix(self.info))
         self._range = sws_range(effective_range(self.info))
@@ -299,15 +303,30 @@ class LiveSource(Source):
                 if self._stop.wait(delay):
                     raise SourceError(f"{redact(self.uri)}: stopped while reconnecting") from None
 
+    def _first_frame(self, container: av.container.InputContainer) -> list[av.VideoFrame]:
+        """Decode up to the first frame, for streams whose header does not give the frame size."""
+        try:
+            frame = next(container.decode(container.streams.video[0]), None)
+        except (av.FFmpegError, OSError) as exc:
+            container.close()
+            raise SourceError(f"{redact(self.uri)}: no frame arrived: {_reason(exc)}") from None
+        if frame is None:
+            container.close()
+            raise SourceError(f"{redact(self.uri)}: the stream ended before its first frame")
+        return [frame]
+
     def _video_info(self, stream: av.video.stream.VideoStream) -> VideoInfo:
         cc = stream.codec_context
+        first = self._pending[0] if self._pending else None
+        head = first if first is not None else cc  # both carry the size and colour tags
+        pix_fmt = first.format.name if first is not None else cc.pix_fmt
         fps = stream.average_rate or stream.guessed_rate or stream.base_rate
         return VideoInfo(
-            width=cc.width, height=cc.height, fps=Fraction(fps) if fps else None,
+            width=head.width, height=head.height, fps=Fraction(fps) if fps else None,
             time_base=Fraction(stream.time_base or Fraction(1, 90000)), frames=None,
-            duration=None, pix_fmt=cc.pix_fmt or "yuv420p",
-            color=ColorInfo(PRIMARIES.get(cc.color_primaries), TRANSFERS.get(cc.color_trc),
-                            MATRICES.get(cc.colorspace), RANGES.get(cc.color_range)),
+            duration=None, pix_fmt=pix_fmt or "yuv420p",
+            color=ColorInfo(PRIMARIES.get(head.color_primaries), TRANSFERS.get(head.color_trc),
+                            MATRICES.get(head.colorspace), RANGES.get(head.color_range)),
             rotation=0, is_live=True, uri=redact(self.uri))
 
     # -- reading -------------------------------------------------------------------------
@@ -328,7 +347,8 @@ class LiveSource(Source):
         tb_in = Fraction(stream.time_base or self.info.time_base)
         tb_out = self.info.time_base
         anchor: tuple[int, int] | None = None  # (input pts, output pts) of this session
-        for frame in container.decode(stream):
+        pending, self._pending = self._pending, []
+        for frame in itertools.chain(pending, container.decode(stream)):
             now = time.monotonic()
             if self._t0 is None:
                 self._t0 = now
