@@ -26,6 +26,8 @@ from torch import nn
 
 from streamsr.data.transforms import resize_bicubic
 from streamsr.errors import ConfigError, Interrupted, StreamsrError
+from streamsr.video.live import LiveOptions, is_network_uri, live_progress, open_live_source
+from streamsr.video.segments import is_push_url, live_output_label, open_live_sink
 from streamsr.video.sink import EncodeOptions, Sink, check_encoder, is_image_output, open_sink
 from streamsr.video.source import DEFAULT_MAX_PIXELS, Frame, Source, VideoSource, open_source
 
@@ -50,6 +52,7 @@ class Stats:
     skipped_packets: int = 0  # corrupt input packets skipped
     truncated: bool = False  # the input ended early; every decodable frame was kept
     interrupted: bool = False
+    live: dict | None = None  # live runs: LiveStats.as_dict() (drops, reconnects, latency)
 
     def summary(self) -> str:
         """One line for people: frames, time, speed, size, and any losses."""
@@ -65,6 +68,8 @@ class Stats:
             extra.append("input truncated: kept every decodable frame")
         if self.dropped:
             extra.append(f"{self.dropped} frames dropped")
+        if self.live and self.live.get("reconnects"):
+            extra.append(f"{self.live['reconnects']} reconnects ({self.live['downtime_s']:.1f} s down)")
         return line + (f"; {'; '.join(extra)}" if extra else "")
 
 
@@ -158,13 +163,21 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
             start: float | None = None, duration: float | None = None,
             max_pixels: int | None = DEFAULT_MAX_PIXELS, queue_frames: int | None = None,
             progress: Callable[[int, int | None], None] | None = None,
-            handle_signals: bool = True, **aliases) -> Stats:
+            handle_signals: bool = True, live: bool | None = None,
+            live_options: LiveOptions | None = None, frames: int | None = None,
+            segment_time: float | None = None, status: Callable[[str], None] | None = None,
+            status_interval: float = 5.0, **aliases) -> Stats:
     """Upscale a video file, image or image folder x4 into `dst` (video file, image or PNG folder).
 
     `model`: "lite" (bundled), "paper", a weights path, or an `nn.Module` (float NCHW [0,1] in,
     x4 out). `progress(done, total)` is called from the encode thread after each written frame
     (`total` is an estimate, or None). Returns `Stats`; raises `Interrupted` (after finalising the
     output) on SIGINT/SIGTERM, and `StreamsrError`s for bad input/output/options.
+
+    Live mode (`live`, default: on for network URLs) reads through `LiveSource` (`live_options`:
+    transport, timeouts, reconnects, drop policy, max latency), writes MKV by default, rolling
+    files with `segment_time`, or pushes to an rtsp:// / rtmp:// `dst`; `status(line)` gets a
+    status line every `status_interval` seconds. `frames` stops after that many input frames.
     """
     if "side_by_side" in aliases:
         side_by_side_view = bool(aliases.pop("side_by_side"))
@@ -178,11 +191,17 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
     src, dst = str(src), str(dst)
     encode = EncodeOptions(codec=codec, crf=crf, preset=encoder_preset, pix_fmt=pix_fmt,
                            bitrate=bitrate, options=dict(encoder_options or {}))
-    if not is_image_output(dst):
+    if not is_image_output(dst) or is_push_url(dst):
         check_encoder(encode)  # fail on a bad codec/pix_fmt before any heavy work
     if os.path.abspath(src) == os.path.abspath(dst):
         raise ConfigError("input and output are the same file")
-    source = open_source(src, start=start, duration=duration, max_pixels=max_pixels)
+    live_mode = is_network_uri(src) if live is None else live
+    if live_mode:
+        if start:
+            log.warning("--start is ignored for live sources")
+        source = open_live_source(src, live_options, duration=duration, frames=frames)
+    else:
+        source = open_source(src, start=start, duration=duration, max_pixels=max_pixels)
     with source:
         engine = Engine(resolve_model(model), EngineConfig(device=device, precision=precision,
                                                             batch=batch, tile=tile, compile=compile))
@@ -190,12 +209,26 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
         n_batch = engine.plan(info.height, info.width)
         # audio, subtitles, chapters and tags come from the input file itself
         copy_from = src if isinstance(source, VideoSource) and not info.is_live else None
-        sink = open_sink(dst, info, scale=engine.scale, encode=encode, copy_from=copy_from,
-                         overwrite=overwrite, start=source.window[0], end=source.window[1])
+        if live_mode or is_push_url(dst) or segment_time:
+            sink = open_live_sink(dst, info, scale=engine.scale, encode=encode,
+                                  segment_time=segment_time, overwrite=overwrite,
+                                  rtsp_transport=(live_options or LiveOptions()).rtsp_transport)
+        else:
+            sink = open_sink(dst, info, scale=engine.scale, encode=encode, copy_from=copy_from,
+                             overwrite=overwrite, start=source.window[0], end=source.window[1])
+        if live_mode:
+            progress = live_progress(source, progress, status, status_interval)
         run = _Run(source, sink, engine, n_batch, queue_frames or 2 * n_batch, side_by_side_view,
                    progress)
+        if live_mode:  # latency is checked when the batcher takes a frame, after every queue
+            source.check_latency_on_iter = False
+            run.live, run.fresh = True, source.fresh
+        else:
+            run.max_frames = frames
         with _StopSignals(handle_signals) as stop:
             run.stop_request = stop.event
+            if live_mode:  # a signal or an error ends a wait for a feed that is down
+                source.stop_on(stop.event, run.abort)
             try:
                 run.go()
             finally:
@@ -209,11 +242,13 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
         seconds = time.monotonic() - t0
         stats = Stats(frames=sink.frames_written, seconds=seconds,
                       fps=sink.frames_written / seconds if seconds > 0 else 0.0,
-                      output_bytes=sink.bytes_written, output=dst,
+                      output_bytes=sink.bytes_written,
+                      output=live_output_label(dst, segment_time) if live_mode else dst,
                       input_size=(info.width, info.height),
                       output_size=(info.width * engine.scale, info.height * engine.scale),
                       dropped=source.dropped, skipped_packets=source.skipped_packets,
-                      truncated=source.truncated, interrupted=stop.signum is not None)
+                      truncated=source.truncated, interrupted=stop.signum is not None,
+                      live=source.stats.as_dict() if live_mode else None)
     if stop.signum is not None:
         exc = Interrupted(f"interrupted by {signal.Signals(stop.signum).name}: {stats.frames} "
                           f"frames written to {dst} (finalised)", stop.signum)
@@ -240,6 +275,9 @@ class _Run:
         self.error: BaseException | None = None
         self.failed = False
         self.total = source.info.frames
+        self.max_frames: int | None = None  # stop after this many input frames (files)
+        self.live = False  # live: run partial batches instead of waiting for a full one
+        self.fresh: Callable[[Frame], bool] | None = None  # live: False drops a too-old frame
 
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:
@@ -250,8 +288,10 @@ class _Run:
     # -- decode thread ----------------------------------------------------------------------
     def _decode(self) -> None:
         try:
-            for frame in self.source:
+            for taken, frame in enumerate(self.source, 1):
                 if self.stop_request.is_set() or not _put(self.frames_in, frame, self.abort, self.stop_request):
+                    break
+                if self.max_frames is not None and taken >= self.max_frames:
                     break
         except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
             self._fail(exc)
@@ -290,14 +330,18 @@ class _Run:
                     ended = True
                     break
                 try:
-                    item = self.frames_in.get(timeout=_POLL)
+                    item = self.frames_in.get(timeout=0 if (self.live and group) else _POLL)
                 except queue.Empty:
                     if self.abort.is_set():
                         return
+                    if self.live and group:
+                        break  # live: run what has arrived rather than wait for a full batch
                     continue
                 if item is _END:
                     ended = True
                     break
+                if self.fresh is not None and not self.fresh(item):
+                    continue
                 if group and item.rgb.shape != group[0].rgb.shape:
                     held = item  # a new frame size starts the next batch
                     break

@@ -18,12 +18,17 @@ except ModuleNotFoundError:  # Python 3.10
 from streamsr.cli import main
 from streamsr.errors import ConfigError
 
-PRESET_DIRS = (Path("pipelines"), Path(__file__).resolve().parents[2] / "pipelines")
+PRESET_DIRS = (Path("pipelines"), Path(__file__).resolve().parents[2] / "pipelines",
+               Path(__file__).resolve().parents[1] / "presets")  # installed: package data
 # Options a preset may set (TOML keys; "-" and "_" both accepted) -> click parameter names.
 PRESET_KEYS = {"model": "model", "batch": "batch", "tile": "tile", "precision": "precision",
                "device": "device", "codec": "codec", "crf": "crf", "encoder_preset": "encoder_preset",
                "pix_fmt": "pix_fmt", "bitrate": "bitrate", "encoder_opt": "encoder_opt",
-               "side_by_side": "side_by_side", "start": "start", "duration": "duration"}
+               "side_by_side": "side_by_side", "start": "start", "duration": "duration",
+               "frames": "frames", "live": "live", "rtsp_transport": "rtsp_transport",
+               "drop": "drop", "max_latency": "max_latency", "reconnect_max": "reconnect_max",
+               "timeout": "live_timeout", "segment_time": "segment_time",
+               "status_interval": "status_interval"}
 
 
 def find_preset(name: str) -> Path:
@@ -99,6 +104,13 @@ class _Bar:
                 self.bar = None
 
 
+def _status_line(line: str) -> None:
+    """Print a live status line above the progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
 @main.command()
 @click.argument("input_path", metavar="INPUT")
 @click.argument("output_path", metavar="OUTPUT")
@@ -126,6 +138,35 @@ class _Bar:
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--start", type=click.FloatRange(min=0), help="Start at this many seconds.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Process this many seconds.")
+@click.option("--frames", type=click.IntRange(min=1), help="Stop after this many input frames.")
+@click.option("--max-pixels", type=click.IntRange(min=0), metavar="N",
+              help="Refuse inputs whose frames have more than N pixels, checked from the header "
+                   "before any decoding (default: 33177600, an 8K frame; 0: no limit).")
+@click.option("--live/--no-live", default=None,
+              help="Live mode: bounded queue with drops, latency bound, reconnects, MKV output "
+                   "(default: on for network URLs such as rtsp://).")
+@click.option("--rtsp-transport", type=click.Choice(["tcp", "udp"]), default="tcp",
+              show_default=True, help="Live: RTSP transport.")
+@click.option("--drop", type=click.Choice(["oldest", "none"]), default="oldest", show_default=True,
+              help="Live: when inference falls behind, drop the oldest queued frame (none: wait).")
+@click.option("--max-latency", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Live: drop frames older than this when inference reaches them.")
+@click.option("--reconnect-max", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Live: give up after this many failed connection attempts in a row (0: forever).")
+@click.option("--timeout", "live_timeout", type=click.FloatRange(min=0, min_open=True),
+              default=10.0, show_default=True, metavar="SECONDS",
+              help="Live: wait this long for a connection or for data before reconnecting.")
+@click.option("--segment-time", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Rolling files of this length; OUTPUT is a strftime pattern such as "
+                   "cam_%Y%m%d_%H%M%S.mkv.")
+@click.option("--status-interval", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              metavar="SECONDS", help="Live: seconds between status lines (0: none).")
+@click.option("--resume", is_flag=True,
+              help="Work in keyframe-aligned parts kept in OUTPUT.parts/ and reuse the finished "
+                   "ones (re-run the same command after an interruption); for a folder INPUT, "
+                   "skip outputs that are already finished.")
+@click.option("--part-frames", type=click.IntRange(min=1), metavar="N",
+              help="Parts (--resume, torchrun): about this many frames each (default 1800).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @click.pass_context
 def upscale(ctx: click.Context, input_path: str, output_path: str, preset_name: str | None,
@@ -135,7 +176,9 @@ def upscale(ctx: click.Context, input_path: str, output_path: str, preset_name: 
     OUTPUT is a video file (.mp4, .mkv, .mov, ...), an image file, or a folder for PNGs.
     Audio, subtitles, chapters, colour tags and rotation are kept.
     """
-    from streamsr.pipeline import upscale as run_upscale
+    from streamsr.scale_out import upscale_job as run_upscale  # plain, folder or parts/torchrun
+    from streamsr.video.live import LiveOptions
+    from streamsr.video.source import DEFAULT_MAX_PIXELS
 
     quiet = options.pop("quiet")
     if preset_name:
@@ -155,8 +198,17 @@ def upscale(ctx: click.Context, input_path: str, output_path: str, preset_name: 
             pix_fmt=options["pix_fmt"], bitrate=options["bitrate"],
             encoder_options=parse_encoder_opts(tuple(options["encoder_opt"])),
             side_by_side_view=bool(options["side_by_side"]), overwrite=options["overwrite"],
-            start=options["start"], duration=options["duration"], progress=bar)
+            start=options["start"], duration=options["duration"], progress=bar,
+            max_pixels=(DEFAULT_MAX_PIXELS if options["max_pixels"] is None
+                        else options["max_pixels"] or None),
+            frames=options["frames"], live=options["live"], segment_time=options["segment_time"],
+            live_options=LiveOptions(
+                rtsp_transport=options["rtsp_transport"], drop=options["drop"],
+                max_latency=options["max_latency"], reconnect_max=options["reconnect_max"],
+                open_timeout=options["live_timeout"], read_timeout=options["live_timeout"]),
+            status=None if quiet else _status_line, status_interval=options["status_interval"],
+            resume=options["resume"], part_frames=options["part_frames"])
     finally:
         bar.close()
-    if not quiet:
+    if not quiet and stats is not None:  # None: a torchrun rank other than 0
         click.echo(stats.summary(), err=True)

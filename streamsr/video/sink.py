@@ -140,6 +140,10 @@ def _output_error(path: Path, exc: BaseException) -> OutputError:
            errno.EACCES: "permission denied", errno.EROFS: "read-only file system",
            errno.EDQUOT: "disk quota exceeded"}.get(code)
     text = why or (getattr(exc, "strerror", None) or str(exc)).splitlines()[0][:200]
+    if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) and path.suffix.lower() in (".mp4", ".mov", ".m4v"):
+        # the MP4 index (moov) is written last: without room for it the partial file cannot play
+        text += " (an MP4/MOV cut short has no index and will not play; write .mkv to keep " \
+                "the frames done so far when space may run out)"
     return OutputError(f"cannot write {path}: {text}")
 
 
@@ -372,6 +376,9 @@ class VideoSink(Sink):
         except (ValueError, av.error.FFmpegError):
             fmt = None
         opts = {"movflags": "+faststart"} if (fmt or path.suffix.lower().lstrip(".")) in _FASTSTART_FORMATS else {}
+        if info.is_live:  # live: flush each packet (and fragment MP4) so a killed run stays playable
+            frag = {"movflags": "+frag_keyframe+empty_moov+default_base_moof"} if opts else {}
+            opts = {"flush_packets": "1", **frag}
         try:
             self.out = av.open(str(path), "w", container_options=opts)
         except ValueError:
@@ -423,12 +430,12 @@ class VideoSink(Sink):
             self._copy_chapters(self._copies.chapters)
         try:
             self.out.start_encoding()
+        except OSError as exc:  # the file is opened here: permission denied, read-only, ...
+            raise _output_error(self.path, exc) from None
         except av.error.FFmpegError as exc:
             raise ConfigError(f"cannot start encoding {self.path.name} with {encode.codec} "
                               f"({str(exc).splitlines()[0][:200]}); check --encoder-opt/--preset/"
                               f"--pix-fmt") from None
-        except OSError as exc:
-            raise _output_error(self.path, exc) from None
         self._shift = round(self.start / self.tb) if self.start else 0
         self._rgb_frame: av.VideoFrame | None = None
         log.info("output %s: %s %dx%d %s, colour %s/%s", self.path, encode.codec, self.width,
