@@ -128,6 +128,22 @@ def test_prepare_resumes_and_skips_finished_images(gopro_small, tmp_path):
         prepare_gopro(gopro_small, dst, CropSettings(64, 64, 4))  # other settings, same folder
 
 
+def test_parallel_prepare_matches_serial(gopro_small, tmp_path):
+    settings = CropSettings(64, 32, 4)
+    serial = prepare_gopro(gopro_small, tmp_path / "one", settings)
+    parallel = prepare_gopro(gopro_small, tmp_path / "two", settings, workers=2)
+    assert parallel.per_split == serial.per_split and parallel.images_done == 7
+    key = lambda r: (r["split"], r["source"])  # noqa: E731
+    assert sorted(read_index(tmp_path / "two"), key=key) == sorted(read_index(tmp_path / "one"), key=key)
+    for split in ("train", "test"):
+        for kind in ("lr_blur", "lr", "hr"):
+            names = sorted(p.name for p in (tmp_path / "one" / split / kind).iterdir())
+            assert names == sorted(p.name for p in (tmp_path / "two" / split / kind).iterdir())
+    name = names[3]
+    np.testing.assert_array_equal(read_rgb(tmp_path / "one" / "test" / "hr" / name),
+                                  read_rgb(tmp_path / "two" / "test" / "hr" / name))
+
+
 def _srgb_average(frames: list[np.ndarray]) -> np.ndarray:
     """Independent reference: decode sRGB (IEC 61966-2-1), average, re-encode, round."""
     x = np.stack(frames).astype(np.float64) / 255

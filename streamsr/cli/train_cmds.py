@@ -11,13 +11,21 @@ from streamsr.errors import ConfigError
 
 _PATCH = [click.option("--patch", default=256, show_default=True, help="HR crop size (pixels)."),
           click.option("--stride", default=128, show_default=True, help="HR crop stride (pixels)."),
-          click.option("--scale", default=4, show_default=True, help="Down-sampling factor for LR.")]
+          click.option("--scale", default=4, show_default=True, help="Down-sampling factor for LR."),
+          click.option("--workers", default=0, show_default=True,
+                       help="Processes that crop images; 0 = one per CPU core, at most 8.")]
 
 
 def _crop_options(fn):
     for opt in reversed(_PATCH):
         fn = opt(fn)
     return fn
+
+
+def _workers(n: int) -> int:
+    import os
+
+    return n if n > 0 else min(8, os.cpu_count() or 1)
 
 
 def _settings(patch: int, stride: int, scale: int):
@@ -46,11 +54,12 @@ def prepare() -> None:
 @click.option("--split", "splits", multiple=True, default=("train", "test"), show_default=True,
               help="Splits to prepare (repeatable).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def prepare_gopro_cmd(src, dst, patch, stride, scale, splits, no_progress) -> None:
+def prepare_gopro_cmd(src, dst, patch, stride, scale, workers, splits, no_progress) -> None:
     """Crop GOPRO_Large (<split>/<sequence>/{blur,sharp}/*.png) into triplets."""
     from streamsr.data.prepare import prepare_gopro
 
-    _report(prepare_gopro(src, dst, _settings(patch, stride, scale), splits, not no_progress))
+    _report(prepare_gopro(src, dst, _settings(patch, stride, scale), splits, not no_progress,
+                          _workers(workers)))
 
 
 @prepare.command("frames")
@@ -65,12 +74,12 @@ def prepare_gopro_cmd(src, dst, patch, stride, scale, splits, no_progress) -> No
 @_crop_options
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def prepare_frames_cmd(video, average, dst, val_fraction, max_pairs, patch, stride, scale,
-                       no_progress) -> None:
+                       workers, no_progress) -> None:
     """Blurry/sharp pairs from your own footage (frames averaged in linear light), then triplets."""
     from streamsr.data.prepare import prepare_frames
 
     _report(prepare_frames(video, dst, average, _settings(patch, stride, scale), val_fraction,
-                           max_pairs, not no_progress))
+                           max_pairs, not no_progress, _workers(workers)))
     click.echo(f"whole-image pairs for `streamsr eval`: {Path(dst) / 'pairs' / 'test'}")
 
 
@@ -91,12 +100,13 @@ def prepare_frames_cmd(video, average, dst, val_fraction, max_pairs, patch, stri
 @_crop_options
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def prepare_synthetic_cmd(images, dst, variants, seed, val_fraction, size, max_shift, max_angle,
-                          exposures, noise, jpeg, patch, stride, scale, no_progress) -> None:
+                          exposures, noise, jpeg, patch, stride, scale, workers, no_progress) -> None:
     """Blurry/sharp pairs from still images with random camera shake, then triplets."""
     from streamsr.data.prepare import prepare_synthetic
 
     _report(prepare_synthetic(images, dst, _settings(patch, stride, scale), variants, seed,
-                              val_fraction, not no_progress, size=size, max_shift=max_shift,
+                              val_fraction, not no_progress, _workers(workers), size=size,
+                              max_shift=max_shift,
                               max_angle=max_angle, exposures=exposures, noise_sigma=noise,
                               jpeg_quality=jpeg))
 

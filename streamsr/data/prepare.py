@@ -22,9 +22,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
 import os
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -154,9 +156,36 @@ def read_settings(dst: str | os.PathLike) -> CropSettings:
 
 # --- the generic writer ---------------------------------------------------------------------------
 
+def _crop_pair(pair: ImagePair, dst: Path, split: str, settings: CropSettings) -> list[str]:
+    """Write every triplet of one pair; returns their names (runs in worker processes too)."""
+    blur, sharp = read_pair(pair)
+    names = []
+    for y, x, lr_blur, lr, hr in make_triplets(blur, sharp, settings):
+        name = f"{pair.key}_y{y:04d}_x{x:04d}"
+        for kind, img in zip(KINDS, (lr_blur, lr, hr), strict=True):
+            write_rgb(dst / split / kind / f"{name}.png", img)
+        names.append(name)
+    if not names:
+        log.warning("%s is %dx%d, smaller than one %d px patch: no triplets",
+                    pair.blur, sharp.shape[1], sharp.shape[0], settings.patch)
+    return names
+
+
+def _worker_setup() -> None:
+    """One thread per worker process: the processes are the parallelism."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def write_triplets(pairs: Sequence[ImagePair], dst: str | os.PathLike,
-                   settings: CropSettings = CropSettings(), progress: bool = False) -> PrepareSummary:
-    """Crop every pair not yet done into triplets under `dst`, recording each image in the index."""
+                   settings: CropSettings = CropSettings(), progress: bool = False,
+                   workers: int = 1) -> PrepareSummary:
+    """Crop every pair not yet done into triplets under `dst`, recording each image in the index.
+
+    `workers` > 1 crops images in that many processes; the index is still written by this
+    process only, one line per finished image, so resuming works the same.
+    """
     settings.check()
     dst = Path(dst)
     try:
@@ -166,34 +195,44 @@ def write_triplets(pairs: Sequence[ImagePair], dst: str | os.PathLike,
     _check_settings(dst, settings)
     done, index = _open_index(dst)
     summary = PrepareSummary(dst)
-    made_dirs: set[str] = set()
+    todo = []
+    for pair in pairs:
+        split = pair.split or "train"
+        if (split, pair.key) in done:
+            summary.images_skipped += 1
+        else:
+            todo.append((pair, split))
+    for split in {s for _, s in todo}:
+        for kind in KINDS:
+            (dst / split / kind).mkdir(parents=True, exist_ok=True)
+
+    def record(pair: ImagePair, split: str, names: list[str]) -> None:
+        rec = {"split": split, "source": pair.key, "triplets": names}
+        index.write(json.dumps(rec) + "\n")
+        index.flush()
+        os.fsync(index.fileno())
+        done[(split, pair.key)] = rec
+        summary.images_done += 1
+
+    bar = tqdm(total=len(todo), desc="prepare", unit="img", disable=not progress)
     try:
-        for pair in tqdm(pairs, desc="prepare", unit="img", disable=not progress):
-            split = pair.split or "train"
-            if (split, pair.key) in done:
-                summary.images_skipped += 1
-                continue
-            if split not in made_dirs:
-                for kind in KINDS:
-                    (dst / split / kind).mkdir(parents=True, exist_ok=True)
-                made_dirs.add(split)
-            blur, sharp = read_pair(pair)
-            names = []
-            for y, x, lr_blur, lr, hr in make_triplets(blur, sharp, settings):
-                name = f"{pair.key}_y{y:04d}_x{x:04d}"
-                for kind, img in zip(KINDS, (lr_blur, lr, hr), strict=True):
-                    write_rgb(dst / split / kind / f"{name}.png", img)
-                names.append(name)
-            if not names:
-                log.warning("%s is %dx%d, smaller than one %d px patch: no triplets",
-                            pair.blur, sharp.shape[1], sharp.shape[0], settings.patch)
-            rec = {"split": split, "source": pair.key, "triplets": names}
-            index.write(json.dumps(rec) + "\n")
-            index.flush()
-            os.fsync(index.fileno())
-            done[(split, pair.key)] = rec
-            summary.images_done += 1
+        if workers > 1 and len(todo) > 1:
+            ctx = multiprocessing.get_context("spawn")  # no fork after torch's thread pools start
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_setup) as pool:
+                try:
+                    futures = {pool.submit(_crop_pair, p, dst, s, settings): (p, s) for p, s in todo}
+                    for fut in as_completed(futures):
+                        record(*futures[fut], fut.result())
+                        bar.update()
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+        else:
+            for pair, split in todo:
+                record(pair, split, _crop_pair(pair, dst, split, settings))
+                bar.update()
     finally:
+        bar.close()
         index.close()
     for (split, _), rec in done.items():
         summary.per_split[split] = summary.per_split.get(split, 0) + len(rec["triplets"])
@@ -207,10 +246,10 @@ def write_triplets(pairs: Sequence[ImagePair], dst: str | os.PathLike,
 
 def prepare_gopro(src: str | os.PathLike, dst: str | os.PathLike,
                   settings: CropSettings = CropSettings(), splits: Sequence[str] = ("train", "test"),
-                  progress: bool = False) -> PrepareSummary:
+                  progress: bool = False, workers: int = 1) -> PrepareSummary:
     """Triplets from GOPRO_Large (`train/` and `test/`; the held-out split is `test`)."""
     pairs = [p for p in find_pairs(src) if not p.split or p.split in splits]
-    return write_triplets(pairs, dst, settings, progress)
+    return write_triplets(pairs, dst, settings, progress, workers)
 
 
 # --- your own high-frame-rate footage -------------------------------------------------------------
@@ -322,10 +361,11 @@ def make_frame_pairs(source: str | os.PathLike, dst: str | os.PathLike, average:
 
 def prepare_frames(source: str | os.PathLike, dst: str | os.PathLike, average: int,
                    settings: CropSettings = CropSettings(), val_fraction: float = 0.1,
-                   max_pairs: int | None = None, progress: bool = False) -> PrepareSummary:
+                   max_pairs: int | None = None, progress: bool = False,
+                   workers: int = 1) -> PrepareSummary:
     """Pairs by averaging `average` consecutive frames (GOPRO's method), then triplets."""
     make_frame_pairs(source, dst, average, val_fraction, max_pairs, progress)
-    return write_triplets(find_pairs(Path(dst) / "pairs"), dst, settings, progress)
+    return write_triplets(find_pairs(Path(dst) / "pairs"), dst, settings, progress, workers)
 
 
 # --- synthetic camera shake on still images -------------------------------------------------------
@@ -389,10 +429,11 @@ def make_synthetic_pairs(images: str | os.PathLike, dst: str | os.PathLike, vari
 
 def prepare_synthetic(images: str | os.PathLike, dst: str | os.PathLike,
                       settings: CropSettings = CropSettings(), variants: int = 1, seed: int = 0,
-                      val_fraction: float = 0.1, progress: bool = False, **opts) -> PrepareSummary:
+                      val_fraction: float = 0.1, progress: bool = False, workers: int = 1,
+                      **opts) -> PrepareSummary:
     """Synthetic camera-shake pairs from still images, then triplets."""
     make_synthetic_pairs(images, dst, variants, seed, val_fraction, progress, **opts)
-    return write_triplets(find_pairs(Path(dst) / "pairs"), dst, settings, progress)
+    return write_triplets(find_pairs(Path(dst) / "pairs"), dst, settings, progress, workers)
 
 
 def iter_sources(dst: str | os.PathLike) -> Iterable[str]:
