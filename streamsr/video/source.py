@@ -146,12 +146,23 @@ def _check_pixels(uri: str, width: int, height: int, max_pixels: int | None) -> 
         raise InputError(f"{uri}: video stream has no size ({width}x{height})")
     if max_pixels and width * height > max_pixels:
         raise InputError(f"{uri}: {width}x{height} frames are larger than the limit of "
-                         f"{max_pixels} pixels (raise max_pixels to allow them)")
+                         f"{max_pixels} pixels (raise --max-pixels to allow them)")
 
 
 def _av_message(exc: Exception) -> str:
     text = getattr(exc, "strerror", None) or str(exc)
     return str(text).splitlines()[0][:200]
+
+
+def _open_input(uri: str, options: dict[str, str]) -> av.container.InputContainer:
+    """av.open, tolerating damaged (non-UTF-8) tags, which PyAV 18 refuses to open."""
+    try:
+        return av.open(uri, options=options)
+    except UnicodeDecodeError:
+        try:
+            return av.open(uri, options=options, metadata_encoding="latin-1")
+        except (TypeError, UnicodeDecodeError):
+            raise InputError(f"{uri} has damaged metadata tags that cannot be read") from None
 
 
 class VideoSource(Source):
@@ -162,7 +173,7 @@ class VideoSource(Source):
                  is_live: bool = False) -> None:
         self.uri = uri
         try:
-            self.container = av.open(uri, options=options or {})
+            self.container = _open_input(uri, options or {})
         except av.error.FileNotFoundError:
             raise InputError(f"input not found: {uri}") from None
         except av.error.PermissionError:
@@ -172,7 +183,10 @@ class VideoSource(Source):
         except (av.error.InvalidDataError, av.error.EOFError):
             raise InputError(f"{uri} is not a video file FFmpeg can read") from None
         except av.error.FFmpegError as exc:
-            raise InputError(f"cannot open {uri}: {_av_message(exc)}") from None
+            if is_live:
+                raise InputError(f"cannot open {uri}: {_av_message(exc)}") from None
+            raise InputError(f"{uri} is not a video file FFmpeg can read (damaged header or an "
+                             f"impossible frame size; FFmpeg said: {_av_message(exc)})") from None
         try:
             self._setup(start, duration, max_pixels, is_live)
         except BaseException:
@@ -187,6 +201,9 @@ class VideoSource(Source):
             raise InputError(f"{self.uri} has no video stream ({what})")
         self.stream = vs = c.streams.video[0]
         cc = vs.codec_context
+        if cc is None:
+            raise InputError(f"{self.uri}: FFmpeg has no decoder for its video stream (unknown "
+                             f"or damaged codec)")
         _check_pixels(self.uri, cc.width, cc.height, max_pixels)
         cc.thread_type = "AUTO"  # frame + slice threads
         cc.thread_count = 0
@@ -208,6 +225,8 @@ class VideoSource(Source):
         self._warned: set[str] = set()
         self._frames = self._decode()
         self._first = next(self._frames, None)  # proves the file decodes; gives tags and rotation
+        if self._start is not None and not is_live:
+            self._seek_earlier_if_past_start()
         if self._first is None:
             raise InputError(f"{self.uri}: no decodable video frames"
                              + (" in the requested --start/--duration window" if self._start or self._end else ""))
@@ -242,6 +261,28 @@ class VideoSource(Source):
         log.info("input %s: %dx%d %s, %s fps, colour %s/%s (%s), rotation %d", self.uri, f.width,
                  f.height, f.format.name, fps, effective_matrix(self.info),
                  effective_range(self.info), color, self.info.rotation)
+
+    def _seek_earlier_if_past_start(self) -> None:
+        """Seek again, earlier, when the first decoded frame is already after --start.
+
+        Some demuxers (MPEG-TS) seek by decode time and land past the keyframe before `start`;
+        the frames from `start` up to the next keyframe would be lost. Back off 2 s, 30 s, then
+        decode from the beginning (the window filter in `__iter__` drops what comes before).
+        """
+        eps = float(self.time_base) / 2
+        for back in (2.0, 30.0, None):
+            f = self._first
+            pts = None if f is None else (f.pts if f.pts is not None else f.dts)
+            if pts is not None and float(pts * self.time_base) <= self._start + eps:
+                return
+            target = -(1 << 40) if back is None else int((self._start - back) / self.time_base)
+            self._frames.close()
+            try:
+                self.container.seek(target, stream=self.stream, backward=True)
+            except av.error.FFmpegError:
+                return
+            self._frames = self._decode()
+            self._first = next(self._frames, None)
 
     def _warn_once(self, key: str, message: str, *args) -> None:
         if key not in self._warned:
@@ -324,10 +365,17 @@ class VideoSource(Source):
                                interpolation=TO_RGB_FLAGS)
             yield Frame(np.ascontiguousarray(rgb), pts, self.time_base, index, time.monotonic())
             index += 1
-        self._check_complete(last_time)
+        self._check_complete(last_time, index)
 
-    def _check_complete(self, last_time: float | None) -> None:
-        """Warn when the file stops well before the duration its header announced."""
+    def _check_complete(self, last_time: float | None, yielded: int = 0) -> None:
+        """Warn when the file stops well before the duration (or frame count) its header announced."""
+        declared = self.stream.frames  # exact in MP4/MOV (sample count), 0 when unknown
+        if (declared and not self.info.is_live and self._start is None and self._end is None
+                and yielded + self.skipped_packets < declared):
+            self.truncated = True
+            self._warn_once("demux", "%s: decoded %d of the %d frames its header lists (truncated "
+                            "or damaged); kept every frame that decodes", self.uri, yielded, declared)
+            return
         if self._end is not None or self.info.is_live or last_time is None or not self._file_duration:
             return
         frame = 1 / float(self._fps) if self._fps else 0.1
