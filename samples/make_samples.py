@@ -23,8 +23,8 @@ from pathlib import Path
 
 import av
 import numpy as np
-from av.video.reformatter import ColorRange, Colorspace
 import torch
+from av.video.reformatter import ColorRange, Colorspace
 from skimage import data as skdata
 
 from streamsr.data.synthetic import camera_path, pose_matrix, render_exposure

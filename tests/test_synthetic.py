@@ -54,7 +54,7 @@ def test_deterministic_for_a_seed(photo):
     assert not np.array_equal(a[0], c[0])
     # the sharp image is an exact crop of the photo
     ys, xs = np.nonzero(np.all(photo == a[1][0, 0], axis=2))
-    assert any(np.array_equal(photo[y:y + 96, x:x + 128], a[1]) for y, x in zip(ys, xs))
+    assert any(np.array_equal(photo[y:y + 96, x:x + 128], a[1]) for y, x in zip(ys, xs, strict=True))
 
 
 def test_zero_motion_returns_input(photo):
@@ -71,7 +71,7 @@ def test_blur_grows_with_shift(photo):
     for shift in [0, 3, 6, 12, 24]:
         p = shake_trajectory(np.random.default_rng(11), 13, shift, max_angle=0.0)
         energy.append(_lap_var(_blur(photo, p)))
-    for prev, cur in zip(energy, energy[1:]):
+    for prev, cur in zip(energy, energy[1:], strict=False):
         assert cur < prev * 1.02, energy
     assert energy[-1] < 0.25 * energy[0], energy
 
@@ -85,7 +85,7 @@ def test_blurry_and_sharp_stay_aligned(photo):
         moved = np.roll(sharp, (3, -3), axis=(0, 1))
         shifted.append(_psnr(blurry[8:-8, 8:-8], moved[8:-8, 8:-8]))
     assert np.mean(aligned) > np.mean(shifted) + 2.0, (aligned, shifted)
-    assert all(a > s for a, s in zip(aligned, shifted))
+    assert all(a > s for a, s in zip(aligned, shifted, strict=True))
 
 
 def test_noise_and_jpeg_change_only_the_blurry_image(photo):
