@@ -51,3 +51,4 @@ from streamsr.cli import model_cmds  # noqa: E402,F401
 from streamsr.cli import bench_cmd  # noqa: E402,F401
 from streamsr.cli import video_cmds  # noqa: E402,F401
 from streamsr.cli import train_cmds  # noqa: E402,F401
+from streamsr.cli import quality_cmds  # noqa: E402,F401
