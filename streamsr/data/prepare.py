@@ -380,10 +380,10 @@ def _still_images(folder: Path) -> list[Path]:
 
 
 def held_out(i: int, n: int, val_fraction: float) -> bool:
-    """Whether item `i` of `n` is held out: every k-th item, k = round(1 / fraction)."""
+    """Whether item `i` of `n` is held out: every k-th, k = round(1 / fraction), at least one."""
     if val_fraction <= 0 or n < 2:
         return False
-    k = max(2, round(1 / val_fraction))
+    k = max(2, min(n, round(1 / val_fraction)))
     return i % k == k - 1
 
 
