@@ -197,6 +197,19 @@ def test_init_from_weights_file(reference_run):
         _build_model(RECIPE, reference_run / "x.pth", None)  # --init-mprnet needs model=paper
 
 
+def test_init_mprnet_loads_the_official_trunk(tmp_path):
+    from streamsr.models import MPRNet
+
+    torch.manual_seed(1)
+    official = MPRNet()
+    ckpt = tmp_path / "model_deblurring.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in official.state_dict().items()}}, ckpt)
+    model = _build_model(replace(RECIPE, model="paper"), ckpt, None)
+    trunk = model.trunk.state_dict()
+    assert all(torch.equal(trunk[k], v) for k, v in official.state_dict().items())
+    assert sum(p.numel() for p in model.parameters()) == 21_839_972
+
+
 def test_ddp_two_gloo_processes_match_one(prepared, tmp_path):
     """torchrun, 2 CPU processes x batch 2 == 1 process x batch 4 (same global batch)."""
     recipe = ["--set", "data=prepared", "--set", "model=tiny", "--set", "max_steps=5", "--set", "patch=8",
