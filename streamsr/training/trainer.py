@@ -532,11 +532,9 @@ class _Run:
                     step += 1
                     batch_in_epoch += 1
                     n_log += 1
-                    loss = float(terms.total.detach())
                     bar.update()
-                    bar.set_postfix(loss=f"{loss:.4f}", epoch=epoch)
-                    if self.on_step is not None:
-                        self.on_step(step, loss)
+                    if self.on_step is not None:  # reading the loss waits for the GPU: only on demand
+                        self.on_step(step, float(terms.total.detach()))
 
                     if step % r.log_every == 0 or step == total:
                         vals = torch.stack([terms.total, terms.sr, terms.char, terms.edge]).detach().double()
@@ -546,6 +544,7 @@ class _Run:
                             vals = vals / d.world
                         vals = vals.cpu().tolist()
                         losses.append((step, vals[0]))
+                        bar.set_postfix(loss=f"{vals[0]:.4f}", epoch=epoch)
                         if d.main:
                             rate = n_log / max(1e-9, time.time() - t_log)
                             entry = {"train/loss": vals[0], "train/loss_sr": vals[1],
