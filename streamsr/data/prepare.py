@@ -290,8 +290,10 @@ def average_frames(frames: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray
     This is how GOPRO was made: a long exposure is the sum of the light of short ones, so the
     frames are decoded from the sRGB curve, averaged, and re-encoded.
     """
-    lin = np.mean([srgb_to_linear(f.astype(np.float64) / 255.0) for f in frames], axis=0)
-    blur = np.clip(np.round(linear_to_srgb(lin) * 255.0), 0, 255).astype(np.uint8)
+    acc = np.zeros(frames[0].shape, np.float64)
+    for f in frames:  # one frame at a time: K float copies of a 4K frame would be gigabytes
+        acc += srgb_to_linear(f.astype(np.float64) / 255.0)
+    blur = np.clip(np.round(linear_to_srgb(acc / len(frames)) * 255.0), 0, 255).astype(np.uint8)
     return blur, frames[len(frames) // 2]
 
 
