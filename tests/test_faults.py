@@ -329,7 +329,7 @@ def test_07_fuzz_flipped_bytes_never_crash_or_hang(tmp_path, tiny_weights):
     by_kind = {}
     for r in results:
         by_kind.setdefault("ok" if "ok" in r else r["error"].split(":")[-1][:30], r)
-    picks = list(by_kind.values())[:4]
+    picks = list(by_kind.values())[:2]
     procs = [subprocess.Popen([sys.executable, "-m", "streamsr", "upscale", r["src"],
                                str(tmp_path / f"cli{k}.mkv"), *map(str, model_args(tiny_weights))],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
@@ -504,12 +504,13 @@ def _file_size_limit(limit: int):
 
 
 def test_15_disk_full_keeps_a_playable_partial_output(tmp_path, tiny_weights):
+    n = 300  # 12 s: several MKV clusters, so the disk fills while frames are still coming
     rng = np.random.default_rng(0)
     noisy = [np.clip(media.index_frame(i, W, H).astype(int) + rng.integers(-40, 41, (H, W, 3)), 0, 255)
-             .astype(np.uint8) for i in range(120)]
+             .astype(np.uint8) for i in range(n)]
     src = media.write_clip(tmp_path / "in.mkv", noisy, options={"crf": "0", "preset": "ultrafast"})
-    limit = 250_000
-    assert src.stat().st_size < limit
+    full = run_api(src, tmp_path / "full.mkv", crf=0).output_bytes
+    limit = full // 2  # the disk fills halfway through (the limit applies to writes only)
     out = tmp_path / "out.mkv"
     proc = subprocess.run([sys.executable, "-c", _DISK_FULL_CHILD, str(src), str(out)],
                           capture_output=True, text=True, timeout=180, cwd=REPO, env=ENV,
@@ -519,14 +520,12 @@ def test_15_disk_full_keeps_a_playable_partial_output(tmp_path, tiny_weights):
     assert out.stat().st_size <= limit
     reported = int(proc.stdout.split()[-1])
     got = decodable(out)
-    assert 0 < len(got) <= reported < 120
+    assert 0 < len(got) <= reported and len(got) < n, (len(got), reported)
     assert indices(got) == list(range(len(got))), "every frame that reached the disk plays, in order"
     # through the CLI: exit 2 with one line; an MP4 says why a cut-short MP4 cannot play
-    for name, words in (("cli.mkv", []), ("cli.mp4", ["no index", "write .mkv"])):
-        r = cli("upscale", src, tmp_path / name, *model_args(tiny_weights), "--crf", "0",
-                timeout=180, preexec_fn=_file_size_limit(limit))
-        assert_one_line(r.returncode, r.stderr, "cannot write", "file too large", *words)
-    assert len(decodable(tmp_path / "cli.mkv")) > 0
+    r = cli("upscale", src, tmp_path / "cli.mp4", *model_args(tiny_weights), "--crf", "0",
+            timeout=180, preexec_fn=_file_size_limit(8000))
+    assert_one_line(r.returncode, r.stderr, "cannot write", "file too large", "no index", "write .mkv")
 
 
 def test_16_existing_output_is_never_overwritten_without_overwrite(tmp_path, clip, tiny_weights):
@@ -551,9 +550,10 @@ def test_16_existing_output_is_never_overwritten_without_overwrite(tmp_path, cli
     assert r.exit_code == 0 and len(media.decode_all(existing)[0]) == 4
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130)])  # SIGTERM: test_cli_upscale.py
 def test_17_signals_mid_run_finalise_a_playable_mp4(tmp_path, tiny_weights, sig, code):
-    src = media.make_av_clip(tmp_path / "in.mp4", n=400, size=(W, H), subtitles=False)
+    n = 1500  # a minute of video: far more than the run gets through before the signal
+    src = media.make_av_clip(tmp_path / "in.mp4", n=n, size=(W, H), subtitles=False)
     out = tmp_path / "out.mp4"
     proc = subprocess.Popen([sys.executable, "-m", "streamsr", "upscale", str(src), str(out),
                              *map(str, model_args(tiny_weights)), "--batch", "1"],
@@ -562,7 +562,7 @@ def test_17_signals_mid_run_finalise_a_playable_mp4(tmp_path, tiny_weights, sig,
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            if out.exists() and out.stat().st_size > 3000:  # frames are being written
+            if out.exists() and out.stat().st_size > 1000:  # frames are being written
                 break
             time.sleep(0.1)
         assert proc.poll() is None, proc.stderr.read()[-2000:]
@@ -574,7 +574,7 @@ def test_17_signals_mid_run_finalise_a_playable_mp4(tmp_path, tiny_weights, sig,
                            "(finalised)", expect=code)
     written = int(line.split("interrupted by")[1].split()[1])
     frames = media.decode_all(out)[0]  # strict: an MP4 with its index, i.e. finalised
-    assert 0 < written < 400 and len(frames) == written
+    assert 0 < written < n and len(frames) == written
     assert frames[0].shape == (4 * H, 4 * W, 3)
     with av.open(str(out)) as c:  # the audio was trimmed to the video, not left running on
         end = max(float((p.pts + p.duration) * p.time_base) for p in c.demux(audio=0) if p.size)
