@@ -405,7 +405,7 @@ def test_10_odd_sizes(tmp_path, size, codec, pix_fmt):
     got = media.decode_all(tmp_path / "out.mp4")[0]
     assert stats.frames == len(got) == 3 and got[0].shape == (4 * h, 4 * w, 3)
     for orig, out in zip(originals, got, strict=True):
-        assert psnr(out, bicubic_uint8(orig, (4 * h, 4 * w))) > 28
+        assert psnr(out, bicubic_uint8(orig, (4 * h, 4 * w))) > 36  # a wrong matrix: < 30
 
 
 def _gray(rgb: np.ndarray) -> np.ndarray:
@@ -414,12 +414,12 @@ def _gray(rgb: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("codec,pix_fmt,gray,threshold", [
-    ("libx264", "yuv420p10le", False, 30),  # 10 bit
-    ("libx264", "yuv444p", False, 32),  # 4:4:4
-    ("ffv1", "gray", True, 38),  # grey (exact up to bicubic/encode rounding)
-    ("ffv1", "gray10le", True, 38),
-    ("libx264rgb", "rgb24", False, 34),  # RGB, no Y'CbCr at all
-    ("ffv1", "yuv444p16le", False, 34),
+    ("libx264", "yuv420p10le", False, 36),  # 10 bit
+    ("libx264", "yuv444p", False, 38),  # 4:4:4
+    ("ffv1", "gray", True, 46),  # grey (exact up to bicubic/encode rounding)
+    ("ffv1", "gray10le", True, 46),
+    ("libx264rgb", "rgb24", False, 40),  # RGB, no Y'CbCr at all
+    ("ffv1", "yuv444p16le", False, 40),
 ])
 def test_11_pixel_formats(tmp_path, codec, pix_fmt, gray, threshold):
     originals = [media.smooth_frame(i, W, H) for i in range(3)]
