@@ -712,18 +712,24 @@ def test_21b_rtsp_source_that_dies_for_good_keeps_the_frames_done(tmp_path, rtsp
     """The reconnect itself is tested in test_live.py (server restart); here the server never
     comes back: after the retries the run fails, and the frames before the outage are kept."""
     rtsp.start()
-    killer = threading.Timer(2.0, rtsp.stop)
-    killer.start()
+    killers: list[threading.Thread] = []
+
+    def kill_server_once(done: int, total) -> None:
+        if done == 15:  # frames are flowing: the server goes away for good
+            killers.append(threading.Thread(target=rtsp.stop))
+            killers[-1].start()
+
     try:
         with pytest.raises(SourceError) as info:
             upscale(rtsp.url, tmp_path / "cam.mkv", model=media.BicubicX4(), frames=100_000,
                     live_options=fast_options(drop="none", reconnect_max=2, open_timeout=1.0),
-                    device="cpu", encoder_preset="ultrafast", batch=1)
+                    device="cpu", encoder_preset="ultrafast", batch=1, progress=kill_server_once)
     finally:
-        killer.cancel()
-    assert "\n" not in str(info.value)
+        for k in killers:
+            k.join(10)
+    assert "\n" not in str(info.value) and killers
     got = media.decode_all(tmp_path / "cam.mkv")[0]  # strict: finalised and playable
-    assert len(got) > 10 and got[0].shape == (4 * 48, 4 * 64, 3)
+    assert len(got) >= 15 and got[0].shape == (4 * 48, 4 * 64, 3)
 
 
 # -- 22-23: training interrupted the hard way --------------------------------------------------
