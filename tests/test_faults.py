@@ -548,6 +548,21 @@ def test_16_existing_output_is_never_overwritten_without_overwrite(tmp_path, cli
     assert weights.read_bytes() == b"precious"
     r = invoke("upscale", clip, existing, *base, "--overwrite")
     assert r.exit_code == 0 and len(media.decode_all(existing)[0]) == 4
+    # --overwrite never means "write over the input", whatever the name it is reached by
+    src = media.make_index_clip(tmp_path / "src.mp4", n=3, size=(W, H))
+    original = src.read_bytes()
+    (tmp_path / "link.mp4").symlink_to(src)
+    os.link(src, tmp_path / "hard.mp4")
+    for same in (src, tmp_path / "link.mp4", tmp_path / "hard.mp4", tmp_path / "." / "src.mp4"):
+        r = invoke("upscale", src, same, *base, "--overwrite")
+        assert_one_line(r.exit_code, r.stderr, "same file")
+    images = tmp_path / "imgs"
+    media.write_images(images, n=2, size=(W, H))
+    before = {p.name: p.read_bytes() for p in images.iterdir()}
+    r = invoke("upscale", images, images, *base, "--overwrite")
+    assert_one_line(r.exit_code, r.stderr, "same file")
+    assert src.read_bytes() == original
+    assert {p.name: p.read_bytes() for p in images.iterdir()} == before
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130)])  # SIGTERM: test_cli_upscale.py
