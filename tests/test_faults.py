@@ -351,6 +351,21 @@ def _y4m(path: Path, w: int, h: int) -> Path:
     return path
 
 
+def _png_header(path: Path, w: int, h: int) -> Path:
+    """A PNG whose header says w x h (the pixel data is a stub: only the header matters)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 999))
+                     + chunk(b"IEND", b""))
+    return path
+
+
 def test_08_absurd_resolution_is_refused_before_allocating(tmp_path, clip, tiny_weights):
     huge = _y4m(tmp_path / "huge.y4m", 60000, 60000)  # 3.6 Gpx: FFmpeg itself refuses the header
     big = _y4m(tmp_path / "big.y4m", 16000, 16000)  # 256 Mpx: FFmpeg accepts, our limit refuses
@@ -359,8 +374,14 @@ def test_08_absurd_resolution_is_refused_before_allocating(tmp_path, clip, tiny_
         run_api(huge, tmp_path / "o.mkv")
     with pytest.raises(InputError, match="--max-pixels"):
         run_api(big, tmp_path / "o.mkv")
+    for w, h, words in ((60000, 60000, "too large"), (40000, 20000, "too large"),
+                        (10000, 5000, "--max-pixels")):  # images: alone and in a folder
+        with pytest.raises(InputError, match=words):
+            run_api(_png_header(tmp_path / f"p{w}.png", w, h), tmp_path / "o.png")
+        with pytest.raises(InputError, match=words):
+            run_api(_png_header(tmp_path / f"d{w}" / "a.png", w, h).parent, tmp_path / "o")
     assert peak_rss_mb() - before < 200, "refusing must not allocate the frame (5.4 GB / 384 MB)"
-    assert not (tmp_path / "o.mkv").exists()
+    assert not (tmp_path / "o.mkv").exists() and not (tmp_path / "o.png").exists()
     base = model_args(tiny_weights)
     r = invoke("upscale", big, tmp_path / "o.mkv", *base)
     assert_one_line(r.exit_code, r.stderr, "16000x16000", "--max-pixels")
