@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,18 @@ def test_non_safetensors_file_is_refused(tmp_path):
 def test_lite_is_cpu_sized():
     n = count_parameters(DeblurSR(LITE))
     assert 1_000_000 <= n <= 3_000_000
+
+
+def test_lite_starts_as_bicubic_and_paper_has_no_skip():
+    # lite adds a bicubic x4 of its input to a zero-initialised correction: untrained, it is
+    # exactly the project's bicubic upscale (clamped to [0, 1]); the paper model is unchanged.
+    from streamsr.data.transforms import resize_bicubic
+
+    assert LITE.bicubic_skip and not PAPER.bicubic_skip
+    torch.manual_seed(0)
+    lite = DeblurSR(LITE).eval()
+    x = torch.rand(2, 3, 16, 24)
+    with torch.no_grad():
+        hr = lite(x).hr
+    assert torch.equal(hr, resize_bicubic(x, (64, 96)).clamp(0, 1))
+    assert count_parameters(lite) == count_parameters(DeblurSR(replace(LITE, bicubic_skip=False)))

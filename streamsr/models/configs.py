@@ -31,6 +31,11 @@ class DeblurSRConfig:
     trunk: MPRNetConfig = field(default_factory=MPRNetConfig)
     sr_feat: int = 64  # width of the fusion output and of the reconstruction module
     sr_blocks: int = 8  # residual blocks in the reconstruction module
+    # Beyond the paper: add a bicubic x4 of the input to the reconstruction's output (no
+    # sigmoid, last conv zero-initialised), so an untrained model starts as bicubic and training
+    # only has to learn the correction. Off for `paper` (exact); on for `lite`, which trains in
+    # minutes on a CPU rather than 21 epochs on a GPU.
+    bicubic_skip: bool = False
     name: str = "custom"
 
     @property
@@ -54,7 +59,9 @@ class DeblurSRConfig:
             if set(trunk) - tknown:
                 raise ConfigError(f"unknown trunk config keys: {sorted(set(trunk) - tknown)}")
             trunk = MPRNetConfig(**trunk)
-        return cls(trunk=trunk, **data)
+        cfg = cls(trunk=trunk, **data)
+        _check_limits(cfg)
+        return cfg
 
     @classmethod
     def from_json(cls, text: str) -> DeblurSRConfig:
@@ -62,6 +69,24 @@ class DeblurSRConfig:
             return cls.from_dict(json.loads(text))
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"malformed model config: {exc}") from None
+
+
+# Sane ranges for configs read from files: a hostile config must not make us build millions of
+# modules or gigabytes of weights (the paper model is far inside them).
+_LIMITS = {"n_feat": (1, 512), "scale_unetfeats": (0, 512), "scale_orsnetfeats": (0, 512),
+           "num_cab": (1, 64), "kernel_size": (1, 15), "reduction": (1, 64), "sr_feat": (1, 512),
+           "sr_blocks": (0, 128)}
+
+
+def _check_limits(cfg: DeblurSRConfig) -> None:
+    """Refuse config values of the wrong type or far outside any real model's range."""
+    if not isinstance(cfg.trunk, MPRNetConfig):
+        raise ConfigError("model config: trunk must be a table of trunk settings")
+    values = {**asdict(cfg.trunk), "sr_feat": cfg.sr_feat, "sr_blocks": cfg.sr_blocks}
+    for key, (lo, hi) in _LIMITS.items():
+        v = values[key]
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise ConfigError(f"model config: {key} must be an integer in [{lo}, {hi}], got {v!r}")
 
 
 # The paper's model: MPRNet deblurring trunk (n_feat 96) + GFN-style reconstruction (64 wide).
@@ -74,6 +99,7 @@ LITE = DeblurSRConfig(
     trunk=MPRNetConfig(n_feat=24, scale_unetfeats=12, scale_orsnetfeats=16, num_cab=4),
     sr_feat=32,
     sr_blocks=8,
+    bicubic_skip=True,
     name="lite",
 )
 

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from streamsr.data.transforms import resize_bicubic
 from streamsr.models.configs import PAPER, DeblurSRConfig
 from streamsr.models.mprnet import CAB, MPRNet, conv, pad_to_multiple
 
@@ -31,8 +32,9 @@ class ResBlock(nn.Module):
 class Reconstruction(nn.Module):
     """Residual blocks, then x2 -> x2 pixel-shuffle up-sampling, then RGB in (0, 1)."""
 
-    def __init__(self, channels: int, n_blocks: int) -> None:
+    def __init__(self, channels: int, n_blocks: int, sigmoid: bool = True) -> None:
         super().__init__()
+        self.sigmoid = sigmoid
         self.blocks = nn.Sequential(*[ResBlock(channels) for _ in range(n_blocks)])
         self.up1 = nn.Conv2d(channels, 4 * channels, 3, padding=1)
         self.up2 = nn.Conv2d(channels, 4 * channels, 3, padding=1)
@@ -45,7 +47,8 @@ class Reconstruction(nn.Module):
         x = nn.functional.leaky_relu(self.shuffle(self.up1(x)), 0.1)
         x = nn.functional.leaky_relu(self.shuffle(self.up2(x)), 0.2)
         x = nn.functional.leaky_relu(self.conv(x), 0.2)
-        return torch.sigmoid(self.out(x))
+        x = self.out(x)
+        return torch.sigmoid(x) if self.sigmoid else x
 
 
 class DeblurSROutput(NamedTuple):
@@ -70,16 +73,26 @@ class DeblurSR(nn.Module):
         self.refine2 = CAB(n, k, r, act)
         self.refine3 = CAB(n, k, r, act)
         self.fuse = nn.Sequential(conv(3 * n, config.sr_feat, 3), act)
-        self.reconstruct = Reconstruction(config.sr_feat, config.sr_blocks)
+        self.reconstruct = Reconstruction(config.sr_feat, config.sr_blocks,
+                                          sigmoid=not config.bicubic_skip)
+        if config.bicubic_skip:  # start exactly at bicubic: the correction begins at zero
+            nn.init.zeros_(self.reconstruct.out.weight)
+            nn.init.zeros_(self.reconstruct.out.bias)
 
     def forward(self, x: Tensor) -> DeblurSROutput:
         h, w = x.shape[-2:]
-        trunk = self.trunk(pad_to_multiple(x, 8))
+        xp = pad_to_multiple(x, 8)
+        trunk = self.trunk(xp)
         f1, f2, f3 = trunk.features
         fused = self.fuse(torch.cat((self.refine1(f1), self.refine2(f2),
                                      self.refine3(self.reduce3(f3))), 1))
         s = self.config.scale
-        hr = self.reconstruct(fused)[..., : s * h, : s * w]
+        hr = self.reconstruct(fused)
+        if self.config.bicubic_skip:
+            hr = hr + resize_bicubic(xp, (s * xp.shape[-2], s * xp.shape[-1]))
+            if not self.training:  # the sigmoid's range, without its gradient squashing
+                hr = hr.clamp(0, 1)
+        hr = hr[..., : s * h, : s * w]
         stages = tuple(img[..., :h, :w] for img in trunk.stages)
         return DeblurSROutput(hr, stages)  # type: ignore[arg-type]
 
