@@ -150,6 +150,13 @@ def test_01_missing_input_one_line_and_debug_shows_the_traceback(tmp_path, tiny_
     d = cli("--debug", "upscale", tmp_path / "missing.mp4", out, *model_args(tiny_weights), timeout=60)
     assert d.returncode not in (0, 2) and "Traceback" in d.stderr
     assert "InputError: input not found" in d.stderr and not out.exists()
+    # bad options of a command are one line too, with a pointer to its help
+    for args, words in ((["upscale", "a.mp4", "b.mp4", "--crf", "99"], ["--crf", "99"]),
+                        (["upscale", "a.mp4"], ["Missing argument", "OUTPUT"]),
+                        (["upscale", "a.mp4", "b.mp4", "--bogus"], ["--bogus"]),
+                        (["nosuchcommand"], ["No such command"])):
+        r = invoke(*args)
+        assert_one_line(r.exit_code, r.stderr, *words, "--help'", alone=True)
 
 
 def test_02_directory_where_a_file_is_expected(tmp_path, clip, tiny_weights):
