@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from streamsr.errors import ConfigError
+from streamsr.models.mprnet import pad_to_multiple
 from streamsr.tiling import run_tiled
 
 log = logging.getLogger(__name__)
@@ -156,16 +156,6 @@ def model_scale(model: torch.nn.Module) -> int:
     if scale is None:
         scale = getattr(model, "scale", 4)
     return int(scale)
-
-
-def pad_frames(x: Tensor, multiple: int = ALIGN) -> Tensor:
-    """Pad float NCHW right/bottom to a multiple: reflect (as the model does itself), else replicate."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if not ph and not pw:
-        return x
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
 class _Forward:
@@ -459,7 +449,7 @@ class Engine:
         n, h, w, _ = frames.shape
         # Pad to a multiple of 8 (reflect, exactly as DeblurSR pads itself), tiled or not, so a
         # tiled frame sees the same borders as a whole one and tile starts can be aligned.
-        x = pad_frames(frames.permute(0, 3, 1, 2).float().div_(255.0))
+        x = pad_to_multiple(frames.permute(0, 3, 1, 2).float().div_(255.0), ALIGN)
         if tile:
             per_call = self._tiles_per_call[(x.shape[2], x.shape[3])]
             overlap = self.config.tile_overlap
