@@ -27,6 +27,13 @@ class _Group(click.Group):
                 raise
             click.secho(f"streamsr: error: {exc}", fg="red", err=True)
             ctx.exit(exc.exit_code)
+        except click.UsageError as exc:  # a bad option of a command: one line too, with a pointer
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            where = exc.ctx.command_path if exc.ctx else ctx.command_path
+            click.secho(f"streamsr: error: {exc.format_message()} (see '{where} --help')",
+                        fg="red", err=True)
+            ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.secho("streamsr: interrupted", fg="red", err=True)
             ctx.exit(130)
@@ -47,8 +54,10 @@ def main(ctx: click.Context, debug: bool, verbose: int) -> None:
 
 
 # Commands register themselves on `main` when their module is imported.
-from streamsr.cli import model_cmds  # noqa: E402,F401
-from streamsr.cli import bench_cmd  # noqa: E402,F401
-from streamsr.cli import video_cmds  # noqa: E402,F401
-from streamsr.cli import train_cmds  # noqa: E402,F401
-from streamsr.cli import quality_cmds  # noqa: E402,F401
+from streamsr.cli import (  # noqa: E402,F401
+    bench_cmd,
+    model_cmds,
+    quality_cmds,
+    train_cmds,
+    video_cmds,
+)

@@ -253,10 +253,10 @@ class MPRNet(nn.Module):
         # decode the top and bottom halves together.
         b = x.shape[0]
         enc_q = self.stage1_encoder(self.shallow_feat1(torch.cat(quarters, 0)))
-        lt, rt, lb, rb = zip(*(e.split(b, 0) for e in enc_q))
-        feat1_top = [torch.cat(p, 3) for p in zip(lt, rt)]
-        feat1_bot = [torch.cat(p, 3) for p in zip(lb, rb)]
-        feat1 = [torch.cat(p, 0) for p in zip(feat1_top, feat1_bot)]  # halves stacked on batch
+        lt, rt, lb, rb = zip(*(e.split(b, 0) for e in enc_q), strict=True)
+        feat1_top = [torch.cat(p, 3) for p in zip(lt, rt, strict=True)]
+        feat1_bot = [torch.cat(p, 3) for p in zip(lb, rb, strict=True)]
+        feat1 = [torch.cat(p, 0) for p in zip(feat1_top, feat1_bot, strict=True)]  # halves stacked on batch
         halves = torch.cat((top, bot), 0)
         res1 = self.stage1_decoder(feat1)
         sam1_feats, img1 = self.sam12(res1[0], halves)
