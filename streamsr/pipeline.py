@@ -193,8 +193,9 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
                            bitrate=bitrate, options=dict(encoder_options or {}))
     if not is_image_output(dst) or is_push_url(dst):
         check_encoder(encode)  # fail on a bad codec/pix_fmt before any heavy work
-    if os.path.abspath(src) == os.path.abspath(dst):
-        raise ConfigError("input and output are the same file")
+    if os.path.abspath(src) == os.path.abspath(dst) or (
+            os.path.exists(src) and os.path.exists(dst) and os.path.samefile(src, dst)):
+        raise ConfigError("input and output are the same file")  # also via a symlink/hard link
     live_mode = is_network_uri(src) if live is None else live
     if live_mode:
         if start:

@@ -107,6 +107,32 @@ def load_weights(model: DeblurSR, path: str | os.PathLike) -> DeblurSR:
     return model
 
 
+def _build_for_file(config_json: str, path: Path) -> DeblurSR:
+    """The model of a file's config, built only if the file can fill it (no hostile allocations)."""
+    try:
+        cfg = DeblurSRConfig.from_json(config_json)
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            skeleton = DeblurSR(cfg)
+    except Exception as exc:  # ConfigError, or a config the model code cannot build
+        raise WeightsError(f"{path}: bad model config in its metadata ({_short(exc)})") from None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:
+        raise WeightsError(f"cannot read weights from {path} ({_short(exc)})") from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    bad = [f"{k} {shapes[k]} != {expected[k]}" for k in expected if k in shapes and shapes[k] != expected[k]]
+    if bad:
+        raise WeightsError(f"{path} does not match the model of its config ({cfg.name!r}): "
+                           f"{len(bad)} mis-shaped (first: {'; '.join(bad[:3])})")
+    need = sum(p.numel() * p.element_size() for p in skeleton.parameters())
+    have = path.stat().st_size
+    if need > 2 * have + (1 << 20):
+        raise WeightsError(f"{path} does not match its own config: the {cfg.name!r} config needs "
+                           f"{need / 1e6:.1f} MB of weights but the file holds {have / 1e6:.1f} MB")
+    return DeblurSR(cfg)
+
+
 def load_model(model: str | os.PathLike = "lite", device: str | torch.device = "cpu") -> DeblurSR:
     """A ready model in eval mode: a bundled name (`lite`), or a path to a streamsr weights file.
 
@@ -133,7 +159,7 @@ def load_model(model: str | os.PathLike = "lite", device: str | torch.device = "
     if meta.get("format") != FORMAT or "config" not in meta:
         raise WeightsError(f"{path} is not a streamsr weights file (no streamsr config in its "
                            f"metadata); official MPRNet checkpoints go through `streamsr import-mprnet`")
-    net = DeblurSR(DeblurSRConfig.from_json(meta["config"]))
+    net = _build_for_file(meta["config"], Path(path))
     load_weights(net, path)
     return net.to(device).eval()
 

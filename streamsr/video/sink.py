@@ -195,12 +195,14 @@ class _CopiedStreams:
         self.container = None
         self.pending: av.Packet | None = None
         self.last_video_time = -math.inf
+        self.chapters: list = []
+        self.metadata: dict[str, str] = {}
+        self.packets: Iterator[av.Packet] = iter(())
         try:
             self.container = av.open(uri)
-        except av.error.FFmpegError as exc:
+        except (av.error.FFmpegError, UnicodeDecodeError) as exc:  # damaged input: video only
             log.warning("not copying audio/subtitles from %s: %s", uri, exc)
             return
-        self.chapters = []
         try:
             self.chapters = self.container.chapters()
         except (av.error.FFmpegError, AttributeError):

@@ -394,9 +394,12 @@ def _read_image(path: Path) -> np.ndarray | None:
     """An image file as RGB uint8 (16-bit scaled down, alpha dropped, grey expanded)."""
     import cv2
 
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_COLOR)
-    if img is None:
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    try:
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_COLOR)
+        if img is None:
+            img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # OpenCV's own limits (e.g. more than 2^30 pixels)
+        return None
     if img is None:
         return None
     if img.dtype == np.uint16:
@@ -420,7 +423,17 @@ def _image_size(path: Path) -> tuple[int, int] | None:
                 return cc.width, cc.height
     except (av.error.FFmpegError, IndexError):
         pass
-    return None
+    try:  # FFmpeg gives no size for images it will not decode (too large): read the header
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.size
+    except ImportError:
+        return None
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{path}: image too large to decode ({str(exc).splitlines()[0][:120]})") from None
+    except Exception:  # not an image Pillow knows: OpenCV decides
+        return None
 
 
 class ImageSource(Source):
