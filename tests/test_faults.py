@@ -826,7 +826,14 @@ def test_22_23_sigkill_between_checkpoints_then_resume_past_a_corrupt_one(tmp_pa
     assert r.returncode == 0, r.stderr[-3000:]
     assert "unreadable" in r.stderr and "falling back" in r.stderr and "Traceback" not in r.stderr
     # the resumed run ends exactly where an uninterrupted one does
-    ref = train(prepared, tmp_path / "ref", recipe)
+    # (same thread count as the subprocesses, OMP_NUM_THREADS=1: CPU reductions are only
+    # bit-reproducible for a fixed number of threads)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = train(prepared, tmp_path / "ref", recipe)
+    finally:
+        torch.set_num_threads(threads)
     assert ref.step == 8
     from safetensors.torch import load_file
 
