@@ -35,7 +35,7 @@ from streamsr.distributed import DistEnv, ProcessGroup, device_for, dist_env
 from streamsr.errors import ConfigError, InputError, Interrupted, OutputError, StreamsrError
 from streamsr.pipeline import Stats, resolve_model
 from streamsr.pipeline import upscale as pipeline_upscale
-from streamsr.video.source import _open_input
+from streamsr.video.source import open_input
 from streamsr.video.split import (
     KeyframeIndex,
     Segment,
@@ -129,7 +129,7 @@ def _read_manifest(path: Path) -> dict | None:
 def _video_geometry(src: Path) -> tuple[int, int, int]:
     """(width, height, rotation) of the first video stream (rotation from its first frame)."""
     try:
-        container = _open_input(str(src), {})
+        container = open_input(str(src), {})
     except av.error.FFmpegError:
         raise InputError(f"{src} is not a video file FFmpeg can read") from None
     with container as c:

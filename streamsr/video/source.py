@@ -154,7 +154,7 @@ def _av_message(exc: Exception) -> str:
     return str(text).splitlines()[0][:200]
 
 
-def _open_input(uri: str, options: dict[str, str]) -> av.container.InputContainer:
+def open_input(uri: str, options: dict[str, str]) -> av.container.InputContainer:
     """av.open, tolerating damaged (non-UTF-8) tags, which PyAV 18 refuses to open."""
     try:
         return av.open(uri, options=options)
@@ -173,7 +173,7 @@ class VideoSource(Source):
                  is_live: bool = False) -> None:
         self.uri = uri
         try:
-            self.container = _open_input(uri, options or {})
+            self.container = open_input(uri, options or {})
         except av.error.FileNotFoundError:
             raise InputError(f"input not found: {uri}") from None
         except av.error.PermissionError:

@@ -24,7 +24,7 @@ from pathlib import Path
 import av
 
 from streamsr.errors import InputError, OutputError
-from streamsr.video.source import _open_input
+from streamsr.video.source import open_input
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class Segment:
 def read_keyframe_index(path: str | os.PathLike) -> KeyframeIndex | None:
     """Demux (without decoding) the first video stream; None when packets carry no timestamps."""
     try:
-        container = _open_input(str(path), {})
+        container = open_input(str(path), {})
     except av.error.FFmpegError as exc:
         raise InputError(f"cannot open {path}: {exc}") from None
     with container:
