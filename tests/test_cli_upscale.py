@@ -14,24 +14,13 @@ from pathlib import Path
 import av
 import media
 import pytest
-import torch
 from click.testing import CliRunner
 
 from streamsr.cli import main
 from streamsr.cli.video_cmds import find_preset, load_preset
 from streamsr.errors import ConfigError
-from streamsr.models import TINY, DeblurSR
-from streamsr.models.weights import save_model
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_model(DeblurSR(TINY), path)
-    return path
 
 
 @pytest.fixture

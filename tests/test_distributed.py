@@ -25,8 +25,6 @@ import torch
 from streamsr.batch import output_for, temp_for, upscale_folder
 from streamsr.distributed import DistEnv, ProcessGroup, device_for, dist_env
 from streamsr.errors import ConfigError, Interrupted, OutputError
-from streamsr.models import TINY, DeblurSR
-from streamsr.models.weights import save_model
 from streamsr.pipeline import upscale
 from streamsr.scale_out import assign_contiguous, parts_dir_for, upscale_parts
 from streamsr.video.split import KeyframeIndex, Segment, plan_segments, read_keyframe_index
@@ -66,14 +64,6 @@ def torchrun(tmp_path: Path, *args: str | os.PathLike, timeout: float = 120) -> 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(entry), *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_model(DeblurSR(TINY), path)
-    return path
 
 
 class CountingX4(media.BicubicX4):

@@ -35,7 +35,6 @@ from streamsr.cli import main
 from streamsr.data.transforms import bicubic_uint8
 from streamsr.errors import InputError, OutputError, SourceError, WeightsError
 from streamsr.models import TINY, DeblurSR
-from streamsr.models.weights import save_model
 from streamsr.pipeline import upscale
 
 HERE = Path(__file__).resolve().parent
@@ -121,14 +120,6 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_model(DeblurSR(TINY), path)
-    return path
 
 
 @pytest.fixture(scope="module")
