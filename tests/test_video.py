@@ -15,7 +15,7 @@ import pytest
 
 from streamsr.data.transforms import bicubic_uint8
 from streamsr.errors import ConfigError, InputError, OutputError
-from streamsr.video.sink import EncodeOptions, open_sink, parse_bitrate
+from streamsr.video.sink import EncodeOptions, open_sink, parse_bitrate, repair_timestamps
 from streamsr.video.source import default_matrix, open_source
 
 FAST = EncodeOptions(preset="ultrafast")
@@ -290,6 +290,19 @@ def test_10bit_output_with_libx265(tmp_path):
     with av.open(str(tmp_path / "out.mkv")) as c:
         assert c.streams.video[0].codec_context.pix_fmt == "yuv420p10le"
         assert len(list(c.decode(video=0))) == 2
+
+
+@pytest.mark.parametrize("pts, dts, last, expected", [
+    (5, 2, 1, (5, 2)),            # a B-frame stream's normal packet is left alone
+    (0, 1, None, (0, 0)),         # libx265's occasional first packet with dts after pts
+    (0, 2**62, None, (0, 0)),     # ... or with an uninitialised dts
+    (5, 7, 3, (5, 5)),            # middle of pts 5, dts 7, last + 1 = 4
+    (2, 3, 3, (4, 4)),            # middle is 3, not after last: moved to 4
+    (6, 3, 3, (6, 4)),            # dts not increasing: next tick, pts already later
+    (None, 3, 5, (None, 6)),
+])
+def test_repair_timestamps(pts, dts, last, expected):
+    assert repair_timestamps(pts, dts, last) == expected
 
 
 def test_png_folder_and_single_image_outputs(tmp_path):

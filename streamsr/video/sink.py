@@ -160,6 +160,27 @@ def check_output_path(path: Path, overwrite: bool) -> None:
         raise OutputError(f"cannot write {path}: folder {parent} is not writable")
 
 
+def repair_timestamps(pts: int | None, dts: int, last_dts: int | None) -> tuple[int | None, int]:
+    """A packet's (pts, dts) made acceptable to the muxer, which refuses the whole write otherwise.
+
+    Encoders are trusted to give pts >= dts with dts strictly increasing, but libx265 was seen
+    (about once in a hundred short encodes on a loaded machine) handing out a first packet with
+    dts after pts: MKV and MP4 muxers answer EINVAL and the output would be lost. The repair is the
+    one FFmpeg's command line applies: a packet with dts > pts gets the middle value of pts, dts and
+    last dts + 1 as both; a dts that does not increase is moved to last dts + 1 (pts no earlier).
+    """
+    if pts is not None and dts > pts:
+        if last_dts is None:
+            dts = pts
+        else:
+            dts = pts = sorted((pts, dts, last_dts + 1))[1]
+    if last_dts is not None and dts <= last_dts:
+        dts = last_dts + 1
+        if pts is not None and pts < dts:
+            pts = dts
+    return pts, dts
+
+
 class Sink:
     """Where x4 frames go; a context manager whose close() finalises the output."""
 
@@ -368,6 +389,8 @@ class VideoSink(Sink):
         self.start, self.end = start, end
         self._closed = False
         self._last_pts: int | None = None
+        self._last_dts: int | None = None  # of the last video packet muxed, in the packet's time base
+        self._repaired = 0
         self._last_time = -math.inf
         self._copies: _CopiedStreams | None = None
         codec = check_encoder(encode)
@@ -493,6 +516,15 @@ class VideoSink(Sink):
         self.frames_written += 1
 
     def _mux_video(self, packet: av.Packet) -> None:
+        if packet.dts is not None:
+            pts, dts = repair_timestamps(packet.pts, packet.dts, self._last_dts)
+            if (pts, dts) != (packet.pts, packet.dts):
+                self._repaired += 1
+                if self._repaired == 1:
+                    log.warning("encoder gave a packet with pts %s, dts %s after dts %s; muxing it at "
+                                "pts %d, dts %d", packet.pts, packet.dts, self._last_dts, pts, dts)
+                packet.pts, packet.dts = pts, dts
+            self._last_dts = dts
         if self._copies is not None and packet.dts is not None:
             self._copies.pump(float(packet.dts * packet.time_base) + (self.start or 0.0))
         self.out.mux(packet)
