@@ -125,3 +125,58 @@ def test_camera_path_is_smooth_and_deterministic(kind):
         assert np.all(p[:, 3] == 1.0)
     with pytest.raises(ValueError):
         camera_path(np.random.default_rng(2), 4, 4, "drone")
+
+
+def test_about_point_keeps_the_optical_centre_fixed():
+    from streamsr.data.synthetic import about_point, pose_matrix
+    rng = np.random.default_rng(4)
+    poses = np.zeros((6, 4))
+    poses[:, 2] = rng.uniform(-3, 3, 6)  # roll, degrees
+    poses[:, 3] = rng.uniform(0.8, 1.4, 6)  # zoom
+    look, out = (300.0, 200.0), (192, 192)
+    oc = np.array([(out[1] - 1) / 2, (out[0] - 1) / 2])
+    o = np.array([-150.0, 90.0])
+    for pose in about_point(poses, tuple(o)):
+        m = pose_matrix(pose, look, out)
+        np.testing.assert_allclose(m @ np.array([look[0] + o[0], look[1] + o[1], 1.0]), oc + o, atol=1e-9)
+    # without the correction the same point moves (by up to ~60 px here)
+    m = pose_matrix(poses[np.argmax(np.abs(poses[:, 3] - 1))], look, out)
+    assert np.abs(m @ np.array([look[0] + o[0], look[1] + o[1], 1.0]) - (oc + o)).max() > 10
+
+
+def test_random_camera_exposure_is_centred_and_covers_both_kinds():
+    from streamsr.data.synthetic import random_camera_exposure
+    zooms = []
+    for seed in range(20):
+        p = random_camera_exposure(np.random.default_rng(seed))
+        assert p.shape == (11, 4)
+        np.testing.assert_allclose(p[5], [0, 0, 0, 1], atol=1e-12)  # sharp frame = middle pose
+        zooms.append(np.ptp(p[:, 3]))
+    assert min(zooms) == 0 and max(zooms) > 0  # handheld (no zoom) and dashcam (approach) clips
+
+
+def test_camera_pair_sharp_is_the_crop_and_blurry_is_aligned(photo):
+    from streamsr.data.synthetic import camera_pair
+    lin = srgb_to_linear(photo.astype(np.float32) / 255.0).astype(np.float32)
+    aligned, shifted = [], []
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        blurry, sharp = camera_pair(photo, lin, rng, size=128)
+        assert blurry.shape == sharp.shape == (128, 128, 3) and blurry.dtype == np.uint8
+        # the sharp image is one of the photo's own 128x128 windows, pixel for pixel
+        y, x = np.unravel_index(np.argmin(cv2.matchTemplate(photo, sharp, cv2.TM_SQDIFF)), (129, 129))
+        np.testing.assert_array_equal(photo[y:y + 128, x:x + 128], sharp)
+        aligned.append(_psnr(blurry[8:-8, 8:-8], sharp[8:-8, 8:-8]))
+        shifted.append(_psnr(blurry[8:-8, 8:-8], np.roll(sharp, (3, -3), axis=(0, 1))[8:-8, 8:-8]))
+    assert all(a > s for a, s in zip(aligned, shifted, strict=True)), (aligned, shifted)
+
+
+def test_h264_roundtrip_degrades_with_crf_and_keeps_colour(photo):
+    from streamsr.data.synthetic import h264_roundtrip
+    crop = np.ascontiguousarray(photo[:48, :64])
+    q = {crf: _psnr(h264_roundtrip(crop, crf), crop) for crf in (8, 20, 34)}
+    assert q[8] > q[20] > q[34], q
+    assert 30 < q[8] < 60 and q[34] < 32, q
+    grey = np.full((32, 32, 3), (200, 60, 30), np.uint8)  # a flat colour survives 4:2:0 and H.264
+    out = h264_roundtrip(grey, 12)
+    assert out.shape == grey.shape and np.abs(out.astype(int) - grey).max() <= 3

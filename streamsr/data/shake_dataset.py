@@ -20,8 +20,8 @@ from torch.utils.data import Dataset
 from streamsr.data.dataset import to_tensor
 from streamsr.data.gopro import read_rgb
 from streamsr.data.prepare import _still_images, held_out
-from streamsr.data.synthetic import synthetic_pair
-from streamsr.data.transforms import bicubic_uint8
+from streamsr.data.synthetic import camera_pair, h264_roundtrip, synthetic_pair
+from streamsr.data.transforms import bicubic_uint8, srgb_to_linear
 from streamsr.errors import InputError
 
 
@@ -30,12 +30,16 @@ class ShakeDataset(Dataset):
 
     Photos are split into train/test by `held_out` (whole photos, as `prepare synthetic` does).
     Photos smaller than one HR crop are skipped. `length` is the number of samples per epoch.
+    A `camera_motion` fraction of the samples is blurred by one exposure of a simulated handheld
+    or dashcam clip (`camera_pair`) instead of an isolated shake; a `codec` fraction of the LR
+    inputs goes through 4:2:0 H.264 at a CRF drawn in `crf` (`h264_roundtrip`), as video does.
     """
 
     def __init__(self, images: str | os.PathLike, split: str = "train", patch: int = 48,
                  length: int = 4096, seed: int = 0, scale: int = 4, val_fraction: float = 0.1,
                  max_shift: float = 24.0, max_angle: float = 0.6, exposures: int = 13,
-                 max_noise: float = 2.0, augment: bool = True) -> None:
+                 max_noise: float = 2.0, augment: bool = True, camera_motion: float = 0.0,
+                 codec: float = 0.0, crf: tuple[int, int] = (10, 28)) -> None:
         files = _still_images(Path(images))
         hr = patch * scale
         self.images = []
@@ -50,6 +54,9 @@ class ShakeDataset(Dataset):
         self.split, self.patch, self.scale, self.length = split, patch, scale, length
         self.seed, self.augment, self.max_noise = seed, augment, max_noise
         self.blur = dict(max_shift=max_shift, max_angle=max_angle, exposures=exposures)
+        self.camera_motion, self.codec, self.crf = camera_motion, codec, (int(crf[0]), int(crf[1]))
+        self.linear = ([srgb_to_linear(img.astype(np.float32) / 255.0).astype(np.float32)
+                        for img in self.images] if camera_motion > 0 else [])
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -61,16 +68,21 @@ class ShakeDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, i, 1 if self.split == "train" else 2])
-        img = self.images[int(rng.integers(len(self.images)))]
+        k = int(rng.integers(len(self.images)))
         hr_size = self.patch * self.scale
         noise = float(rng.uniform(0, self.max_noise)) if self.max_noise > 0 else 0.0
-        blurry, sharp = synthetic_pair(img, rng, size=hr_size, noise_sigma=noise, **self.blur)
+        if self.camera_motion > 0 and rng.random() < self.camera_motion:
+            blurry, sharp = camera_pair(self.images[k], self.linear[k], rng, size=hr_size, noise_sigma=noise)
+        else:
+            blurry, sharp = synthetic_pair(self.images[k], rng, size=hr_size, noise_sigma=noise, **self.blur)
         if self.augment:
             k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
             blurry, sharp = (np.rot90(a[:, ::-1] if flip else a, k) for a in (blurry, sharp))
         lr_size = (self.patch, self.patch)
-        return (to_tensor(bicubic_uint8(blurry, lr_size)), to_tensor(bicubic_uint8(sharp, lr_size)),
-                to_tensor(sharp))
+        lr_blur = bicubic_uint8(blurry, lr_size)
+        if self.codec > 0 and rng.random() < self.codec and self.patch % 2 == 0:
+            lr_blur = h264_roundtrip(lr_blur, int(rng.integers(self.crf[0], self.crf[1] + 1)))
+        return (to_tensor(lr_blur), to_tensor(bicubic_uint8(sharp, lr_size)), to_tensor(sharp))
 
 
 __all__ = ["ShakeDataset"]

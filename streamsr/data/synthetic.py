@@ -11,6 +11,7 @@ the pair is aligned the way GOPRO's pairs are.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Literal
 
 import cv2
@@ -18,7 +19,8 @@ import numpy as np
 
 from streamsr.data.transforms import linear_to_srgb, srgb_to_linear
 
-__all__ = ["shake_trajectory", "camera_path", "pose_matrix", "render_exposure", "synthetic_pair"]
+__all__ = ["shake_trajectory", "camera_path", "random_camera_exposure", "pose_matrix", "render_exposure",
+           "synthetic_pair", "camera_pair", "about_point", "h264_roundtrip"]
 
 
 def _smooth_noise(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
@@ -230,3 +232,107 @@ def synthetic_pair(image: np.ndarray, rng: np.random.Generator, *,
         blurry = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1])
     sharp = np.ascontiguousarray(img[y:y + h, x:x + w])
     return np.ascontiguousarray(blurry), sharp
+
+
+def about_point(poses: np.ndarray, offset: tuple[float, float]) -> np.ndarray:
+    """`poses` (n, 4) with their roll and zoom about a point `offset` (x, y output pixels) from the view centre.
+
+    `pose_matrix` turns and scales about the view centre; a camera whose optical centre is
+    elsewhere (a crop away from the middle of the frame) sees the scene turn and grow about that
+    point instead. That is the same map with the look point moved by o - A^-1 o, where A is the
+    pose's rotation-and-scale: exact, so the point at `offset` stays where it is.
+    """
+    p = np.array(poses, dtype=np.float64)
+    ox, oy = offset
+    th = np.radians(p[:, 2])
+    inv_x = (np.cos(th) * ox + np.sin(th) * oy) / p[:, 3]
+    inv_y = (-np.sin(th) * ox + np.cos(th) * oy) / p[:, 3]
+    p[:, 0] += ox - inv_x
+    p[:, 1] += oy - inv_y
+    return p
+
+
+def random_camera_exposure(rng: np.random.Generator, *, substeps: int = 16, exposed: int = 11,
+                           clip_frames: int = 36, offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """The poses of one exposure taken from a random whole-clip `camera_path`, relative to its middle pose.
+
+    Half the clips are `handheld`, half `dashcam`, with the path's parameters drawn over wide
+    ranges (drift 2-14 px, tremor 0.3-3.5 px, vibration 0.3-4 px, pans up to 120 px, approach
+    zoom up to x1.35, 8-30 fps) and one frame of the clip picked at random: the blur a clip made
+    like the bundled samples has, rather than one isolated shake. `offset` (x, y output pixels
+    from the crop centre) is where the optical centre lies, so a crop away from the middle of a
+    zooming frame sees the radial streaks it would see there. Returns (exposed, 4) poses whose
+    middle one is (0, 0, 0, 1).
+    """
+    fps = float(rng.uniform(8.0, 30.0))
+    if rng.random() < 0.5:
+        kind = "handheld"
+        params = dict(amplitude=rng.uniform(2, 14), tremor=rng.uniform(0.3, 3.5), roll=rng.uniform(0.05, 0.8))
+    else:
+        kind = "dashcam"
+        params = dict(amplitude=rng.uniform(2, 10), pan=rng.uniform(-120, 120),
+                      zoom=(1.0, rng.uniform(1.0, 1.35)), vibration=rng.uniform(0.3, 4.0),
+                      roll=rng.uniform(0.1, 1.2))
+    path = camera_path(rng, clip_frames, substeps, kind, fps=fps, **params)
+    start = int(rng.integers(0, clip_frames)) * substeps
+    poses = path[start:start + exposed].copy()
+    mid = poses[exposed // 2].copy()
+    poses[:, :3] -= mid[:3]
+    poses[:, 3] /= mid[3]
+    return about_point(poses, offset)
+
+
+def camera_pair(image: np.ndarray, linear: np.ndarray, rng: np.random.Generator, *, size: int,
+                frame: tuple[int, int] = (320, 512), noise_sigma: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(blurry, sharp) uint8 `size` x `size` crops of a photo blurred by a `random_camera_exposure`.
+
+    `image` is the uint8 RGB photo and `linear` the same in linear light (computed once by the
+    caller: converting a whole photo per sample would cost more than the blur).
+
+    The crop lies at a random place of a virtual `frame` (h, w) whose centre is the optical
+    centre. The sharp crop is the photo at the middle pose, pixel for pixel.
+    """
+    H, W = linear.shape[:2]
+    y = int(rng.integers(0, H - size + 1))
+    x = int(rng.integers(0, W - size + 1))
+    offset = (float(rng.uniform(-0.5, 0.5) * (frame[1] - size)), float(rng.uniform(-0.5, 0.5) * (frame[0] - size)))
+    # the optical axis is `offset` away: pose (dx, dy) shifts are relative to the crop's centre
+    poses = random_camera_exposure(rng, offset=(-offset[0], -offset[1]))
+    center = (x + (size - 1) / 2, y + (size - 1) / 2)
+    blur = linear_to_srgb(render_exposure(linear, poses, out_size=(size, size), center=center)) * 255.0
+    if noise_sigma > 0:
+        blur = blur + rng.normal(0.0, noise_sigma, blur.shape)
+    blurry = np.clip(np.rint(blur), 0, 255).astype(np.uint8)
+    return blurry, np.ascontiguousarray(image[y:y + size, x:x + size])
+
+
+def h264_roundtrip(rgb: np.ndarray, crf: int) -> np.ndarray:
+    """`rgb` (uint8 HWC, sides multiples of 2) as a decoder shows it after H.264 in yuv420p.
+
+    The way real inputs reach the model: BT.601 limited-range 4:2:0 (half-resolution colour) and
+    an x264 intra frame at `crf`, converted both ways with the pipeline's own swscale flags.
+    Training on it teaches the model the codec's blocking and soft colour instead of leaving
+    them to be magnified x4.
+    """
+    import av
+    from av.video.reformatter import ColorRange, Colorspace
+
+    from streamsr.video.source import FROM_RGB_FLAGS, TO_RGB_FLAGS
+
+    h, w = rgb.shape[:2]
+    enc = av.CodecContext.create("libx264", "w")
+    enc.width, enc.height, enc.pix_fmt = w, h, "yuv420p"
+    enc.time_base = Fraction(1, 25)
+    enc.options = {"crf": str(int(crf)), "preset": "veryfast", "threads": "1"}
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(
+        format="yuv420p", dst_colorspace=Colorspace.ITU601, dst_color_range=ColorRange.MPEG,
+        interpolation=FROM_RGB_FLAGS)
+    frame.pts = 0
+    packets = list(enc.encode(frame)) + list(enc.encode(None))
+    dec = av.CodecContext.create("h264", "r")
+    out = [f for p in packets for f in dec.decode(p)] + list(dec.decode(None))
+    if len(out) != 1:
+        raise RuntimeError(f"H.264 round trip gave {len(out)} frames")
+    return np.ascontiguousarray(out[0].to_ndarray(
+        format="rgb24", src_colorspace=Colorspace.ITU601, src_color_range=ColorRange.MPEG,
+        dst_color_range=ColorRange.JPEG, interpolation=TO_RGB_FLAGS))

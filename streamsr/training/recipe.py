@@ -48,6 +48,9 @@ class Recipe:
     samples_per_epoch: int = 4096  # data = photos: samples drawn per epoch
     shake_max_shift: float = 24.0  # data = photos: longest shake path, HR pixels
     shake_max_noise: float = 2.0  # data = photos: Gaussian noise sigma drawn in [0, this], 8-bit values
+    shake_camera_motion: float = 0.0  # data = photos: fraction blurred by a simulated clip's camera path
+    shake_codec: float = 0.0  # data = photos: fraction of LR inputs sent through 4:2:0 H.264
+    shake_crf: tuple[int, int] = (10, 28)  # data = photos: CRF range of that H.264 round trip
     patch: int = 0  # LR crop fed to the network (random within a stored triplet); 0 = whole triplet
     augment: bool = True  # random flip and rot90
     train_split: str = "train"
@@ -84,6 +87,12 @@ class Recipe:
                 raise ConfigError(f"recipe {key} must not be negative, got {getattr(self, key)}")
         if not 0 < self.lr_min <= self.lr:
             raise ConfigError(f"recipe needs 0 < lr_min <= lr, got lr={self.lr} lr_min={self.lr_min}")
+        for key in ("shake_camera_motion", "shake_codec"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"recipe {key} is a fraction in [0, 1], got {getattr(self, key)}")
+        lo, hi = self.shake_crf
+        if not (0 <= lo <= hi <= 51 and lo == int(lo) and hi == int(hi)):
+            raise ConfigError(f"recipe shake_crf must be two whole numbers 0 <= low <= high <= 51, got {list(self.shake_crf)}")
         if not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"recipe betas must be in [0, 1), got {self.betas}")
 

@@ -446,7 +446,8 @@ class _Run:
         # data: the sample order is DistributedSampler's permutation of (seed, epoch); this rank's
         # batches are consecutive slices of its share, so resuming just skips consumed batches
         if r.data == "photos":  # sharp stills, a fresh camera shake for every sample
-            shake = dict(patch=r.patch, seed=r.seed, max_shift=r.shake_max_shift)
+            shake = dict(patch=r.patch, seed=r.seed, max_shift=r.shake_max_shift,
+                         camera_motion=r.shake_camera_motion, codec=r.shake_codec, crf=tuple(r.shake_crf))
             self.train_ds = ShakeDataset(self.data, r.train_split, length=r.samples_per_epoch,
                                          max_noise=r.shake_max_noise, augment=r.augment, **shake)
             self.val_ds = ShakeDataset(self.data, r.val_split, length=r.val_max or 64,
