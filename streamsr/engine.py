@@ -23,6 +23,7 @@ from torch import Tensor
 
 from streamsr.errors import ConfigError
 from streamsr.models.mprnet import pad_to_multiple
+from streamsr.pack import Yuv420, to_rgb24, to_yuv420p
 from streamsr.tiling import run_tiled
 
 log = logging.getLogger(__name__)
@@ -225,6 +226,9 @@ class Engine:
         # lite at 320x180 ran 0.137 fps at batch 1 and 0.110 fps at batch 4 (loaded 2-core box).
         self._cpu_batch = min(CPU_BATCH, threads) if threads else CPU_BATCH
         self.batch = config.batch or (self._cpu_batch if self.device.type == "cpu" else 8)
+        # None: results are uint8 RGB NHWC; a Yuv420 target: uint8 yuv420p planes (N, 3sH/2, sW),
+        # made on the device (the pipeline sets it when its encoder takes yuv420p, see pack.py)
+        self.pack: Yuv420 | None = None
         self._bytes_per_px: float | None = None  # activation memory per LR pixel, measured once
         self._chunk: dict[tuple[int, int], int] = {}  # frames per call, by padded frame size
         self._tile: dict[tuple[int, int], int] = {}  # tile size, by padded frame size (0: none)
@@ -460,7 +464,9 @@ class Engine:
             y = self._forward(self._fixed_batch(x, self._chunk[(x.shape[2], x.shape[3])]))[:n]
         s = self.scale
         y = y[:, :, : s * h, : s * w]
-        return y.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        if self.pack is not None and (s * h) % 2 == 0 and (s * w) % 2 == 0:
+            return to_yuv420p(y, self.pack)
+        return to_rgb24(y)
 
     def _fixed_batch(self, x: Tensor, size: int) -> Tensor:
         """With torch.compile, pad a short (last) batch to the planned size so nothing recompiles."""

@@ -219,6 +219,9 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
                              overwrite=overwrite, start=source.window[0], end=source.window[1])
         if live_mode:
             progress = live_progress(source, progress, status, status_interval)
+        # frames reach a yuv420p encoder as planes made on the device (streamsr/pack.py); the
+        # side-by-side view composes RGB frames, so it keeps the RGB hand-over
+        engine.pack = None if side_by_side_view else getattr(sink, "yuv420", None)
         run = _Run(source, sink, engine, n_batch, queue_frames or 2 * n_batch, side_by_side_view,
                    progress)
         if live_mode:  # latency is checked when the batcher takes a frame, after every queue

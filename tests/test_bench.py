@@ -146,6 +146,30 @@ def test_ffmpeg_reference_is_a_nearest_x4_scale(tmp_path):
     assert psnr_u8(out, nearest4(decode_all(clip))) > 28  # only the encoder's loss separates them
 
 
+def _timing(path):
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        return s.average_rate, [f.pts for f in c.decode(s)]
+
+
+def test_references_keep_the_clip_frame_rate_and_timestamps(tmp_path):
+    # unstamped frames made x264 believe in 2400 fps and encode a smaller, cheaper video than
+    # the pipeline's: the references must encode the same timing as the pipeline does
+    clip = make_clip(tmp_path / "c.mp4", W, H, 4)
+    ffmpeg_scale(clip, tmp_path / "f.mp4", encode_options(), method="pyav")
+    naive_loop(clip, tmp_path / "n.mp4", NearestX4(), torch.device("cpu"), encode_options())
+    rate, pts = _timing(clip)
+    for out in ("f.mp4", "n.mp4"):
+        out_rate, out_pts = _timing(tmp_path / out)
+        assert out_rate == rate, out
+        assert len(out_pts) == 4 and all(b > a for a, b in zip(out_pts, out_pts[1:])), (out, out_pts)
+
+
+def test_nearest_stand_in_equals_torch_nearest():
+    x = torch.rand(2, 3, 5, 7)
+    assert torch.equal(NearestX4()(x), torch.nn.functional.interpolate(x, scale_factor=4, mode="nearest"))
+
+
 def test_ffmpeg_auto_falls_back_to_pyav_when_the_program_fails(tmp_path, monkeypatch):
     fake = tmp_path / "bin" / "ffmpeg"
     fake.parent.mkdir()

@@ -25,6 +25,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from streamsr.pack import Yuv420
 from streamsr.errors import ConfigError, OutputError
 from streamsr.video.source import (
     FROM_RGB_FLAGS,
@@ -485,12 +486,27 @@ class VideoSink(Sink):
         except (av.error.FFmpegError, ValueError, TypeError) as exc:
             log.warning("could not copy chapters: %s", exc)
 
+    @property
+    def yuv420(self) -> Yuv420 | None:
+        """The yuv420p target `write` also accepts planes for (8-bit 4:2:0 output, known matrix)."""
+        if self.rgb_out or self.encode_opts.pix_fmt != "yuv420p":
+            return None
+        return Yuv420.for_matrix(self.matrix, self.range)
+
     def write(self, rgb: np.ndarray, pts: int | None, time_base: Fraction, name: str | None = None) -> None:
-        """Encode one x4 RGB frame at input timestamp `pts` (units of `time_base`)."""
-        if rgb.shape != (self.height, self.width, 3) or rgb.dtype != np.uint8:
-            raise ValueError(f"expected uint8 ({self.height}, {self.width}, 3), got {rgb.dtype} {rgb.shape}")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        if not self.rgb_out:
+        """Encode one x4 frame at input timestamp `pts` (units of `time_base`).
+
+        `rgb` is uint8 (H, W, 3) RGB, or uint8 (3H/2, W) yuv420p planes already in this
+        output's `yuv420` matrix and range (the engine makes them on the device).
+        """
+        yuv = rgb.ndim == 2 and self.yuv420 is not None
+        want = (self.height * 3 // 2, self.width) if yuv else (self.height, self.width, 3)
+        if rgb.shape != want or rgb.dtype != np.uint8:
+            raise ValueError(f"expected uint8 {want}, got {rgb.dtype} {rgb.shape}")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="yuv420p" if yuv else "rgb24")
+        if yuv:
+            pass  # already in the output's format, matrix and range
+        elif not self.rgb_out:
             frame = frame.reformat(format=self.encode_opts.pix_fmt, dst_colorspace=sws_matrix(self.matrix),
                                    dst_color_range=sws_range(self.range), interpolation=FROM_RGB_FLAGS)
         elif frame.format.name != self.encode_opts.pix_fmt:
