@@ -263,6 +263,59 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
     return stats
 
 
+class _CpuThreads:
+    """Gives the model one torch thread or all of them, whichever the encoder leaves room for.
+
+    On a CPU the model usually dominates and wants every core (lite at 320x180 on 2 idle cores:
+    1.27 s per frame with 2 threads, 1.91 s with 1). With a cheap model the encoder's threads
+    need the cores instead, and torch's OpenMP threads, which spin at a barrier after every op,
+    slow everything down: the x4 nearest stand-in of `streamsr bench` ran 10 fps with 2 threads
+    and 26 fps with 1. So the run starts with one thread and, once a few batches have gone
+    through, compares the CPU time the model took with what the rest of the process (decoder,
+    encoder, queues) took: only a model that costs clearly more than the rest (MARGIN) gets all
+    the threads back. The margin covers the encoder's first frames, which cost it less while
+    x264 fills its lookahead. Decided once per run; OMP_NUM_THREADS set by the user wins.
+    """
+
+    WINDOW = 2.0  # seconds of steady running to measure, after the first batch
+    BATCHES = 2  # ... and at least this many batches
+    MARGIN = 2.0
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.full = torch.get_num_threads()
+        self.enabled = (engine.device.type == "cpu" and self.full > 1
+                        and not os.environ.get("OMP_NUM_THREADS"))
+        self.batches = 0
+        self.mark: tuple[float, float, float] | None = None  # wall, process CPU, engine CPU
+        if self.enabled:
+            torch.set_num_threads(1)
+
+    def tick(self) -> None:
+        """Call after every batch the engine returns."""
+        if not self.enabled:
+            return
+        self.batches += 1
+        now = (time.perf_counter(), time.process_time(), self.engine.busy_cpu)
+        if self.mark is None:  # the first batch pays for warm-up: measure from the next one
+            self.mark, self.batches = now, 0
+            return
+        if now[0] - self.mark[0] < self.WINDOW or self.batches < self.BATCHES:
+            return
+        model = now[2] - self.mark[2]
+        rest = (now[1] - self.mark[1]) - model
+        self.enabled = False  # decided
+        if model > self.MARGIN * rest:
+            torch.set_num_threads(self.full)
+        log.info("model %.2f s vs decode/encode %.2f s of CPU over %d batches: %d torch thread%s",
+                 model, rest, self.batches, torch.get_num_threads(),
+                 "" if torch.get_num_threads() == 1 else "s")
+
+    def restore(self) -> None:
+        if torch.get_num_threads() != self.full:
+            torch.set_num_threads(self.full)
+
+
 class _Run:
     """The threads and queues of one `upscale` call."""
 
@@ -362,8 +415,10 @@ class _Run:
         decoder.start()
         encoder.start()
         meta: collections.deque = collections.deque()
+        threads = _CpuThreads(self.engine)
         try:
             for result in self.engine.map(self._batches(meta)):
+                threads.tick()
                 group = meta.popleft()
                 if len(result) != len(group):
                     raise RuntimeError(f"engine returned {len(result)} frames for {len(group)}")
@@ -377,6 +432,7 @@ class _Run:
         except BaseException as exc:
             self._fail(exc)
         finally:
+            threads.restore()
             if not self.abort.is_set():
                 _put(self.frames_out, _END, self.abort)
             encoder.join()

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import av
@@ -334,3 +335,48 @@ def test_cuda_pipeline_keeps_order_and_matches_bicubic(tmp_path, precision, floo
             precision=precision, batch=4, encoder_preset="ultrafast")
     for fin, fout in zip(_source_frames(src), _source_frames(tmp_path / "s_out.mp4"), strict=True):
         assert _psnr(fout.rgb, bicubic_uint8(fin.rgb, (192, 256))) > floor
+
+
+class _StubEngine:
+    device = torch.device("cpu")
+    busy_cpu = 0.0
+
+
+def _burn(seconds: float) -> float:
+    """Spend about `seconds` of this thread's CPU; returns the CPU time spent."""
+    t0 = time.thread_time()
+    x = 0
+    while time.thread_time() - t0 < seconds:
+        x += sum(range(1000))
+    return time.thread_time() - t0
+
+
+@pytest.mark.parametrize("model_heavy", [True, False])
+def test_cpu_threads_follow_where_the_cpu_time_goes(monkeypatch, model_heavy):
+    from streamsr.pipeline import _CpuThreads
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(_CpuThreads, "WINDOW", 0.0)
+    monkeypatch.setattr(_CpuThreads, "BATCHES", 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        engine = _StubEngine()
+        gov = _CpuThreads(engine)
+        assert torch.get_num_threads() == 1  # starts with one thread
+        gov.tick()  # first batch: warm-up, only marks
+        spent = _burn(0.3)
+        if model_heavy:  # the CPU went into the model's batches
+            engine.busy_cpu += spent
+        gov.tick()
+        assert torch.get_num_threads() == (2 if model_heavy else 1)
+        gov.restore()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_upscale_leaves_the_thread_count_as_it_found_it(tmp_path):
+    before = torch.get_num_threads()
+    src = media.make_index_clip(tmp_path / "in.mp4", n=4)
+    _run(src, tmp_path / "out.mp4")
+    assert torch.get_num_threads() == before
