@@ -230,7 +230,8 @@ class Engine:
         # None: results are uint8 RGB NHWC; a Yuv420 target: uint8 yuv420p planes (N, 3sH/2, sW),
         # made on the device (the pipeline sets it when its encoder takes yuv420p, see pack.py)
         self.pack: Yuv420 | None = None
-        self.busy_cpu = 0.0  # CPU time of the calling thread in upscale_batch (see pipeline._CpuThreads)
+        # wall time spent in upscale_batch and frames done there (see pipeline._CpuThreads)
+        self.busy_seconds, self.frames_done = 0.0, 0
         self._bytes_per_px: float | None = None  # activation memory per LR pixel, measured once
         self._chunk: dict[tuple[int, int], int] = {}  # frames per call, by padded frame size
         self._tile: dict[tuple[int, int], int] = {}  # tile size, by padded frame size (0: none)
@@ -329,12 +330,13 @@ class Engine:
         """uint8 (N, H, W, 3) -> uint8 (N, sH, sW, 3); a single (H, W, 3) frame works too."""
         single = frames.ndim == 3
         batch = _check_frames(frames[None] if single else frames)
-        c0 = time.thread_time()
+        t0 = time.perf_counter()
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device)
             y = self._infer(x)
             out = y.cpu().numpy()
-        self.busy_cpu += time.thread_time() - c0
+        self.busy_seconds += time.perf_counter() - t0
+        self.frames_done += len(batch)
         return out[0] if single else out
 
     def map(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:

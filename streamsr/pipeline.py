@@ -264,52 +264,50 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
 
 
 class _CpuThreads:
-    """Gives the model one torch thread or all of them, whichever the encoder leaves room for.
+    """Gives the model one torch thread or all of them, whichever runs it faster right now.
 
     On a CPU the model usually dominates and wants every core (lite at 320x180 on 2 idle cores:
     1.27 s per frame with 2 threads, 1.91 s with 1). With a cheap model the encoder's threads
-    need the cores instead, and torch's OpenMP threads, which spin at a barrier after every op,
-    slow everything down: the x4 nearest stand-in of `streamsr bench` ran 10 fps with 2 threads
-    and 26 fps with 1. So the run starts with one thread and, once a few batches have gone
-    through, compares the CPU time the model took with what the rest of the process (decoder,
-    encoder, queues) took: only a model that costs clearly more than the rest (MARGIN) gets all
-    the threads back. The margin covers the encoder's first frames, which cost it less while
-    x264 fills its lookahead. Decided once per run; OMP_NUM_THREADS set by the user wins.
+    keep the cores busy, and torch's fork-join ops stall whenever one of their threads is
+    descheduled: the x4 nearest stand-in of `streamsr bench` ran 10 fps with 2 threads and 26
+    fps with 1. So after the first (warm-up) batch the engine's time per frame is measured with
+    all threads, then with one, each over at least WINDOW seconds, and the faster setting is kept
+    for the rest of the run. OMP_NUM_THREADS set by the user is left alone.
     """
 
-    WINDOW = 2.0  # seconds of steady running to measure, after the first batch
-    BATCHES = 2  # ... and at least this many batches
-    MARGIN = 2.0
+    WINDOW = 0.5  # seconds of engine time per measurement (at least one batch)
 
     def __init__(self, engine) -> None:
         self.engine = engine
         self.full = torch.get_num_threads()
         self.enabled = (engine.device.type == "cpu" and self.full > 1
                         and not os.environ.get("OMP_NUM_THREADS"))
-        self.batches = 0
-        self.mark: tuple[float, float, float] | None = None  # wall, process CPU, engine CPU
-        if self.enabled:
-            torch.set_num_threads(1)
+        self.mark: tuple[float, int] | None = None  # engine busy seconds, frames at window start
+        self.per_frame: dict[int, float] = {}  # threads -> engine seconds per frame
 
     def tick(self) -> None:
         """Call after every batch the engine returns."""
         if not self.enabled:
             return
-        self.batches += 1
-        now = (time.perf_counter(), time.process_time(), self.engine.busy_cpu)
+        now = (self.engine.busy_seconds, self.engine.frames_done)
         if self.mark is None:  # the first batch pays for warm-up: measure from the next one
-            self.mark, self.batches = now, 0
+            self.mark = now
             return
-        if now[0] - self.mark[0] < self.WINDOW or self.batches < self.BATCHES:
+        busy, frames = now[0] - self.mark[0], now[1] - self.mark[1]
+        if busy < self.WINDOW or frames < 1:
             return
-        model = now[2] - self.mark[2]
-        rest = (now[1] - self.mark[1]) - model
+        threads = torch.get_num_threads()
+        self.per_frame[threads] = busy / frames
+        self.mark = now
+        if threads == self.full:  # measured all threads: now try one
+            torch.set_num_threads(1)
+            return
+        best = min(self.per_frame, key=self.per_frame.get)
+        torch.set_num_threads(best)
         self.enabled = False  # decided
-        if model > self.MARGIN * rest:
-            torch.set_num_threads(self.full)
-        log.info("model %.2f s vs decode/encode %.2f s of CPU over %d batches: %d torch thread%s",
-                 model, rest, self.batches, torch.get_num_threads(),
-                 "" if torch.get_num_threads() == 1 else "s")
+        log.info("engine %s per frame: %d torch thread%s", ", ".join(
+            f"{1000 * t:.0f} ms with {n}" for n, t in sorted(self.per_frame.items())), best,
+            "" if best == 1 else "s")
 
     def restore(self) -> None:
         if torch.get_num_threads() != self.full:
