@@ -275,13 +275,21 @@ class _CpuThreads:
     for the rest of the run. OMP_NUM_THREADS set by the user is left alone.
     """
 
-    WINDOW = 0.5  # seconds of engine time per measurement (at least one batch)
+    WINDOW = 0.5  # seconds of engine time per measurement (at least one batch) ...
+    FRAMES = 16  # ... or this many frames, whichever comes first
+    _active = 0  # runs measuring now: the thread count is per process, so only one may
+    _lock = threading.Lock()
 
     def __init__(self, engine) -> None:
         self.engine = engine
         self.full = torch.get_num_threads()
         self.enabled = (engine.device.type == "cpu" and self.full > 1
                         and not os.environ.get("OMP_NUM_THREADS"))
+        self.owner = False
+        if self.enabled:
+            with _CpuThreads._lock:
+                self.enabled = self.owner = _CpuThreads._active == 0
+                _CpuThreads._active += self.owner
         self.mark: tuple[float, int] | None = None  # engine busy seconds, frames at window start
         self.per_frame: dict[int, float] = {}  # threads -> engine seconds per frame
 
@@ -294,7 +302,7 @@ class _CpuThreads:
             self.mark = now
             return
         busy, frames = now[0] - self.mark[0], now[1] - self.mark[1]
-        if busy < self.WINDOW or frames < 1:
+        if frames < 1 or (busy < self.WINDOW and frames < self.FRAMES):
             return
         threads = torch.get_num_threads()
         self.per_frame[threads] = busy / frames
@@ -310,6 +318,12 @@ class _CpuThreads:
             "" if best == 1 else "s")
 
     def restore(self) -> None:
+        """Back to the count the run started with (call once, when the run ends)."""
+        if not self.owner:
+            return
+        self.owner = False
+        with _CpuThreads._lock:
+            _CpuThreads._active -= 1
         if torch.get_num_threads() != self.full:
             torch.set_num_threads(self.full)
 

@@ -13,7 +13,7 @@ from skimage import data
 from streamsr.engine import Engine, EngineConfig
 from streamsr.pack import Yuv420, to_rgb24, to_yuv420p
 from streamsr.pipeline import upscale
-from streamsr.video.source import TO_RGB_FLAGS
+from streamsr.video.source import FROM_RGB_FLAGS, TO_RGB_FLAGS
 
 SWS = {"smpte170m": Colorspace.ITU601, "bt709": Colorspace.ITU709, "bt2020nc": Colorspace.BT2020}
 
@@ -74,8 +74,9 @@ def test_rgb24_rounds_and_clamps_like_before():
 
 
 def test_odd_sizes_and_unknown_matrices_are_refused():
-    with pytest.raises(ValueError):
-        to_yuv420p(torch.rand(1, 3, 5, 6), Yuv420.for_matrix("bt709", "tv"))
+    for h, w in ((5, 6), (6, 5)):
+        with pytest.raises(ValueError):
+            to_yuv420p(torch.rand(1, 3, h, w), Yuv420.for_matrix("bt709", "tv"))
     assert Yuv420.for_matrix("smpte240m", "tv") is None and Yuv420.for_matrix("bt709", "?") is None
 
 
@@ -95,6 +96,12 @@ def test_engine_hands_planes_when_asked():
     assert rgb.shape == (2, 192, 256, 3) and planes.shape == (2, 288, 256)
     ref = _planes(rgb[1], engine.pack)  # planes of the quantised RGB: within rounding
     assert np.abs(planes[1].astype(int) - ref).max() <= 2
+    # and, independently, what the sink's swscale fallback makes of the RGB frame
+    sws = av.VideoFrame.from_ndarray(rgb[1], format="rgb24").reformat(
+        format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG,
+        interpolation=FROM_RGB_FLAGS).to_ndarray()
+    diff = np.abs(planes[1].astype(int) - sws)
+    assert diff[:192].max() <= 1 and diff[192:].mean() < 1.0
 
 
 def test_pipeline_output_is_the_same_either_way(tmp_path, monkeypatch):

@@ -367,13 +367,20 @@ def test_cpu_threads_keep_the_faster_setting(monkeypatch, one_thread_faster):
         assert torch.get_num_threads() == (1 if one_thread_faster else 2)
         batch(10.0)  # decided once: later batches change nothing
         assert torch.get_num_threads() == (1 if one_thread_faster else 2)
+        assert not _CpuThreads(engine).enabled  # a second run in the process leaves it alone
         gov.restore()
         assert torch.get_num_threads() == 2
+        again = _CpuThreads(engine)
+        assert again.enabled  # free again once the first run ended
+        again.restore()
     finally:
         torch.set_num_threads(before)
 
 
-def test_upscale_leaves_the_thread_count_as_it_found_it(tmp_path):
+def test_upscale_leaves_the_thread_count_as_it_found_it(tmp_path, monkeypatch):
+    from streamsr.engine import use_cpu_threads
+    use_cpu_threads()  # the first engine of a process sets the count once; then compare
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     src = media.make_index_clip(tmp_path / "in.mp4", n=4)
     _run(src, tmp_path / "out.mp4")

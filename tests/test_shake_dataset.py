@@ -65,19 +65,22 @@ def test_no_usable_photos_is_a_clear_error(tmp_path):
 
 
 def test_video_degradations_are_deterministic_and_change_only_the_input(photos):
-    kw = dict(patch=16, length=4, seed=5, augment=False, max_noise=0.0)
-    plain = ShakeDataset(photos, **kw)
-    video = ShakeDataset(photos, camera_motion=1.0, codec=1.0, crf=(20, 20), **kw)
+    kw = dict(patch=16, length=4, seed=5, augment=False, max_noise=0.0, camera_motion=1.0)
+    clean = ShakeDataset(photos, **kw)
+    video = ShakeDataset(photos, codec=1.0, crf=(24, 24), **kw)
     a, b = video[1], video[1]
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert [t.shape for t in a] == [(3, 16, 16), (3, 16, 16), (3, 64, 64)]
     # the L and H targets are still the project's bicubic pair of a photo crop
     hr8 = (a[2] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     assert torch.equal(a[1], torch.from_numpy(bicubic_uint8(hr8, (16, 16))).permute(2, 0, 1).float() / 255)
-    # the degraded input is further from its sharp LR than pure shake of the same photos, on average
-    gap_plain = np.mean([float(psnr(plain[i][0], plain[i][1])) for i in range(4)])
-    gap_video = np.mean([float(psnr(video[i][0], video[i][1])) for i in range(4)])
-    assert gap_video < 60 and gap_plain < 60
+    quality = []
+    for i in range(4):
+        c, v = clean[i], video[i]
+        assert torch.equal(c[1], v[1]) and torch.equal(c[2], v[2])  # same blur draw, same targets
+        quality.append(float(psnr(v[0], c[0])))
+    # only the input went through 4:2:0 H.264: changed (flat dark crops barely), same picture
+    assert min(quality) > 22 and min(quality) < 45, quality
 
 
 def test_recipe_checks_video_degradation_fields():

@@ -15,7 +15,7 @@ import pytest
 
 from streamsr.data.transforms import bicubic_uint8
 from streamsr.errors import ConfigError, InputError, OutputError
-from streamsr.video.sink import EncodeOptions, open_sink, parse_bitrate, repair_timestamps
+from streamsr.video.sink import EncodeOptions, TimestampRepair, open_sink, parse_bitrate, repair_timestamps
 from streamsr.video.source import default_matrix, open_source
 
 FAST = EncodeOptions(preset="ultrafast")
@@ -303,6 +303,23 @@ def test_10bit_output_with_libx265(tmp_path):
 ])
 def test_repair_timestamps(pts, dts, last, expected):
     assert repair_timestamps(pts, dts, last) == expected
+
+
+def _repaired(packets):
+    r = TimestampRepair()
+    out = [t for i, (pts, dts) in enumerate(packets) for t in r.push(i, pts, dts)] + r.flush()
+    assert [t[0] for t in out] == list(range(len(packets)))  # every packet once, in order
+    return [t[1:] for t in out]
+
+
+def test_broken_first_packet_of_a_b_frame_stream_does_not_shift_the_rest():
+    # I P B B P B B: real dts start at -2; the first packet's dts is garbage
+    pts = [0, 3, 1, 2, 6, 4, 5]
+    dts = [-2, -1, 0, 1, 2, 3, 4]
+    assert _repaired(list(zip(pts, [2**62] + dts[1:], strict=True))) == list(zip(pts, dts, strict=True))
+    assert _repaired(list(zip(pts, dts, strict=True))) == list(zip(pts, dts, strict=True))  # sound: untouched
+    assert _repaired([(0, 1), (1, 1), (2, 2)]) == [(0, 0), (1, 1), (2, 2)]  # what libx265 did
+    assert _repaired([(0, 7)]) == [(0, 0)]  # a one-packet stream is released at the end
 
 
 def test_png_folder_and_single_image_outputs(tmp_path):

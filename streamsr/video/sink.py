@@ -166,9 +166,10 @@ def repair_timestamps(pts: int | None, dts: int, last_dts: int | None) -> tuple[
 
     Encoders are trusted to give pts >= dts with dts strictly increasing, but libx265 was seen
     (about once in a hundred short encodes on a loaded machine) handing out a first packet with
-    dts after pts: MKV and MP4 muxers answer EINVAL and the output would be lost. The repair is the
-    one FFmpeg's command line applies: a packet with dts > pts gets the middle value of pts, dts and
-    last dts + 1 as both; a dts that does not increase is moved to last dts + 1 (pts no earlier).
+    dts after pts, even an uninitialised one: MKV and MP4 muxers answer EINVAL and the output
+    would be lost. The repair is the one FFmpeg's command line applies: a packet with dts > pts
+    gets the middle value of pts, dts and last dts + 1 as both; a dts that does not increase is
+    moved to last dts + 1 (pts no earlier). `TimestampRepair` handles a broken first packet.
     """
     if pts is not None and dts > pts:
         if last_dts is None:
@@ -180,6 +181,51 @@ def repair_timestamps(pts: int | None, dts: int, last_dts: int | None) -> tuple[
         if pts is not None and pts < dts:
             pts = dts
     return pts, dts
+
+
+class TimestampRepair:
+    """`repair_timestamps` over a stream of packets, holding back a broken first packet.
+
+    A first packet with dts > pts has no earlier dts to repair against; setting its dts to its
+    pts would push every later dts of a B-frame stream (whose real dts start below 0) forward and
+    raise B-frames' pts onto their neighbours'. So it waits for the next packet and takes a dts
+    just before that one's (never after its own pts). `push` and `flush` return the
+    (item, pts, dts) triples to mux now, in order.
+    """
+
+    def __init__(self) -> None:
+        self.last: int | None = None
+        self.held: tuple | None = None
+        self.repaired = 0
+
+    def push(self, item, pts: int | None, dts: int | None) -> list[tuple]:
+        out = []
+        if self.held is not None:
+            held, hpts, hdts = self.held
+            self.held = None
+            if dts is not None and dts - 1 < hdts:
+                hdts = min(hpts, dts - 1)
+            out += self._emit(held, hpts, hdts)
+        if self.last is None and dts is not None and pts is not None and dts > pts:
+            self.held = (item, pts, dts)
+            self.repaired += 1
+            return out
+        return out + self._emit(item, pts, dts)
+
+    def flush(self) -> list[tuple]:
+        if self.held is None:
+            return []
+        held, self.held = self.held, None
+        return self._emit(*held)
+
+    def _emit(self, item, pts: int | None, dts: int | None) -> list[tuple]:
+        if dts is None:
+            return [(item, pts, dts)]
+        fixed = repair_timestamps(pts, dts, self.last)
+        if fixed != (pts, dts):
+            self.repaired += 1
+        self.last = fixed[1]
+        return [(item, *fixed)]
 
 
 class Sink:
@@ -390,8 +436,7 @@ class VideoSink(Sink):
         self.start, self.end = start, end
         self._closed = False
         self._last_pts: int | None = None
-        self._last_dts: int | None = None  # of the last video packet muxed, in the packet's time base
-        self._repaired = 0
+        self._timestamps = TimestampRepair()  # encoder packets the muxer would refuse
         self._last_time = -math.inf
         self._copies: _CopiedStreams | None = None
         codec = check_encoder(encode)
@@ -531,16 +576,21 @@ class VideoSink(Sink):
             raise _output_error(self.path, exc) from None
         self.frames_written += 1
 
-    def _mux_video(self, packet: av.Packet) -> None:
-        if packet.dts is not None:
-            pts, dts = repair_timestamps(packet.pts, packet.dts, self._last_dts)
-            if (pts, dts) != (packet.pts, packet.dts):
-                self._repaired += 1
-                if self._repaired == 1:
-                    log.warning("encoder gave a packet with pts %s, dts %s after dts %s; muxing it at "
-                                "pts %d, dts %d", packet.pts, packet.dts, self._last_dts, pts, dts)
-                packet.pts, packet.dts = pts, dts
-            self._last_dts = dts
+    def _mux_video(self, packet: av.Packet | None) -> None:
+        """Mux one encoded video packet (None: the end, release a held one), copies in time order."""
+        repair = self._timestamps
+        before = repair.repaired
+        ready = repair.flush() if packet is None else repair.push(packet, packet.pts, packet.dts)
+        if repair.repaired and not before:
+            log.warning("the encoder gave a packet with pts %s, dts %s: muxing it with repaired "
+                        "timestamps (see repair_timestamps)", packet.pts if packet else "?",
+                        packet.dts if packet else "?")
+        for pkt, pts, dts in ready:
+            if (pkt.pts, pkt.dts) != (pts, dts):
+                pkt.pts, pkt.dts = pts, dts
+            self._mux_one(pkt)
+
+    def _mux_one(self, packet: av.Packet) -> None:
         if self._copies is not None and packet.dts is not None:
             self._copies.pump(float(packet.dts * packet.time_base) + (self.start or 0.0))
         self.out.mux(packet)
@@ -558,6 +608,7 @@ class VideoSink(Sink):
         try:
             for packet in self.vstream.encode(None):
                 self._mux_video(packet)
+            self._mux_video(None)
             if self._copies is not None:
                 frame = float(1 / self.info.fps) if self.info.fps else 0.04
                 until = self._last_time + frame if trim else math.inf
