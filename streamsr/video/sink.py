@@ -480,6 +480,8 @@ class VideoSink(Sink):
         self.rgb_out = fmt.is_rgb
         self.matrix = effective_matrix(info)
         self.range = effective_range(info)
+        self._yuv420 = (None if self.rgb_out or encode.pix_fmt != "yuv420p"
+                        else Yuv420.for_matrix(self.matrix, self.range))
         inv = {v: k for k, v in PRIMARIES.items()}
         if info.color.primaries in inv:
             cc.color_primaries = inv[info.color.primaries]
@@ -534,9 +536,7 @@ class VideoSink(Sink):
     @property
     def yuv420(self) -> Yuv420 | None:
         """The yuv420p target `write` also accepts planes for (8-bit 4:2:0 output, known matrix)."""
-        if self.rgb_out or self.encode_opts.pix_fmt != "yuv420p":
-            return None
-        return Yuv420.for_matrix(self.matrix, self.range)
+        return self._yuv420
 
     def write(self, rgb: np.ndarray, pts: int | None, time_base: Fraction, name: str | None = None) -> None:
         """Encode one x4 frame at input timestamp `pts` (units of `time_base`).
@@ -549,8 +549,8 @@ class VideoSink(Sink):
         if rgb.shape != want or rgb.dtype != np.uint8:
             raise ValueError(f"expected uint8 {want}, got {rgb.dtype} {rgb.shape}")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="yuv420p" if yuv else "rgb24")
-        if yuv:
-            pass  # already in the output's format, matrix and range
+        if yuv:  # already in the output's format, matrix and range
+            pass
         elif not self.rgb_out:
             frame = frame.reformat(format=self.encode_opts.pix_fmt, dst_colorspace=sws_matrix(self.matrix),
                                    dst_color_range=sws_range(self.range), interpolation=FROM_RGB_FLAGS)
