@@ -146,7 +146,7 @@ def test_start_and_duration(tmp_path):
     assert audio and -0.05 <= min(audio) and max(audio) < 0.36
 
 
-def test_side_by_side_halves(tmp_path):
+def test_side_by_side_halves(tmp_path, monkeypatch):
     class Inverted(media.BicubicX4):
         def forward(self, x):
             return 1 - super().forward(x)
@@ -162,7 +162,16 @@ def test_side_by_side_halves(tmp_path):
     lr = media.smooth_frame(0)[None]
     sr = np.zeros((1, 192, 256, 3), np.uint8)
     out = side_by_side(lr, sr)
-    assert out.shape == sr.shape and out[0, :20].max() == 255  # labels drawn at the top
+    monkeypatch.setattr("streamsr.pipeline._label", lambda img, text, x: None)
+    bare = side_by_side(lr, sr)
+    assert out.shape == bare.shape == sr.shape
+    changed = np.abs(out.astype(int) - bare.astype(int)).max(axis=(0, 3)) > 0  # (H, W)
+    half = 128
+    assert not changed[:, half].any()  # the divider column is the same in both renders
+    rows = np.flatnonzero(changed.any(axis=1))
+    assert rows.size and rows.max() < 40  # labels only at the top
+    left, right = changed[:, :half], changed[:, half + 1:]
+    assert left.sum() > 50 and right.sum() > 50, (left.sum(), right.sum())  # a label in each half
 
 
 def test_tiny_model_from_a_weights_file(tmp_path):
