@@ -126,6 +126,40 @@ def _read_manifest(path: Path) -> dict | None:
     return data if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT else None
 
 
+def _write_manifest(parts_dir: Path, manifest: dict) -> None:
+    """Write `manifest.json` atomically (temporary file + rename)."""
+    try:
+        parts_dir.mkdir(exist_ok=True)
+        tmp = parts_dir / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        os.replace(tmp, parts_dir / MANIFEST)
+    except OSError as exc:
+        raise OutputError(f"cannot write {parts_dir}: {exc.strerror or exc}") from None
+
+
+def _check_finished(src: Path, dst: Path, parts_dir: Path) -> None:
+    """Refuse to call an existing `dst` finished when it has fewer frames than `src`.
+
+    A run without --resume writes straight to the final name and finalises what it has on
+    Ctrl-C, so an existing output can be cut off. Counting packets (no decoding) tells. Our own
+    join of a damaged input may hold fewer frames than the index; `_join` then records its count
+    in the manifest, which is kept for exactly this check.
+    """
+    try:
+        have = _count_frames(dst)
+    except (av.error.FFmpegError, IndexError):  # not a video (or no video stream): not ours
+        raise OutputError(f"{dst} exists but is not a finished video: pass --overwrite to start "
+                          f"over") from None
+    manifest = _read_manifest(parts_dir / MANIFEST)
+    if manifest and manifest.get("joined") == have and manifest.get("input") == _input_id(src):
+        return
+    index = read_keyframe_index(src)
+    want = index.frames if index else None
+    if want is not None and have < want:
+        raise OutputError(f"{dst} is incomplete ({have} of {want} frames), from a run without "
+                          f"--resume: pass --overwrite to start over")
+
+
 def _video_geometry(src: Path) -> tuple[int, int, int]:
     """(width, height, rotation) of the first video stream (rotation from its first frame)."""
     try:
@@ -163,6 +197,7 @@ def _prepare(src: Path, dst: Path, *, world: int, resume: bool, overwrite: bool,
     width, height, rotation = _video_geometry(src)
     if dst.exists():
         if resume and not overwrite:
+            _check_finished(src, dst, parts_dir)
             log.info("%s exists: already finished", dst)
             return PartsPlan(parts_dir, "", Fraction(1), None, [], [[] for _ in range(world)],
                              width, height, rotation, finished=True)
@@ -194,13 +229,7 @@ def _prepare(src: Path, dst: Path, *, world: int, resume: bool, overwrite: bool,
                     "time_base": str(index.time_base if index else Fraction(1, 90000)),
                     "start_time": index.start_time if index else None,
                     "frames": frames, "segments": [s.as_dict() for s in segments]}
-        try:
-            parts_dir.mkdir(exist_ok=True)
-            tmp = parts_dir / (MANIFEST + ".tmp")
-            tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-            os.replace(tmp, parts_dir / MANIFEST)
-        except OSError as exc:
-            raise OutputError(f"cannot write {parts_dir}: {exc.strerror or exc}") from None
+        _write_manifest(parts_dir, manifest)
         log.info("%s: %d frames in %d keyframe-aligned parts", src, frames, len(segments))
     plan = PartsPlan(parts_dir, manifest["part_ext"], Fraction(manifest["time_base"]),
                      manifest["start_time"], [Segment(**s) for s in manifest["segments"]], [],
@@ -343,10 +372,15 @@ def _join(src: Path, dst: Path, plan: PartsPlan, keep_parts: bool) -> int:
     written = join_parts(parts, joined, time_base=plan.time_base, copy_from=str(src),
                          rotation=plan.rotation)
     expected = sum(s.frames for s in plan.segments)
-    if written != expected:
-        log.warning("%s: %d frames joined, the input index has %d", dst, written, expected)
     os.replace(joined, dst)
-    if not keep_parts:
+    if written != expected:  # damaged input: keep the count, so --resume knows dst is finished
+        log.warning("%s: %d frames joined, the input index has %d", dst, written, expected)
+        manifest = _read_manifest(plan.parts_dir / MANIFEST) or {"format": MANIFEST_FORMAT}
+        _write_manifest(plan.parts_dir, {**manifest, "joined": written})
+        if not keep_parts:
+            for part in plan.parts_dir.glob("part_*"):
+                part.unlink(missing_ok=True)
+    elif not keep_parts:
         shutil.rmtree(plan.parts_dir, ignore_errors=True)
     return written
 

@@ -251,3 +251,44 @@ def test_resume_after_an_interruption_redoes_only_missing_parts(tmp_path):
     out.unlink()
     with pytest.raises(ConfigError, match="settings"):
         upscale_parts(src, out, resume=True, model=CountingX4(), crf=30, **opts)
+
+
+def test_resume_refuses_an_output_cut_off_by_a_run_without_resume(tmp_path):
+    # A plain run writes straight to OUT and finalises what it has on Ctrl-C: OUT exists but is
+    # short. --resume must not take it for finished.
+    src = media.make_index_clip(tmp_path / "in.mp4", n=24, options=GOP6_FAST)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(Interrupted):
+        upscale(src, out, model=CountingX4(stop_after=8), device="cpu", batch=2,
+                encoder_preset="ultrafast")
+    cut = len(indices(out))
+    assert 8 <= cut < 24
+    before = out.read_bytes()
+    opts = dict(part_frames=6, device="cpu", batch=2, encoder_preset="ultrafast", env=DistEnv())
+    with pytest.raises(OutputError, match=rf"incomplete \({cut} of 24 frames\).*--overwrite"):
+        upscale_parts(src, out, resume=True, model=CountingX4(), **opts)
+    assert out.read_bytes() == before and not parts_dir_for(out).exists()  # nothing touched
+
+    redo = CountingX4()
+    stats = upscale_parts(src, out, resume=True, overwrite=True, model=redo, **opts)
+    assert redo.seen == 24 and stats.frames == 24 and indices(out) == list(range(24))
+    again = CountingX4()  # now complete: a second --resume has nothing to do
+    assert upscale_parts(src, out, resume=True, model=again, **opts).frames == 24 and again.seen == 0
+
+    (tmp_path / "junk.mp4").write_bytes(b"not a video" * 10)
+    with pytest.raises(OutputError, match="not a finished video"):
+        upscale_parts(src, tmp_path / "junk.mp4", resume=True, model=CountingX4(), **opts)
+
+
+def test_resume_accepts_its_own_join_of_a_damaged_input(tmp_path):
+    # Frames that do not decode are missing from every output; the join records its count so a
+    # second --resume does not call its own output incomplete.
+    src = media.make_corrupt_packets(tmp_path / "in.mkv", n=12, bad=(5,))
+    out = tmp_path / "out.mkv"
+    opts = dict(part_frames=6, device="cpu", encoder_preset="ultrafast", env=DistEnv())
+    first = upscale_parts(src, out, resume=True, model=media.BicubicX4(), **opts)
+    assert first.frames == 11 and indices(out) == [i for i in range(12) if i != 5]  # packet 5 is junk
+    assert sorted(p.name for p in parts_dir_for(out).iterdir()) == ["manifest.json"]
+    again = CountingX4()
+    assert upscale_parts(src, out, resume=True, model=again, **opts).frames == first.frames
+    assert again.seen == 0
