@@ -326,6 +326,21 @@ def frame_times(path) -> list[float]:
     return [float(p * tb) for p in pts]
 
 
+def x264_options(path) -> dict[str, str]:
+    """The settings libx264 wrote into its SEI ("x264 - core ... options: crf=18.0 ..."), parsed."""
+    data = Path(path).read_bytes()
+    start = data.find(b"options: ", data.find(b"x264 - core"))
+    assert start >= 0, f"{path}: no x264 settings SEI"
+    text = data[start + len(b"options: "):data.index(b"\0", start)].decode("ascii")
+    return dict(item.split("=", 1) for item in text.split() if "=" in item)
+
+
+def matroska_doctype(path) -> bool:
+    """True when the EBML header names the "matroska" doctype (a WebM file says "webm")."""
+    head = Path(path).read_bytes()[:64]
+    return head.startswith(b"\x1a\x45\xdf\xa3") and b"\x42\x82\x88matroska" in head
+
+
 def packets(path, kind: str = "audio") -> list[bytes]:
     """Payloads of every packet of the first stream of `kind` ("audio", "subtitle")."""
     with av.open(str(path)) as c:

@@ -55,6 +55,21 @@ def test_upscale_writes_every_frame_and_prints_a_summary(tmp_path, clip, tiny_we
     assert quiet.exit_code == 0 and quiet.stderr.strip() == "" and quiet.output == ""
 
 
+def test_rate_control_and_encoder_options_reach_the_encoder(tmp_path, clip, tiny_weights):
+    base = ["--model", tiny_weights, "--device", "cpu", "-q"]
+    r = _invoke("upscale", clip, tmp_path / "crf.mp4", *base, "--crf", "30",
+                "--encoder-opt", "tune=zerolatency")
+    assert r.exit_code == 0, r.stderr
+    opts = media.x264_options(tmp_path / "crf.mp4")
+    assert (opts["rc"], opts["crf"]) == ("crf", "30.0")
+    assert opts["bframes"] == "0"  # tune=zerolatency (medium alone: bframes=3)
+    r = _invoke("upscale", clip, tmp_path / "abr.mp4", *base, "--crf", "30", "--bitrate", "300k")
+    assert r.exit_code == 0, r.stderr
+    opts = media.x264_options(tmp_path / "abr.mp4")
+    assert (opts["rc"], opts["bitrate"]) == ("abr", "300") and "crf" not in opts  # bitrate wins
+    assert opts["bframes"] == "3"  # no tune given: medium's B-frames
+
+
 def test_preset_sets_values_and_command_line_wins(tmp_path, clip, tiny_weights, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "pipelines").mkdir()

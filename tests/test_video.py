@@ -189,7 +189,7 @@ def test_sink_round_trip_keeps_order_and_timestamps(tmp_path, ext):
     assert np.allclose(media.frame_times(tmp_path / f"out{ext}"), media.frame_times(src), atol=1e-3)
 
 
-def test_sink_defaults_h264_yuv420p_faststart(tmp_path):
+def test_sink_defaults_h264_crf18_medium_yuv420p_mp4_faststart_mkv_by_name(tmp_path):
     src = media.make_index_clip(tmp_path / "in.mp4", n=3)
     _copy(src, tmp_path / "out.mp4")
     data = (tmp_path / "out.mp4").read_bytes()
@@ -197,6 +197,18 @@ def test_sink_defaults_h264_yuv420p_faststart(tmp_path):
     with av.open(str(tmp_path / "out.mp4")) as c:
         cc = c.streams.video[0].codec_context
         assert (cc.name, cc.pix_fmt) == ("h264", "yuv420p")
+        assert c.format.name.startswith("mov,mp4")
+    opts = media.x264_options(tmp_path / "out.mp4")
+    assert (opts["rc"], opts["crf"]) == ("crf", "18.0")
+    # x264's "medium" preset (ultrafast would say subme=0 ref=1 rc_lookahead=0 bframes=0)
+    medium = {"subme": "7", "ref": "3", "rc_lookahead": "40", "me": "hex", "trellis": "1", "bframes": "3"}
+    assert {k: opts[k] for k in medium} == medium
+    _copy(src, tmp_path / "out.mkv")
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        assert c.format.name == "matroska,webm"
+        assert c.streams.video[0].codec_context.name == "h264"
+    assert media.matroska_doctype(tmp_path / "out.mkv")
+    assert not media.matroska_doctype(tmp_path / "out.mp4")
 
 
 def test_sink_refuses_existing_output_and_bad_paths(tmp_path):
