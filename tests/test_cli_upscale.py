@@ -13,12 +13,18 @@ from pathlib import Path
 
 import av
 import media
+import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from streamsr.cli import main
+from streamsr.engine import Engine, EngineConfig
+from streamsr.models.weights import load_model, save_model
+from streamsr.pipeline import side_by_side
 from streamsr.cli.video_cmds import find_preset, load_preset
 from streamsr.errors import ConfigError
+from streamsr.video.source import open_source
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,6 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def clip(tmp_path) -> Path:
     return media.make_index_clip(tmp_path / "in.mp4", n=3, size=(16, 16))
+
+
+def _source_frames(path) -> list:
+    with open_source(path) as src:
+        return list(src)
 
 
 def _invoke(*args: str):
@@ -68,6 +79,66 @@ def test_rate_control_and_encoder_options_reach_the_encoder(tmp_path, clip, tiny
     opts = media.x264_options(tmp_path / "abr.mp4")
     assert (opts["rc"], opts["bitrate"]) == ("abr", "300") and "crf" not in opts  # bitrate wins
     assert opts["bframes"] == "3"  # no tune given: medium's B-frames
+
+
+@pytest.fixture
+def contrasty_weights(tiny_weights, tmp_path) -> Path:
+    """The tiny weights with the last conv x30: random tiny weights give an almost flat grey
+    (0.5 +- 0.01), too flat to tell a tiled run from an untiled one after rounding to uint8."""
+    net = load_model(tiny_weights)
+    with torch.no_grad():
+        net.reconstruct.out.weight.mul_(30)
+        net.reconstruct.out.bias.mul_(30)
+    save_model(net, tmp_path / "contrasty.safetensors")
+    return tmp_path / "contrasty.safetensors"
+
+
+def test_window_tile_precision_and_side_by_side_reach_the_run(tmp_path, contrasty_weights,
+                                                              monkeypatch):
+    import streamsr.engine
+    import streamsr.scale_out
+
+    calls, configs = [], []
+    real_upscale, real_init = streamsr.scale_out.pipeline_upscale, streamsr.engine.Engine.__init__
+
+    def spy_upscale(*args, **kwargs):
+        calls.append(kwargs)
+        return real_upscale(*args, **kwargs)
+
+    def spy_init(self, model, config=None):
+        configs.append(config)
+        real_init(self, model, config)
+
+    monkeypatch.setattr(streamsr.scale_out, "pipeline_upscale", spy_upscale)
+    monkeypatch.setattr(streamsr.engine.Engine, "__init__", spy_init)
+    src = media.make_index_clip(tmp_path / "in.mkv", n=25)  # 64x48, 25 fps
+    out = tmp_path / "out.mkv"
+    r = _invoke("upscale", src, out, "--model", contrasty_weights, "--device", "cpu", "-q",
+                "--start", "0.4", "--duration", "0.32", "--tile", "16", "--precision", "fp32",
+                "--side-by-side", "--codec", "libx264rgb", "--pix-fmt", "rgb24", "--crf", "0",
+                "--encoder-preset", "ultrafast")  # lossless RGB: the output can be compared exactly
+    assert r.exit_code == 0, r.stderr
+    assert len(calls) == 1 and len(configs) == 1
+    kw = calls[0]
+    assert (kw["start"], kw["duration"], kw["tile"], kw["precision"], kw["side_by_side_view"]) == \
+        (0.4, 0.32, 16, "fp32", True)
+    assert (configs[0].tile, configs[0].precision) == (16, "fp32")
+
+    # frames 10..17 (0.4 s to 0.72 s at 25 fps), restarting at 0 s, at x4 and not twice as wide
+    frames, _, _ = media.decode_all(out)
+    assert len(frames) == 8 and frames[0].shape == (192, 256, 3)
+    assert media.frame_times(out) == pytest.approx([k * 0.04 for k in range(8)], abs=1e-3)
+    lr = np.stack([f.rgb for f in _source_frames(src)][10:18])
+    assert [media.read_index(f) for f in lr] == list(range(10, 18))
+    net = load_model(contrasty_weights)
+    tiled = Engine(net, EngineConfig(device="cpu", precision="fp32", tile=16)).upscale_batch(lr)
+    whole = Engine(net, EngineConfig(device="cpu", precision="fp32", tile=0)).upscale_batch(lr)
+    want, untiled = side_by_side(lr, tiled), side_by_side(lr, whole)
+    got = np.stack(frames).astype(int)
+    assert np.abs(got - want).max() <= 1  # each output frame is its input frame, tiled x4
+    assert np.abs(got - untiled).max() >= 5  # which a run that ignored --tile would not give
+    for k in range(7):  # and neighbouring frames tell apart (the comparison pins each index)
+        assert np.abs(want[k].astype(int) - want[k + 1]).max() > 1
 
 
 def test_preset_sets_values_and_command_line_wins(tmp_path, clip, tiny_weights, monkeypatch):
@@ -171,3 +242,60 @@ def test_sigterm_via_the_cli_exits_143_with_a_playable_file(tmp_path, tiny_weigh
     assert 10 <= len(frames) < 300
     times = media.frame_times(out)  # the first len(frames) input timestamps, in order
     assert times == pytest.approx([k * 0.04 for k in range(len(frames))], abs=1e-3)
+
+
+class _StopOnceX4(media.BicubicX4):
+    """Bicubic x4 that counts its 64x48 frames and sends itself SIGINT once after `stop_after`."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        super().__init__()
+        self.seen, self.stop_after = 0, stop_after
+
+    def forward(self, x):
+        if x.shape[-2:] == (48, 64):  # not the engine's trial run
+            self.seen += x.shape[0]
+            if self.stop_after is not None and self.seen >= self.stop_after:
+                self.stop_after = None
+                os.kill(os.getpid(), signal.SIGINT)
+        return super().forward(x)
+
+
+def test_resume_and_part_frames_via_the_cli(tmp_path, monkeypatch):
+    import json
+
+    import streamsr.scale_out as scale_out
+
+    src = media.make_index_clip(tmp_path / "in.mp4", n=24,
+                                options={"crf": "12", "preset": "ultrafast", "g": "6",
+                                         "x264-params": "scenecut=0"})
+    out, parts = tmp_path / "out.mp4", tmp_path / "out.mp4.parts"
+    args = ["upscale", src, out, "--resume", "--part-frames", "6", "--device", "cpu", "--batch",
+            "2", "--encoder-preset", "ultrafast", "-q"]
+    model = _StopOnceX4(stop_after=8)  # Ctrl-C during the second of four 6-frame parts
+    monkeypatch.setattr(scale_out, "resolve_model", lambda name: model)  # reads `model` per call
+    first = _invoke(*args)
+    assert first.exit_code == 130, (first.exit_code, first.stderr)  # 128 + SIGINT
+    assert not out.exists()
+    manifest = json.loads((parts / "manifest.json").read_text())
+    assert [s["frames"] for s in manifest["segments"]] == [6, 6, 6, 6]  # --part-frames 6
+    assert sorted(p.name for p in parts.glob("part_*")) == ["part_00000.mp4"]
+
+    model = _StopOnceX4()
+    second = _invoke(*args)
+    assert second.exit_code == 0, second.stderr
+    assert model.seen == 18  # the three missing parts only
+    frames, _, _ = media.decode_all(out)
+    assert [media.read_index(f) for f in frames] == list(range(24))
+    assert not parts.exists()
+
+    # An output cut off by a run without --resume is refused in one line, not taken as finished.
+    from streamsr.errors import Interrupted
+    from streamsr.pipeline import upscale
+
+    short = tmp_path / "short.mp4"
+    with pytest.raises(Interrupted):
+        upscale(src, short, model=_StopOnceX4(stop_after=8), device="cpu", batch=2,
+                encoder_preset="ultrafast")
+    have = len(media.decode_all(short)[0])
+    _one_line_error(_invoke(*args[:2], short, *args[3:]), f"incomplete ({have} of 24 frames)",
+                    "--overwrite")
