@@ -66,3 +66,25 @@ def test_import_mprnet_refuses_existing_output(tmp_path):
     assert res.exit_code == 2
     assert "--overwrite" in res.output
     assert out.read_bytes() == b"keep me"
+
+
+def test_tomli_fallback_is_a_declared_dependency_on_310():
+    # The CLI and recipes fall back to `import tomli` where tomllib is missing (Python 3.10, which
+    # pyproject allows): a clean 3.10 install must pull tomli in, and 3.11+ must not need it.
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement  # a pytest dependency
+
+    root = Path(__file__).resolve().parents[1]
+    users = [p for p in (root / "streamsr").rglob("*.py")
+             if re.search(r"^\s*import tomli\b", p.read_text(), re.M)]
+    assert users, "no tomli fallback left: drop this test and the dependency"
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"] == ">=3.10"
+    reqs = [Requirement(r) for r in project["dependencies"]]
+    tomli = [r for r in reqs if r.name == "tomli"]
+    assert len(tomli) == 1, [str(r) for r in reqs]
+    assert tomli[0].marker.evaluate({"python_version": "3.10"})
+    assert not tomli[0].marker.evaluate({"python_version": "3.11"})
