@@ -219,7 +219,7 @@ def test_ddp_two_gloo_processes_match_one(prepared, tmp_path):
     single = train(prepared, tmp_path / "one", load_recipe(REPO / "train" / "lite_synthetic.toml"),
                    [r for r in recipe if r != "--set"] + ["batch=4"])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "streamsr", "train", "--recipe", str(REPO / "train" / "lite_synthetic.toml"),
+           "-m", "streamsr", "-v", "train", "--recipe", str(REPO / "train" / "lite_synthetic.toml"),
            "--data", str(prepared), "--out", str(tmp_path / "two"), "--set", "batch=2", *recipe]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -227,9 +227,29 @@ def test_ddp_two_gloo_processes_match_one(prepared, tmp_path):
     assert sorted(two) == sorted(one) == [1, 2, 3, 4, 5]
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-6)
-    assert single.losses[0][1] == pytest.approx(one[1])
+    assert single.step == 5
     a, b = _weights(tmp_path / "one" / "model.safetensors"), _weights(tmp_path / "two" / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+    # Rank 0 alone logs and saves: one header and no (step, key) twice in the shared log.csv ...
+    with open(tmp_path / "two" / "log.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["step", "epoch", "wall_s", "key", "value"]
+    assert sum(r == rows[0] for r in rows) == 1
+    keys = [(r[0], r[3]) for r in rows[1:]]
+    assert len(keys) == len(set(keys)) and ("5", "val/psnr_sr") in keys
+    # ... the same validation as one process (each rank scores half the images, then all_reduce) ...
+    val = {key: float(r[4]) for r in rows[1:] for key in [r[3]] if key.startswith("val/")}
+    with open(tmp_path / "one" / "log.csv", newline="") as f:
+        val_one = {r["key"]: float(r["value"]) for r in csv.DictReader(f) if r["key"].startswith("val/")}
+    assert val.keys() == val_one.keys() and all(val[k] == pytest.approx(val_one[k], abs=1e-3) for k in val)
+    # ... and one set of checkpoints: a single save of each file, by the 2-process run.
+    ckpts = list((tmp_path / "two" / "checkpoints").iterdir())
+    assert [c.name for c in ckpts] == ["step-00000005.pt"]  # no stray temporary files either
+    assert torch.load(ckpts[0], weights_only=True)["sampler"]["world"] == 2
+    assert proc.stderr.count("streamsr.training.trainer: checkpoint ") == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("streamsr.training.trainer: final weights: ") == 1
+    assert proc.stderr.count("streamsr.training.trainer: training tiny ") == 1
 
 
 @pytest.mark.cuda
