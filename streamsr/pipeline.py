@@ -243,6 +243,8 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
                     if run.error is None and stop.signum is None:
                         raise
                     log.error("output could not be finalised cleanly")
+        if live_mode:  # stop the reader first: frames it left queued are counted as dropped
+            source.close()
         seconds = time.monotonic() - t0
         stats = Stats(frames=sink.frames_written, seconds=seconds,
                       fps=sink.frames_written / seconds if seconds > 0 else 0.0,

@@ -203,6 +203,56 @@ def test_prepare_frames_from_video(tmp_path):
     assert again.images_skipped == 2
 
 
+def test_prepare_frames_resumes_groups_and_clears_pairs_of_other_settings(tmp_path, monkeypatch):
+    import streamsr.data.prepare as prepare
+
+    frames = _panning_frames(16)
+    for i, f in enumerate(frames):
+        _write(tmp_path / "clip" / f"{i:04d}.png", f)
+    dst, pairs = tmp_path / "prep", tmp_path / "prep" / "pairs"
+    crop = CropSettings(64, 16, 4)
+    per_image = ((96 - 64) // 16 + 1) * ((80 - 64) // 16 + 1)
+    real_average, calls = prepare.average_frames, []
+
+    def stop_at_second_group(group):
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # Ctrl-C while averaging group 1 of 3
+        calls.append(1)
+        return real_average(group)
+
+    monkeypatch.setattr(prepare, "average_frames", stop_at_second_group)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_frames(tmp_path / "clip", dst, average=5, settings=crop, val_fraction=0.34)
+    first = pairs / "train" / "clip" / "blur" / "000000.png"
+    assert sorted(p.name for p in first.parent.iterdir()) == ["000000.png"]
+    done_at = first.stat().st_mtime_ns
+
+    calls.clear()
+    monkeypatch.setattr(prepare, "average_frames", lambda g: (calls.append(1), real_average(g))[1])
+    summary = prepare_frames(tmp_path / "clip", dst, average=5, settings=crop, val_fraction=0.34)
+    assert len(calls) == 2 and first.stat().st_mtime_ns == done_at  # groups 1 and 2 only
+    assert [(p.split, p.key) for p in find_pairs(pairs)] == [
+        ("train", "clip_000000"), ("train", "clip_000001"), ("test", "clip_000002")]
+    np.testing.assert_array_equal(read_rgb(first), _srgb_average(frames[0:5]))
+    assert summary.per_split == {"train": 2 * per_image, "test": per_image}
+
+    # Other settings: 16 frames / 3 = 5 pairs, the last one held out. The average-5 pairs and
+    # their triplets go (clip_000002 was a test pair; now it is a training pair of other frames).
+    summary = prepare_frames(tmp_path / "clip", dst, average=3, settings=crop, val_fraction=0.34)
+    assert [(p.split, p.key) for p in find_pairs(pairs)] == [
+        ("train", f"clip_{i:06d}") for i in range(4)] + [("test", "clip_000004")]
+    np.testing.assert_array_equal(read_rgb(first), _srgb_average(frames[0:3]))
+    assert summary.per_split == {"train": 4 * per_image, "test": per_image}
+    assert len(list((dst / "train" / "hr").iterdir())) == 4 * per_image  # nothing stale left
+    assert len(list((dst / "test" / "hr").iterdir())) == per_image
+    hr = read_rgb(dst / "train" / "hr" / "clip_000002_y0000_x0000.png")
+    np.testing.assert_array_equal(hr, frames[7][:64, :64])  # middle of frames 6-8, not 10-14
+    assert {r["source"] for r in read_index(dst)} == {f"clip_{i:06d}" for i in range(5)}
+    calls.clear()
+    again = prepare_frames(tmp_path / "clip", dst, average=3, settings=crop, val_fraction=0.34)
+    assert calls == [] and again.images_skipped == 5  # finished: nothing decoded or cropped
+
+
 def test_prepare_synthetic(tmp_path):
     imgs = tmp_path / "stills"
     for name in ("astronaut", "coffee", "chelsea"):

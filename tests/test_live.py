@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from streamsr.cli import main
-from streamsr.errors import ConfigError, OutputError, SourceError
+from streamsr.errors import ConfigError, Interrupted, OutputError, SourceError
 from streamsr.pipeline import upscale
 from streamsr.video.live import LiveOptions, LiveSource, ffmpeg_options, is_network_uri
 from streamsr.video.segments import PushSink, SegmentSink, is_push_url, live_output_path
@@ -469,7 +469,7 @@ main(["upscale", {url!r}, {out!r}, "--device", "cpu", "--batch", "1",
 """
 
 
-@pytest.mark.slow  # a fresh interpreter with torch: ~10 s on a busy 2-core box
+@pytest.mark.timeout(60)  # a fresh interpreter with torch: ~5 s on a busy 2-core box
 def test_sigterm_during_an_outage_finalises_a_playable_recording(rtsp, tmp_path):
     rtsp.start(color=RED)
     out = tmp_path / "cam.mkv"
@@ -496,6 +496,36 @@ def test_sigterm_during_an_outage_finalises_a_playable_recording(rtsp, tmp_path)
     assert times == sorted(times)
 
 
+def test_sigint_finalises_and_counts_the_frames_still_queued(rtsp, tmp_path):
+    """SIGINT mid-stream: a playable file, exit code 130, and the frames that were still queued
+    (the model is slower than the camera and --drop none lets the queues fill) are counted."""
+    rtsp.start(color=RED)
+    out = tmp_path / "cam.mkv"
+    sent: list[float] = []
+
+    def interrupt(done: int, total) -> None:  # runs on the encode thread
+        if done == 12 and not sent:
+            sent.append(time.monotonic())
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted) as info:
+        upscale(rtsp.url, out, model=SlowX4(0.06), frames=10_000, progress=interrupt,
+                live_options=fast_options(drop="none", queue_size=4), device="cpu",
+                encoder_preset="ultrafast", batch=1)
+    took = time.monotonic() - sent[0]
+    exc = info.value
+    assert exc.exit_code == 130 and "interrupted by SIGINT" in str(exc)
+    stats = exc.stats
+    frames, times = _decode(out)  # strict decode: finalised and playable
+    assert len(frames) == stats.frames >= 12 and {_colour(f) for f in frames} == {"red"}
+    assert times == sorted(times)
+    live = stats.live
+    assert live["frames_written"] == len(frames)
+    assert live["dropped_stop"] > 0, "frames were still queued when the signal came"
+    assert live["frames_decoded"] == len(frames) + live["dropped"], live
+    assert took < 5, "stopping does not wait for the queued frames to be processed"
+
+
 _KILLED_CHILD = """
 import os, sys
 from fractions import Fraction
@@ -512,11 +542,11 @@ os._exit(0)  # dies without closing anything, like kill -9
 """
 
 
-@pytest.mark.slow  # a fresh interpreter with torch
+@pytest.mark.timeout(60)  # a fresh interpreter: ~4 s each
 @pytest.mark.parametrize("ext", ["mkv", "mp4"])
 def test_killed_live_recording_stays_playable(tmp_path, ext):
     out = tmp_path / f"cam.{ext}"
-    subprocess.run([sys.executable, "-c", _KILLED_CHILD, str(out)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-c", _KILLED_CHILD, str(out)], check=True, timeout=45)
     frames, times = _decode(out)
     assert len(frames) >= 40, "everything up to the last keyframe survives"
     assert times == sorted(times)

@@ -6,6 +6,7 @@ Every source ends up as HR pairs in the GOPRO layout, then as triplets:
     DST/index.jsonl                        one line per finished source image (split, triplets)
     DST/<split>/{lr_blur,lr,hr}/<name>.png the triplets (uint8 RGB, lossless)
     DST/pairs/<split>/<seq>/{blur,sharp}/  HR pairs made by `frames` and `synthetic`
+    DST/pairs/.<seq>.json                  `frames`: its settings, and the pair count once done
 
 Cropping follows the paper: HR blurry and sharp images are cut into `patch` x `patch` squares
 at `stride` (256 / 128), a plain sliding window from the top-left corner; the strip of fewer than
@@ -15,6 +16,8 @@ with `streamsr.data.transforms.bicubic_uint8`, the project's one bicubic kernel.
 
 Resuming: a source image counts as done once its index line is written (one line, after all of
 its files); re-running skips done images, rewrites half-written ones, and drops a torn last line.
+`frames` pairs resume too: groups whose two PNGs exist are skipped, and changed settings clear
+the sequence's old pairs and their triplets first.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import logging
 import math
 import multiprocessing
 import os
+import re
+import shutil
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -118,9 +123,7 @@ def _open_index(dst: Path) -> tuple[dict[tuple[str, str], dict], object]:
     done = {(r["split"], r["source"]): r for r in records}
     path = dst / INDEX
     if path.exists():
-        tmp = path.with_name(INDEX + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in done.values()), encoding="utf-8")
-        os.replace(tmp, path)
+        _write_json_lines(path, list(done.values()))
     return done, open(path, "a", encoding="utf-8")
 
 
@@ -301,6 +304,63 @@ def _pair_dir(dst: Path, split: str, seq: str, kind: str) -> Path:
     return dst / "pairs" / split / seq / kind
 
 
+def _source_id(source: str | os.PathLike) -> dict:
+    """Path, and for a file its size and modification time: a re-encoded clip is another source."""
+    path = Path(source).resolve()
+    rec: dict = {"source": str(path)}
+    if path.is_file():
+        st = path.stat()
+        rec.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
+    return rec
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _forget_triplets(dst: Path, keep: Callable[[dict], bool]) -> int:
+    """Delete the triplets of index records that `keep` rejects and drop those records."""
+    records = read_index(dst)
+    gone = [r for r in records if not keep(r)]
+    if not gone:
+        return 0
+    for rec in gone:
+        for name in rec["triplets"]:
+            for kind in KINDS:
+                (dst / rec["split"] / kind / f"{name}.png").unlink(missing_ok=True)
+    _write_json_lines(dst / INDEX, [r for r in records if keep(r)])
+    return len(gone)
+
+
+def _write_json_lines(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _clear_sequence(dst: Path, seq: str) -> None:
+    """Remove the pairs of `seq` in both splits, and the triplets cropped from them."""
+    dirs = [dst / "pairs" / split / seq for split in ("train", "test")]
+    mine = re.compile(rf"^{re.escape(seq)}_\d{{6}}$")  # keys of this sequence's pairs
+    dropped = _forget_triplets(dst, lambda r: not mine.match(r["source"]))
+    if dropped or any(d.exists() for d in dirs):
+        log.info("%s: pairs of %s were made with other settings (or by an older version): "
+                 "removing them and %d images' triplets", dst, seq, dropped)
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+    (dst / "pairs" / f".{seq}.done").unlink(missing_ok=True)  # marker of older versions
+
+
 def make_frame_pairs(source: str | os.PathLike, dst: str | os.PathLike, average: int,
                      val_fraction: float = 0.1, max_pairs: int | None = None,
                      progress: bool = False) -> int:
@@ -308,6 +368,11 @@ def make_frame_pairs(source: str | os.PathLike, dst: str | os.PathLike, average:
 
     Groups do not overlap. The last `val_fraction` of the groups (a block at the end of the clip,
     so held-out frames are not neighbours of training frames) go to the `test` split.
+
+    Resumable: `pairs/.<seq>.json` records the settings (and, once finished, the count). A
+    re-run with the same settings skips groups whose blur and sharp PNGs both exist (each is
+    written atomically); other settings first remove this sequence's pairs and their triplets,
+    so pairs made two ways are never mixed and no held-out pair stays in the training split.
     """
     if average < 3 or average % 2 == 0:
         raise ConfigError(f"--average must be an odd number >= 3 (the sharp frame is the middle "
@@ -316,17 +381,30 @@ def make_frame_pairs(source: str | os.PathLike, dst: str | os.PathLike, average:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     dst = Path(dst)
     seq = Path(source).stem or "frames"
-    marker = dst / "pairs" / f".{seq}.done"
-    want = {"source": str(Path(source).resolve()), "average": average,
-            "val_fraction": val_fraction, "max_pairs": max_pairs}
-    if marker.exists() and json.loads(marker.read_text(encoding="utf-8")).get("settings") == want:
-        n = json.loads(marker.read_text(encoding="utf-8"))["pairs"]
-        log.info("pairs from %s already made (%d); skipping decode", source, n)
-        return n
-    for kind in ("blur", "sharp"):
-        _pair_dir(dst, "train", seq, kind).mkdir(parents=True, exist_ok=True)
+    state_path = dst / "pairs" / f".{seq}.json"
+    want = {**_source_id(source), "average": average, "val_fraction": val_fraction,
+            "max_pairs": max_pairs}
+    state = _read_json(state_path)
+    if state and state.get("settings") == want and isinstance(state.get("pairs"), int):
+        log.info("pairs from %s already made (%d); skipping decode", source, state["pairs"])
+        return state["pairs"]
+    if not state or state.get("settings") != want:
+        _clear_sequence(dst, seq)
+    dirs = {(split, kind): _pair_dir(dst, split, seq, kind)
+            for split in ("train", "test") for kind in ("blur", "sharp")}
+    for (split, _), d in dirs.items():
+        if split == "train":
+            d.mkdir(parents=True, exist_ok=True)
+        for tmp in d.glob("*.tmp.png") if d.is_dir() else ():
+            tmp.unlink()  # a PNG torn by an interruption (write_rgb renames when complete)
+    _write_json(state_path, {"settings": want, "pairs": None})
+
+    def made(name: str) -> bool:
+        return any(all((dirs[split, kind] / name).exists() for kind in ("blur", "sharp"))
+                   for split in ("train", "test"))
+
     group: list[np.ndarray] = []
-    n = 0
+    n = skipped = 0
     bar = tqdm(desc="pairs", unit="pair", disable=not progress)
     for frame in iter_frames(source):
         if group and frame.shape != group[0].shape:
@@ -335,11 +413,14 @@ def make_frame_pairs(source: str | os.PathLike, dst: str | os.PathLike, average:
         group.append(frame)
         if len(group) < average:
             continue
-        blur, sharp = average_frames(group)
-        group = []
         name = f"{n:06d}.png"
-        write_rgb(_pair_dir(dst, "train", seq, "blur") / name, blur)
-        write_rgb(_pair_dir(dst, "train", seq, "sharp") / name, sharp)
+        if made(name):
+            skipped += 1
+        else:
+            blur, sharp = average_frames(group)
+            write_rgb(dirs["train", "blur"] / name, blur)
+            write_rgb(dirs["train", "sharp"] / name, sharp)
+        group = []
         n += 1
         bar.update()
         if max_pairs is not None and n >= max_pairs:
@@ -350,14 +431,15 @@ def make_frame_pairs(source: str | os.PathLike, dst: str | os.PathLike, average:
     n_test = math.floor(n * val_fraction)
     if val_fraction > 0 and n_test == 0:
         log.warning("only %d pairs: none held out for validation", n)
-    if n_test:
+    for i in range(n):  # the last n_test pairs are held out (a resumed move may be half done)
+        split, other = ("test", "train") if i >= n - n_test else ("train", "test")
         for kind in ("blur", "sharp"):
-            test_dir = _pair_dir(dst, "test", seq, kind)
-            test_dir.mkdir(parents=True, exist_ok=True)
-            for i in range(n - n_test, n):
-                os.replace(_pair_dir(dst, "train", seq, kind) / f"{i:06d}.png", test_dir / f"{i:06d}.png")
-    marker.write_text(json.dumps({"settings": want, "pairs": n}), encoding="utf-8")
-    log.info("%s: %d pairs (%d held out)", source, n, n_test)
+            here, there = dirs[split, kind] / f"{i:06d}.png", dirs[other, kind] / f"{i:06d}.png"
+            if there.exists():
+                here.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(there, here)
+    _write_json(state_path, {"settings": want, "pairs": n})
+    log.info("%s: %d pairs (%d held out, %d already made)", source, n, n_test, skipped)
     return n
 
 

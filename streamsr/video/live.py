@@ -122,6 +122,7 @@ class LiveStats:
     frames_written: int = 0
     dropped_queue: int = 0
     dropped_late: int = 0
+    dropped_stop: int = 0  # decoded but still queued when the run stopped (signal, error)
     reconnects: int = 0
     failed_attempts: int = 0
     outages: list[tuple[float, float]] = field(default_factory=list)  # monotonic (start, end)
@@ -134,7 +135,7 @@ class LiveStats:
     @property
     def dropped(self) -> int:
         """All frames decoded but not handed to inference."""
-        return self.dropped_queue + self.dropped_late
+        return self.dropped_queue + self.dropped_late + self.dropped_stop
 
     @property
     def latency_mean(self) -> float:
@@ -151,6 +152,7 @@ class LiveStats:
             "frames_decoded": self.frames_decoded, "frames_delivered": self.frames_delivered,
             "frames_written": self.frames_written, "dropped": self.dropped,
             "dropped_queue": self.dropped_queue, "dropped_late": self.dropped_late,
+            "dropped_stop": self.dropped_stop,
             "reconnects": self.reconnects, "outages": len(self.outages),
             "downtime_s": round(self.downtime, 3), "latency_mean_s": round(self.latency_mean, 4),
             "latency_max_s": round(self.latency_max, 4),
@@ -252,6 +254,7 @@ class LiveSource(Source):
         # before inference, so the latency bound covers its own queue too.
         self.check_latency_on_iter = True
         self._consumer_stops: tuple[threading.Event, ...] = ()
+        self._closed = False
         self._container = self._connect(first=True)
         stream = self._container.streams.video[0]
         self._pending: list[av.VideoFrame] = []
@@ -448,7 +451,14 @@ class LiveSource(Source):
         return True
 
     def close(self) -> None:
-        """Stop reading and release the connection (waits briefly for the reader thread)."""
+        """Stop reading and release the connection (waits briefly for the reader thread).
+
+        Frames decoded but never handed to inference (still queued when a signal or an error
+        stopped the run) are counted as `dropped_stop`, so decoded = delivered + dropped.
+        """
+        if self._closed:
+            return
+        self._closed = True
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.options.read_timeout + 1.0)
@@ -456,6 +466,11 @@ class LiveSource(Source):
                 log.warning("live: reader thread still busy after close")
         else:
             self._container.close()
+        s = self.stats
+        s.dropped_queue = self._queue.evicted
+        s.queue_depth = 0
+        s.dropped_stop = max(0, s.frames_decoded - s.frames_delivered - s.dropped_queue
+                             - s.dropped_late)
 
     def __enter__(self) -> LiveSource:
         return self
