@@ -54,9 +54,27 @@ def test_user_errors_are_one_line_exit_2(tmp_path):
         assert proc.stderr.startswith("streamsr: error:")
 
 
-def test_bad_option_value_exit_2():
-    res = CliRunner().invoke(main, ["info", "--bogus"])
-    assert res.exit_code == 2
+def test_bad_option_value_exit_2(tmp_path):
+    # Bad values and unknown options, of a command and of `streamsr` itself (parsed before any
+    # command runs): one line naming the offending option, exit 2, no Usage block, no traceback.
+    clip = tmp_path / "in.mp4"
+    clip.write_bytes(b"never read: option parsing fails first")
+    cases = [
+        (["upscale", str(clip), str(tmp_path / "out.mkv"), "--crf", "99"], "'--crf'"),
+        (["--bogus"], "'--bogus'"),
+        (["--verbose=3", "info"], "'--verbose'"),
+    ]
+    for args, named in cases:
+        proc = subprocess.run([sys.executable, "-m", "streamsr", *args], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, (args, proc.stderr)
+        assert lines[0].startswith("streamsr: error:"), lines
+        assert named in lines[0], lines
+        assert "Traceback" not in proc.stderr and "Usage:" not in proc.stderr
+        assert proc.stdout == ""
+    assert not (tmp_path / "out.mkv").exists()
 
 
 def test_import_mprnet_refuses_existing_output(tmp_path):

@@ -16,8 +16,28 @@ from streamsr import __version__
 from streamsr.errors import StreamsrError
 
 
+def _usage_error_line(exc: click.UsageError, command_path: str) -> None:
+    """Print a click usage error as streamsr's one red line, with a pointer to --help."""
+    click.secho(f"streamsr: error: {exc.format_message()} (see '{command_path} --help')",
+                fg="red", err=True)
+
+
 class _Group(click.Group):
     """Turns user errors into one line instead of a traceback."""
+
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        # Top-level options (`streamsr --bogus`) are parsed here, before `invoke`: without this
+        # click prints its multi-line Usage block. A bare `streamsr` still shows the help.
+        debug = "--debug" in args
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            if debug or parent is not None:
+                raise
+            _usage_error_line(exc, info_name or "streamsr")
+            raise click.exceptions.Exit(exc.exit_code) from None
 
     def invoke(self, ctx: click.Context):
         try:
@@ -30,9 +50,7 @@ class _Group(click.Group):
         except click.UsageError as exc:  # a bad option of a command: one line too, with a pointer
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            where = exc.ctx.command_path if exc.ctx else ctx.command_path
-            click.secho(f"streamsr: error: {exc.format_message()} (see '{where} --help')",
-                        fg="red", err=True)
+            _usage_error_line(exc, exc.ctx.command_path if exc.ctx else ctx.command_path)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.secho("streamsr: interrupted", fg="red", err=True)
