@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 from click.testing import CliRunner
+from packaging.requirements import Requirement  # a dependency of pytest itself
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 import streamsr
 from streamsr.cli import main
@@ -89,12 +97,6 @@ def test_import_mprnet_refuses_existing_output(tmp_path):
 def test_tomli_fallback_is_a_declared_dependency_on_310():
     # The CLI and recipes fall back to `import tomli` where tomllib is missing (Python 3.10, which
     # pyproject allows): a clean 3.10 install must pull tomli in, and 3.11+ must not need it.
-    import re
-    import tomllib
-    from pathlib import Path
-
-    from packaging.requirements import Requirement  # a pytest dependency
-
     root = Path(__file__).resolve().parents[1]
     users = [p for p in (root / "streamsr").rglob("*.py")
              if re.search(r"^\s*import tomli\b", p.read_text(), re.M)]
