@@ -27,6 +27,7 @@ import numpy as np
 
 from streamsr.pack import Yuv420
 from streamsr.errors import ConfigError, OutputError
+from streamsr.video.space import SpaceGuard
 from streamsr.video.source import (
     FROM_RGB_FLAGS,
     IMAGE_EXTS,
@@ -266,6 +267,7 @@ class _CopiedStreams:
         self.chapters: list = []
         self.metadata: dict[str, str] = {}
         self.packets: Iterator[av.Packet] = iter(())
+        self.guard: SpaceGuard | None = None  # counts what is muxed (set by the sink)
         try:
             self.container = av.open(uri)
         except (av.error.FFmpegError, UnicodeDecodeError) as exc:  # damaged input: video only
@@ -376,7 +378,7 @@ class _CopiedStreams:
                 if frame.pts is not None:
                     frame.pts -= shift
                 for p in out_stream.encode(frame):
-                    self.out.mux(p)
+                    self._out(p)
             return
         if how == "text":
             text = _subtitle_text(bytes(packet), extra[0])
@@ -391,6 +393,11 @@ class _CopiedStreams:
             if packet.dts is not None:
                 packet.dts -= shift
         packet.stream = out_stream
+        self._out(packet)
+
+    def _out(self, packet: av.Packet) -> None:
+        if self.guard is not None:
+            self.guard.muxed(packet.size, video=False)
         self.out.mux(packet)
 
     def finish(self, until: float) -> None:
@@ -399,7 +406,7 @@ class _CopiedStreams:
         for out_stream, how, _ in self.map.values():
             if how == "encode":
                 for p in out_stream.encode(None):
-                    self.out.mux(p)
+                    self._out(p)
 
     def close(self) -> None:
         if self.container is not None:
@@ -450,6 +457,8 @@ class VideoSink(Sink):
         if info.is_live:  # live: flush each packet (and fragment MP4) so a killed run stays playable
             frag = {"movflags": "+frag_keyframe+empty_moov+default_base_moof"} if opts else {}
             opts = {"flush_packets": "1", **frag}
+        # stop while closing still fits: a cut-short MP4 has no index, an MKV loses the encoder's frames
+        self._guard: SpaceGuard | None = SpaceGuard(path)
         try:
             self.out = av.open(str(path), "w", container_options=opts)
         except ValueError:
@@ -499,6 +508,7 @@ class VideoSink(Sink):
         self.vstream = vs
         if copy_from:
             self._copies = _CopiedStreams(self.out, copy_from, self.start, self.end)
+            self._copies.guard = self._guard
             self.out.metadata.update(self._copies.metadata)
             self._copy_chapters(self._copies.chapters)
         try:
@@ -562,6 +572,8 @@ class VideoSink(Sink):
             pts = round(pts * time_base / self.tb)
         else:
             pts = int(pts)
+        if self._guard is not None:  # before the frame enters the encoder (raises when full)
+            self._guard.check(self.frames_written - self._guard.video_packets, self.frames_written)
         out_pts = pts - self._shift
         if self._last_pts is not None and out_pts <= self._last_pts:
             out_pts = self._last_pts + 1
@@ -593,6 +605,8 @@ class VideoSink(Sink):
     def _mux_one(self, packet: av.Packet) -> None:
         if self._copies is not None and packet.dts is not None:
             self._copies.pump(float(packet.dts * packet.time_base) + (self.start or 0.0))
+        if self._guard is not None:
+            self._guard.muxed(packet.size, video=True)
         self.out.mux(packet)
 
     def close(self, trim: bool = False) -> None:

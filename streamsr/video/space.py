@@ -1,0 +1,95 @@
+"""Stop writing a video while there is still room to finish the file.
+
+An MP4/MOV file is only playable once its index (the `moov` box) is written, and that happens
+last, at close: when the disk fills (or a file-size limit or quota is reached) in the middle of
+a run, the muxer cannot write it and the whole file is lost. An MKV cut short plays, but the
+frames still inside the encoder (x264 holds dozens) never reach it. So the sink asks this
+guard, before each frame, whether the space left would still hold everything closing needs:
+the frames inside the encoder (flushed at close), the index (a few dozen bytes per packet) and
+a fixed margin for I/O buffers, copied audio up to the cut and the trailer. When it would not,
+the run stops there with a clear error and the file is finalised with every frame handed to
+the encoder.
+
+"Space left" is the smaller of the file system's free space for unprivileged users
+(`statvfs`) and the process's file-size limit (`RLIMIT_FSIZE`, as `ulimit -f` sets) minus the
+file's current size.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from pathlib import Path
+
+from streamsr.errors import OutputError
+
+INDEX_BYTES_PER_PACKET = 64  # stsz + stts + ctts + stco + stss entries, with room to spare
+MARGIN = 512 * 1024  # I/O buffers, trailer boxes, audio up to the cut, metadata
+
+
+def _human(n: float) -> str:
+    if n < 1e3:
+        return f"{n:.0f} bytes"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} bytes"
+
+
+class SpaceGuard:
+    """Counts what is muxed into one output file and refuses a frame that would leave no room."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.packets = 0  # packets muxed (all streams)
+        self.video_packets = 0
+        self.video_bytes = 0
+        self.largest_video = 0
+
+    def muxed(self, size: int, video: bool) -> None:
+        """Call for every packet handed to the muxer."""
+        self.packets += 1
+        if video:
+            self.video_packets += 1
+            self.video_bytes += size
+            self.largest_video = max(self.largest_video, size)
+
+    def needed(self, in_flight: int) -> int:
+        """Bytes closing the file needs with `in_flight` frames still inside the encoder."""
+        mean = self.video_bytes / self.video_packets if self.video_packets else 0
+        # frames still in the encoder come out at close: count each at twice the mean packet
+        # (and never less than the largest seen) so a flush of busier frames still fits
+        flush = in_flight * max(2 * mean, self.largest_video)
+        index = INDEX_BYTES_PER_PACKET * (self.packets + in_flight + 16)
+        return int(flush + index + MARGIN)
+
+    def room(self) -> int:
+        """Bytes this file can still grow by: disk space and the file-size limit, whichever is less."""
+        room = None
+        try:
+            st = os.statvfs(self.path.parent if str(self.path.parent) else ".")
+            room = st.f_bavail * st.f_frsize
+        except OSError:
+            pass
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != resource.RLIM_INFINITY:
+            try:
+                size = self.path.stat().st_size
+            except OSError:
+                size = 0
+            left = max(0, soft - size)
+            room = left if room is None else min(room, left)
+        return room if room is not None else 1 << 62
+
+    def check(self, in_flight: int, frames: int) -> None:
+        """Raise OutputError before a frame that would leave too little room to finish the file."""
+        need = self.needed(in_flight + 1)
+        room = self.room()
+        if room < need:
+            raise OutputError(
+                f"cannot write {self.path}: disk nearly full ({_human(room)} left, finishing the "
+                f"file needs about {_human(need)}): stopped after {frames} frames and finalised the "
+                f"file with them")
+
+
+__all__ = ["SpaceGuard"]
