@@ -239,3 +239,78 @@ def test_lite_starts_as_bicubic_and_paper_has_no_skip():
         hr = lite(x).hr
     assert torch.equal(hr, resize_bicubic(x, (64, 96)).clamp(0, 1))
     assert count_parameters(lite) == count_parameters(DeblurSR(replace(LITE, bicubic_skip=False)))
+
+
+# --- MACs per input pixel (what `streamsr info` reports) ---------------------------------------
+
+
+def conv_hook_macs(model: torch.nn.Module, size: tuple[int, int]) -> float:
+    """An independent count: every nn.Conv2d call costs out_pixels * C_out * C_in/groups * kh*kw.
+
+    Uses forward hooks (not FlopCounterMode, which streamsr uses); the models do all their
+    multiplies in nn.Conv2d modules (resampling is bilinear/bicubic, not counted by either).
+    """
+    total = 0
+
+    def hook(mod, _inp, out):
+        nonlocal total
+        total += out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, torch.nn.Conv2d)]
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        model(torch.zeros(1, 3, *size, device=device))
+    for h in handles:
+        h.remove()
+    return total / (size[0] * size[1])
+
+
+def test_macs_of_single_convs_exact():
+    from streamsr.models.info import macs_per_pixel
+
+    # 3 in x 8 out x 3x3 taps = 216 per output pixel, one output pixel per input pixel
+    assert macs_per_pixel(torch.nn.Conv2d(3, 8, 3, padding=1), (24, 40)) == 216
+    # stride 2: a quarter of the output pixels, 54 per input pixel
+    assert macs_per_pixel(torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), (24, 40)) == 54
+    # a 1x1 conv without bias on a pixel-shuffled x2 output: 3*12 MACs per input pixel
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 12, 1, bias=False), torch.nn.PixelShuffle(2))
+    assert macs_per_pixel(net, (8, 8)) == 36
+
+
+def test_macs_of_reconstruction_head_by_hand():
+    from streamsr.models.deblur_sr import Reconstruction
+    from streamsr.models.info import macs_per_pixel
+
+    c, blocks = 64, 8  # the paper's reconstruction module
+    head = torch.nn.Sequential(torch.nn.Conv2d(3, c, 1, bias=False),  # 3*64 = 192 to feed it
+                               Reconstruction(c, blocks))
+    by_hand = (3 * c                      # the 1x1 feeder
+               + blocks * 2 * c * c * 9   # residual blocks at LR
+               + c * 4 * c * 9            # up1 at LR
+               + c * 4 * c * 9 * 4        # up2 at x2 (4 pixels per LR pixel)
+               + c * c * 9 * 16           # conv at x4 (16 pixels per LR pixel)
+               + c * 3 * 9 * 16)          # out at x4
+    assert by_hand == 1_944_768
+    assert macs_per_pixel(head, (16, 16)) == by_hand
+
+
+def test_macs_of_paper_model():
+    from streamsr.models.info import macs_per_pixel
+
+    size = (64, 64)
+    with torch.device("meta"):  # shapes only: counting the 21.8 M-parameter model is instant
+        model = DeblurSR(PAPER)
+    total = macs_per_pixel(model, size)
+    # an independent counter over the whole model, conv by conv
+    assert total == pytest.approx(conv_hook_macs(model, size), rel=1e-12)
+    # everything after the trunk, by hand (n = 96, ORSNet +32, reduction 4, sr_feat 64)
+    n, o, c, px = 96, 32, 64, size[0] * size[1]
+    cab = 2 * n * n * 9 + 2 * n * (n // 4) / px  # body convs + channel attention on the pool
+    after_trunk = ((n + o) * n * 9            # reduce3
+                   + 3 * cab                  # refine1..3
+                   + 3 * n * c * 9            # fuse
+                   + 1_944_768 - 3 * c)       # reconstruction (previous test, less its feeder)
+    trunk = macs_per_pixel(model.trunk, size)
+    assert total - trunk == pytest.approx(after_trunk, rel=1e-12)
+    assert round(total) == 14_306_617  # what `streamsr info --model paper` reports

@@ -5,19 +5,22 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from streamsr.models.deblur_sr import DeblurSR, count_parameters
 
 
-def macs_per_pixel(model: DeblurSR, size: tuple[int, int] = (64, 64)) -> float:
+def macs_per_pixel(model: nn.Module, size: tuple[int, int] = (64, 64)) -> float:
     """Multiply-accumulates per input (LR) pixel, counted by running the model once.
 
     Counted with PyTorch's FlopCounterMode (convolutions and matmuls; FLOPs / 2 = MACs) on a
-    `size` input; sizes that are multiples of 8 avoid counting padding.
+    `size` RGB input; sizes that are multiples of 8 avoid counting padding. The input is made on
+    the model's device, so a model built on the "meta" device is counted without computing.
     """
     h, w = size
-    x = torch.zeros(1, 3, h, w)
+    first = next(iter(model.parameters()), None)
+    x = torch.zeros(1, 3, h, w, device=first.device if first is not None else None)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         model(x)
