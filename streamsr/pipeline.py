@@ -260,9 +260,7 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
                           f"frames written to {dst} (finalised)", stop.signum)
         exc.stats = stats  # type: ignore[attr-defined]
         raise exc
-    if source.truncated:
-        log.warning("%s was truncated or damaged: wrote the %d frames that decoded", src, stats.frames)
-    return stats
+    return stats  # a truncated input was reported once, by the source, with its frame count
 
 
 class _CpuThreads:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -212,7 +213,11 @@ def test_bad_inputs_and_outputs(tmp_path):
 def test_truncated_input_keeps_good_frames(tmp_path, caplog):
     src = media.make_truncated(tmp_path / "cut.mkv", n=30, keep=0.6)
     good = len(_source_frames(src))
-    stats = _run(src, tmp_path / "out.mp4")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="streamsr"):
+        stats = _run(src, tmp_path / "out.mp4")
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and "truncated" in warned[0] and f"{good} frames" in warned[0], warned
     assert stats.truncated and stats.frames == good > 0
     frames, _, _ = media.decode_all(tmp_path / "out.mp4")
     assert [media.read_index(f) for f in frames] == list(range(good))

@@ -383,8 +383,8 @@ class VideoSource(Source):
         if last_time + frame < expected_end - max(0.5, 3 * frame):
             self.truncated = True
             self._warn_once("demux", "%s: input ends at %.2f s but its header says %.2f s "
-                            "(truncated?); kept every frame that decodes", self.uri,
-                            last_time - self._t0, self._file_duration)
+                            "(truncated or damaged); kept the %d frames that decode", self.uri,
+                            last_time - self._t0, self._file_duration, yielded)
 
     def close(self) -> None:
         self.container.close()
