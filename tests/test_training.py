@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -250,6 +251,79 @@ def test_ddp_two_gloo_processes_match_one(prepared, tmp_path):
     assert proc.stderr.count("streamsr.training.trainer: checkpoint ") == 1, proc.stderr[-3000:]
     assert proc.stderr.count("streamsr.training.trainer: final weights: ") == 1
     assert proc.stderr.count("streamsr.training.trainer: training tiny ") == 1
+
+
+def test_cpu_bf16_autocast_steps(prepared, tmp_path):
+    short = replace(RECIPE, max_steps=2, val_max=2)
+    bf16 = train(prepared, tmp_path / "bf16", replace(short, precision="bf16"))
+    fp32 = train(prepared, tmp_path / "fp32", replace(short, precision="fp32"))
+    assert bf16.step == 2 and [s for s, _ in bf16.losses] == [1, 2]
+    assert all(math.isfinite(v) for _, v in bf16.losses)
+    state = torch.load(list_checkpoints(tmp_path / "bf16")[-1], weights_only=True)
+    assert state["precision"] == "bf16" and state["recipe"]["precision"] == "bf16"
+    # Same seed, same first batch, same initial weights: only the bf16 forward pass separates the
+    # two first losses, by about bf16's precision (8 bits of mantissa).
+    (_, b), (_, f) = bf16.losses[0], fp32.losses[0]
+    assert b != f and b == pytest.approx(f, rel=0.05)
+
+
+def test_gradient_clipping_logs_the_norm_before_and_steps_with_the_clipped_one(prepared, tmp_path,
+                                                                               monkeypatch):
+    def global_norm(params) -> float:
+        return float(torch.linalg.vector_norm(torch.stack(
+            [p.grad.detach().norm() for p in params if p.grad is not None])))
+
+    real_clip, measured = torch.nn.utils.clip_grad_norm_, []
+
+    def clip_and_measure(params, max_norm, *args, **kwargs):
+        params = list(params)
+        before = global_norm(params)
+        total = real_clip(params, max_norm, *args, **kwargs)
+        measured.append((before, global_norm(params)))  # what the optimizer step will use
+        return total
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_and_measure)
+    clip = 0.05
+    short = replace(RECIPE, max_steps=3, val_max=2)
+    train(prepared, tmp_path / "clipped", replace(short, grad_clip=clip))
+    with open(tmp_path / "clipped" / "log.csv", newline="") as f:
+        logged = [float(r["value"]) for r in csv.DictReader(f) if r["key"] == "train/grad_norm"]
+    assert len(measured) == len(logged) == 3
+    for (before, after), log_value in zip(measured, logged, strict=True):
+        assert before > clip  # the clip was active at every step ...
+        assert log_value == pytest.approx(before, rel=1e-5)  # ... the log has the norm before it
+        assert after == pytest.approx(clip, rel=1e-4) and after <= clip * (1 + 1e-6)
+
+    measured.clear()
+    train(prepared, tmp_path / "free", replace(short, grad_clip=0))
+    assert measured == []  # grad_clip = 0: never clipped, no grad_norm logged
+    with open(tmp_path / "free" / "log.csv", newline="") as f:
+        assert "train/grad_norm" not in {r["key"] for r in csv.DictReader(f)}
+    a = _weights(tmp_path / "clipped" / "model.safetensors")
+    b = _weights(tmp_path / "free" / "model.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # clipping reached the updates
+
+
+def test_best_weights_hold_the_best_validation_psnr(prepared, reference_run):
+    from streamsr.models.weights import read_metadata
+    from streamsr.training.trainer import validate
+
+    with open(reference_run / "log.csv", newline="") as f:
+        psnrs = {int(r["step"]): float(r["value"]) for r in csv.DictReader(f)
+                 if r["key"] == "val/psnr_sr"}
+    best_step = max(psnrs, key=psnrs.get)
+    meta = read_metadata(reference_run / "best.safetensors")
+    assert meta["step"] == str(best_step)
+    assert float(meta["val_psnr_sr"]) == pytest.approx(psnrs[best_step], abs=5e-5)  # 4 decimals
+    # the weights in the file are the ones that scored it (re-validated here)
+    model = load_model(reference_run / "best.safetensors")
+    val = TripletDataset(prepared, RECIPE.val_split, 0, False, RECIPE.seed, RECIPE.val_max)
+    again = validate(model, val, torch.device("cpu"), RECIPE.val_batch, None)
+    assert again["val/psnr_sr"] == pytest.approx(psnrs[best_step], abs=1e-4)
+    final = _weights(reference_run / "model.safetensors")
+    best = _weights(reference_run / "best.safetensors")
+    same = all(torch.equal(best[k], final[k]) for k in final)
+    assert same == (best_step == max(psnrs))  # the final weights only when the last was best
 
 
 @pytest.mark.cuda
