@@ -350,19 +350,24 @@ def test_live_upscale_writes_n_x4_frames_to_mkv(rtsp, tmp_path):
 def test_live_upscale_survives_server_restart(rtsp, tmp_path):
     rtsp.start(color=RED)
     outage = 0.8
-    lines: list[str] = []
+    lines: list[tuple[float, str]] = []
+    clock: dict[str, float] = {}
 
     def bounce() -> None:
         time.sleep(1.0)
+        clock["stop"] = time.monotonic()
         rtsp.stop()
+        clock["stopped"] = time.monotonic()
         time.sleep(outage)
         rtsp.start(color=BLUE)
+        clock["up"] = time.monotonic()
 
     bouncer = threading.Thread(target=bounce)
     bouncer.start()
     try:
         stats = upscale(rtsp.url, tmp_path / "cam.mkv", model=media.BicubicX4(), frames=50,
-                        live_options=fast_options(drop="none"), status=lines.append,
+                        live_options=fast_options(drop="none"),
+                        status=lambda line: lines.append((time.monotonic(), line)),
                         status_interval=0.2, **LIVE_FAST)
     finally:
         bouncer.join()
@@ -375,7 +380,15 @@ def test_live_upscale_survives_server_restart(rtsp, tmp_path):
     assert times[n_red] - times[n_red - 1] >= outage, "the outage is a gap in the timestamps"
     assert stats.live["reconnects"] == 1 and stats.live["downtime_s"] >= 0.7
     assert "1 reconnects" in stats.summary()
-    assert any("reconnects 1" in line for line in lines), lines
+    assert any("reconnects 1" in line for _, line in lines), lines
+    # While the server is gone no frame arrives, yet the status keeps coming and says so.
+    down = [(t, line) for t, line in lines if clock["stopped"] < t < clock["up"]]
+    assert down and all(" DOWN for " in line for _, line in down), lines
+    for t, line in down:
+        said = float(line.split("DOWN for ")[1].split(" s,")[0])
+        assert abs(said - (t - clock["stop"])) < 0.3, (line, t - clock["stop"])
+    attempts = [int(line.split("attempt ")[1].split(",")[0]) for _, line in down]
+    assert attempts == sorted(attempts) and attempts[0] >= 1
 
 
 def test_slow_model_drops_frames_and_keeps_latency_bounded(rtsp, tmp_path):

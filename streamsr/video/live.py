@@ -126,6 +126,8 @@ class LiveStats:
     reconnects: int = 0
     failed_attempts: int = 0
     outages: list[tuple[float, float]] = field(default_factory=list)  # monotonic (start, end)
+    down_since: float | None = None  # monotonic start of the outage going on now, else None
+    attempt: int = 0  # the connection attempt going on now (or the last one made)
     latency_last: float = 0.0
     latency_max: float = 0.0
     latency_sum: float = 0.0
@@ -160,7 +162,11 @@ class LiveStats:
 
 
 class StatusLine:
-    """Formats a periodic one-line status (fps in/out, queue, drops, latency, reconnects)."""
+    """Formats a periodic one-line status (fps in/out, queue, drops, latency, reconnects).
+
+    While the feed is down the line starts with how long it has been down and which
+    connection attempt is under way: `live: DOWN for 3.2 s, attempt 4, ...`.
+    """
 
     def __init__(self, stats: LiveStats, interval: float = 5.0) -> None:
         self.stats = stats
@@ -168,9 +174,6 @@ class StatusLine:
         self._t = time.monotonic()
         self._decoded = stats.frames_decoded
         self._written = stats.frames_written
-
-    def due(self) -> bool:
-        return time.monotonic() - self._t >= self.interval
 
     def line(self) -> str:
         """The status since the previous call, and resets the rate window."""
@@ -180,7 +183,11 @@ class StatusLine:
         fps_in = (s.frames_decoded - self._decoded) / dt
         fps_out = (s.frames_written - self._written) / dt
         self._t, self._decoded, self._written = now, s.frames_decoded, s.frames_written
-        return (f"live: in {fps_in:.1f} fps, out {fps_out:.1f} fps, queue {s.queue_depth}/{s.queue_size}, "
+        down_since = s.down_since
+        state = (f"DOWN for {now - down_since:.1f} s, attempt {s.attempt}, "
+                 if down_since is not None else "")
+        return (f"live: {state}in {fps_in:.1f} fps, out {fps_out:.1f} fps, "
+                f"queue {s.queue_depth}/{s.queue_size}, "
                 f"dropped {s.dropped} (queue {s.dropped_queue}, late {s.dropped_late}), "
                 f"latency {s.latency_last:.2f}s (max {s.latency_max:.2f}s), "
                 f"reconnects {s.reconnects} (down {s.downtime:.1f}s)")
@@ -255,6 +262,7 @@ class LiveSource(Source):
         self.check_latency_on_iter = True
         self._consumer_stops: tuple[threading.Event, ...] = ()
         self._closed = False
+        self._status: tuple[Callable[[str], None], float] | None = None
         self._container = self._connect(first=True)
         stream = self._container.streams.video[0]
         self._pending: list[av.VideoFrame] = []
@@ -286,6 +294,7 @@ class LiveSource(Source):
         attempt = 0
         while True:
             attempt += 1
+            self.stats.attempt = attempt
             try:
                 container = self._open_once()
                 if attempt > 1 or not first:
@@ -402,10 +411,12 @@ class LiveSource(Source):
                 if self._done() or (ended and finite):
                     break
                 down = time.monotonic()
+                self.stats.down_since = down
                 log.warning("live: lost %s (%s); reconnecting", redact(self.uri), reason)
                 container = self._connect(first=False)
                 self.stats.reconnects += 1
                 self.stats.outages.append((down, time.monotonic()))
+                self.stats.down_since = None
             self._queue.put_control(_End())
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, who re-raises
             self._queue.put_control(exc)
@@ -414,6 +425,9 @@ class LiveSource(Source):
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="streamsr-live", daemon=True)
             self._thread.start()
+            if self._status is not None:
+                threading.Thread(target=self._report_status, name="streamsr-live-status",
+                                 daemon=True).start()
         while True:
             item = self._queue.get(self._consumer_gone)
             self.stats.queue_depth = len(self._queue)
@@ -424,6 +438,17 @@ class LiveSource(Source):
             if self.check_latency_on_iter and not self.fresh(item):
                 continue
             yield item
+
+    def report_status(self, report: Callable[[str], None], interval: float) -> None:
+        """Call `report(line)` every `interval` seconds while the source is read (call before
+        iterating). A timer thread does it, so the lines keep coming while the feed is down."""
+        self._status = (report, interval)
+
+    def _report_status(self) -> None:
+        report, interval = self._status
+        line = StatusLine(self.stats, interval)
+        while not self._stop.wait(interval):
+            report(line.line())
 
     def stop_on(self, *events: threading.Event) -> None:
         """End iteration as soon as any of `events` is set, even while the feed is down."""
@@ -482,16 +507,15 @@ class LiveSource(Source):
 def live_progress(source: LiveSource, progress: Callable[[int, int | None], None] | None,
                   status: Callable[[str], None] | None, interval: float = 5.0
                   ) -> Callable[[int, int | None], None]:
-    """Wrap the pipeline's per-frame progress callback to count output frames and print status."""
-    line = StatusLine(source.stats, interval)
-    report = status or (lambda text: log.info("%s", text))
+    """Wrap the pipeline's per-frame progress callback to count output frames, and have the
+    source report a status line every `interval` seconds (0: none), outages included."""
+    if interval > 0:
+        source.report_status(status or (lambda text: log.info("%s", text)), interval)
 
     def on_frame(done: int, total: int | None) -> None:
         source.stats.frames_written = done
         if progress is not None:
             progress(done, total)
-        if interval > 0 and line.due():
-            report(line.line())
 
     return on_frame
 
