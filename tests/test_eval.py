@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import sys
+import types
 from pathlib import Path
 
 import cv2
@@ -12,13 +14,14 @@ import torch
 from click.testing import CliRunner
 from skimage import data as skdata
 from skimage.metrics import structural_similarity
+from torch import nn
 
 from streamsr.cli import main
 from streamsr.data.transforms import bicubic_uint8, resize_bicubic
-from streamsr.evaluate import evaluate
+from streamsr.evaluate import evaluate, lpips_metric
 from streamsr.models import TINY, DeblurSR, MPRNet
 from streamsr.models.mprnet import pad_to_multiple
-from streamsr.models.weights import save_model
+from streamsr.models.weights import load_weights, save_model
 
 MOTION = np.zeros((7, 7), np.float32)
 MOTION[:, 3] = 1 / 7  # vertical shake
@@ -88,7 +91,6 @@ def test_eval_matches_independent_psnr_and_writes_tables(pairs, tiny_weights, tm
     rows = {r.name: r for r in report.rows}
     assert set(rows) == {"Joint model (ours)", "Bicubic x4 of blurry LR"}
     net = DeblurSR(TINY)
-    from streamsr.models.weights import load_weights
     load_weights(net, tiny_weights).eval()
     ours = [_reference(b, s, lambda x: net(x).hr) for b, s in images]
     bicubic = [_reference(b, s, lambda x: resize_bicubic(x, (x.shape[2] * 4, x.shape[3] * 4)))
@@ -100,6 +102,7 @@ def test_eval_matches_independent_psnr_and_writes_tables(pairs, tiny_weights, tm
     assert rows["Joint model (ours)"].params == sum(p.numel() for p in net.parameters())
     assert rows["Bicubic x4 of blurry LR"].params == 0
     assert all(r.images == 2 for r in report.rows)
+    assert all(r.seconds_per_image > 0 for r in report.rows)  # every method was timed
     # LPIPS: either computed, or the column says why not (never downloaded)
     try:
         import lpips  # noqa: F401
@@ -115,6 +118,86 @@ def test_eval_matches_independent_psnr_and_writes_tables(pairs, tiny_weights, tm
         assert [r["image"] for r in csv.DictReader(f)] == ["chelsea", "coffee"]
 
 
+class _FakeLPIPS(nn.Module):
+    """Stands in for `lpips.LPIPS`: a known distance (mean |a - b| / 2 on [-1, 1] inputs, i.e. the
+    mean absolute error on [0, 1]) and the same output shape, N x 1 x 1 x 1."""
+
+    made: list[str] = []
+
+    def __init__(self, net: str = "alex", verbose: bool = True) -> None:
+        super().__init__()
+        hub = Path(torch.hub.get_dir()) / "checkpoints"
+        torch.load(next(hub.glob("alexnet-*.pth")), weights_only=True)  # as the real one would
+        _FakeLPIPS.made.append(net)
+        self.anchor = nn.Parameter(torch.zeros(()))
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        assert a.min() >= -1 and a.max() <= 1 and a.min() < 0  # scaled to [-1, 1] by the caller
+        return (a - b).abs().mean(dim=(1, 2, 3), keepdim=True) / 2 + self.anchor
+
+
+@pytest.fixture
+def fake_lpips(monkeypatch, tmp_path) -> Path:
+    """A fake `lpips` package and an empty TORCH_HOME; returns the hub checkpoints folder."""
+    module = types.ModuleType("lpips")
+    module.LPIPS = _FakeLPIPS
+    monkeypatch.setitem(sys.modules, "lpips", module)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    _FakeLPIPS.made = []
+    return tmp_path / "torch_home" / "hub" / "checkpoints"
+
+
+def _mean_abs_error(blur: np.ndarray, sharp: np.ndarray, sr_fn) -> float:
+    h, w = blur.shape[0] // 4 * 4, blur.shape[1] // 4 * 4
+    x = torch.from_numpy(bicubic_uint8(blur[:h, :w], (h // 4, w // 4))).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        out = _to_uint8(sr_fn(x))
+    return float(np.mean(np.abs(out.astype(np.float64) - sharp[:h, :w].astype(np.float64)) / 255))
+
+
+def test_lpips_column_from_the_package_when_its_weights_are_on_disk(pairs, tiny_weights, tmp_path,
+                                                                    fake_lpips):
+    root, images = pairs
+    fake_lpips.mkdir(parents=True)
+    torch.save({"features.0.weight": torch.zeros(1)}, fake_lpips / "alexnet-owt-7be5be79.pth")
+    report = evaluate(root, tiny_weights, out=tmp_path / "ev", device="cpu")
+    assert _FakeLPIPS.made == ["alex"] and report.lpips_note == ""
+    net = DeblurSR(TINY)
+    load_weights(net, tiny_weights).eval()
+    want = {"Joint model (ours)": lambda x: net(x).hr,
+            "Bicubic x4 of blurry LR": lambda x: resize_bicubic(x, (x.shape[2] * 4, x.shape[3] * 4))}
+    rows = {r.name: r for r in report.rows}
+    for name, fn in want.items():
+        per_image = [_mean_abs_error(b, s, fn) for b, s in images]
+        assert rows[name].lpips == pytest.approx(np.mean(per_image), abs=1e-5)
+        assert [e[f"{name} lpips"] for e in report.per_image] == pytest.approx(per_image, abs=2e-5)
+    assert rows["Joint model (ours)"].lpips != rows["Bicubic x4 of blurry LR"].lpips
+    assert "| LPIPS |" in report.markdown()
+    with open(tmp_path / "ev" / "eval.csv", newline="") as f:
+        table = {r["method"]: r for r in csv.DictReader(f)}
+    for name, row in rows.items():
+        assert float(table[name]["lpips"]) == pytest.approx(row.lpips, abs=1e-6)
+        assert table[name]["lpips_note"] == ""
+
+
+def test_lpips_column_says_why_it_is_empty(pairs, tiny_weights, fake_lpips, monkeypatch):
+    root, _ = pairs
+    fn, note = lpips_metric(torch.device("cpu"))  # the package, but no AlexNet weights
+    assert fn is None and _FakeLPIPS.made == []  # not even tried: it would download them
+    assert note == f"AlexNet weights are not in {fake_lpips} (nothing is downloaded)"
+    report = evaluate(root, tiny_weights, device="cpu", limit=1)
+    assert report.lpips_note == note and all(r.lpips is None for r in report.rows)
+    assert f"LPIPS ({note})" in report.markdown() and "| n/a |" in report.markdown()
+
+    fake_lpips.mkdir(parents=True)
+    (fake_lpips / "alexnet-owt-7be5be79.pth").write_bytes(b"torn download")
+    fn, note = lpips_metric(torch.device("cpu"))  # weights unreadable: the table still comes
+    assert fn is None and note.startswith("lpips failed to load (")
+
+    monkeypatch.setitem(sys.modules, "lpips", None)  # `import lpips` raises ImportError
+    assert lpips_metric(torch.device("cpu")) == (None, "the lpips package is not installed")
+
+
 def test_mprnet_baseline(pairs, tiny_weights, tmp_path):
     root, images = pairs
     torch.manual_seed(0)
@@ -124,6 +207,7 @@ def test_mprnet_baseline(pairs, tiny_weights, tmp_path):
     report = evaluate(root, tiny_weights, mprnet=ckpt, device="cpu", limit=1)
     row = next(r for r in report.rows if r.name.startswith("MPRNet"))
     assert row.params == 20_127_073 and row.images == 1
+    assert all(r.seconds_per_image > 0 for r in report.rows)
 
     def mprnet_then_bicubic(x):
         h, w = x.shape[-2:]
