@@ -26,7 +26,13 @@ from click.testing import CliRunner
 from streamsr.cli import main
 from streamsr.errors import ConfigError, Interrupted, OutputError, SourceError
 from streamsr.pipeline import upscale
-from streamsr.video.live import LiveOptions, LiveSource, ffmpeg_options, is_network_uri
+from streamsr.video.live import (
+    DropQueue,
+    LiveOptions,
+    LiveSource,
+    ffmpeg_options,
+    is_network_uri,
+)
 from streamsr.video.segments import PushSink, SegmentSink, is_push_url, live_output_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -315,8 +321,10 @@ class SlowX4(media.BicubicX4):
     def __init__(self, seconds_per_frame: float) -> None:
         super().__init__()
         self.seconds_per_frame = seconds_per_frame
+        self.starts: list[tuple[float, tuple[int, ...]]] = []
 
     def forward(self, x):
+        self.starts.append((time.monotonic(), tuple(x.shape)))  # when inference began, on what
         time.sleep(self.seconds_per_frame * x.shape[0])
         return super().forward(x)
 
@@ -391,18 +399,37 @@ def test_live_upscale_survives_server_restart(rtsp, tmp_path):
     assert attempts == sorted(attempts) and attempts[0] >= 1
 
 
-def test_slow_model_drops_frames_and_keeps_latency_bounded(rtsp, tmp_path):
+def test_slow_model_drops_frames_and_keeps_latency_bounded(rtsp, tmp_path, monkeypatch):
+    """Ages are measured here, not taken from the source's own counters: the time each frame
+    entered the live queue (keyed by its 1/25 s slot, which the output file keeps) against the
+    time the slow model began the forward pass that upscaled it."""
     rtsp.start()
     n, max_latency = 40, 0.3
-    stats = upscale(rtsp.url, tmp_path / "cam.mkv", model=SlowX4(0.1), frames=n,
-                    live_options=fast_options(drop="oldest", queue_size=2,
+    arrived: dict[int, float] = {}  # 1/25 s slot of the output clock -> when it was queued
+    queue_put = DropQueue.put
+
+    def put(self, item) -> None:
+        arrived[round(item.pts * item.time_base * FPS)] = time.monotonic()
+        queue_put(self, item)
+
+    monkeypatch.setattr(DropQueue, "put", put)
+    model = SlowX4(0.1)  # 10 fps against a 25 fps camera; unbounded, ages would reach ~0.7 s
+    stats = upscale(rtsp.url, tmp_path / "cam.mkv", model=model, frames=n,
+                    live_options=fast_options(drop="oldest", queue_size=4,
                                               max_latency=max_latency),
                     device="cpu", encoder_preset="ultrafast", batch=1)
-    frames, _ = _decode(tmp_path / "cam.mkv")
-    assert stats.live["frames_decoded"] == n
-    assert stats.dropped > 0 and len(frames) == stats.frames == n - stats.dropped, \
-        "the drop counter is exactly the frames missing from the output"
-    assert stats.live["latency_max_s"] <= max_latency
+    frames, times = _decode(tmp_path / "cam.mkv")
+    assert stats.live["frames_decoded"] == n and sorted(arrived) == list(range(n)), \
+        "one unbroken session: the source queued slots 0 .. n-1"
+    slots = [round(t * FPS) for t in times]
+    assert np.allclose(times, np.array(slots) / FPS, atol=0.002) and slots == sorted(set(slots))
+    missing = set(range(n)) - set(slots)
+    assert stats.dropped > 0 and len(missing) == stats.dropped == n - len(frames) == n - stats.frames, \
+        "the drop counter is exactly the 1/25 s slots missing from the output"
+    forwards = [t for t, shape in model.starts if shape[-2:] == (H, W)]  # not the 32x32 probe
+    assert len(forwards) == len(frames), "batch 1: one forward pass per written frame, in order"
+    ages = [start - arrived[slot] for start, slot in zip(forwards, slots, strict=True)]
+    assert max(ages) <= max_latency + 0.1, f"oldest frame at inference: {max(ages):.3f} s"
 
 
 def test_live_segments_are_each_playable(rtsp, tmp_path):
