@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -174,15 +175,44 @@ def test_silent_source_times_out_with_source_error():
         mute.listen(4)
         url = f"rtsp://127.0.0.1:{mute.getsockname()[1]}/cam"
         t0 = time.monotonic()
-        with pytest.raises(SourceError, match="after 2 attempt"):
+        with pytest.raises(SourceError, match="after 2 attempt") as info:
             LiveSource(url, fast_options(open_timeout=0.7, reconnect_max=1))
         assert time.monotonic() - t0 < 20  # gave up, did not hang
+    assert re.search(r"no answer within 0\.[7-9] s", str(info.value)), str(info.value)
+    assert "Invalid data" not in str(info.value)
 
 
 def test_closed_port_gives_up_after_reconnect_max():
     url = f"rtsp://127.0.0.1:{free_port()}/cam"
     with pytest.raises(SourceError, match="cannot open after 3 attempt"):
         LiveSource(url, fast_options(reconnect_max=2))
+
+
+def test_unknown_protocol_fails_at_once():
+    """srt:// is not in the FFmpeg that PyAV bundles: no retry can help, so no retries."""
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match="Protocol not found") as info:
+        LiveSource("srt://127.0.0.1:9/cam", fast_options(reconnect_max=20))
+    assert time.monotonic() - t0 < 1.0 and "attempt" not in str(info.value)
+
+
+def test_unknown_rtsp_mount_fails_at_once(rtsp):
+    rtsp.start()
+    url = rtsp.url.replace("/test", "/no-such-mount")
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match="404 Not Found") as info:
+        LiveSource(url, fast_options(reconnect_max=20))
+    assert time.monotonic() - t0 < 1.5 and "attempt" not in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_unknown_protocol_is_one_line_exit_2(tmp_path, stand_in_model):
+    t0 = time.monotonic()
+    result = CliRunner().invoke(main, ["upscale", "srt://127.0.0.1:9/cam",
+                                       str(tmp_path / "out.mkv"), "--device", "cpu", "-q"])
+    assert result.exit_code == 2 and time.monotonic() - t0 < 5
+    assert result.output.strip().count("\n") == 0 and "Protocol not found" in result.output
+    assert not (tmp_path / "out.mkv").exists()
 
 
 # -- outputs -------------------------------------------------------------------------------

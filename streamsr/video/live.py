@@ -289,12 +289,18 @@ class LiveSource(Source):
         return container
 
     def _connect(self, first: bool) -> av.container.InputContainer:
-        """Open the stream, retrying with capped exponential backoff; SourceError when out of tries."""
+        """Open the stream, retrying with capped exponential backoff; SourceError when out of tries.
+
+        On the first open, errors that no retry can fix (an unknown protocol, a 4xx answer such
+        as 404 for an unknown RTSP mount or 401) fail at once. Later, while reconnecting to a feed
+        that worked, they are retried like any other: a rebooting camera may answer 404 for a while.
+        """
         opts = self.options
         attempt = 0
         while True:
             attempt += 1
             self.stats.attempt = attempt
+            started = time.monotonic()
             try:
                 container = self._open_once()
                 if attempt > 1 or not first:
@@ -304,14 +310,22 @@ class LiveSource(Source):
                 raise
             except (av.FFmpegError, OSError) as exc:
                 self.stats.failed_attempts += 1
+                reason = _reason(exc)
+                took = time.monotonic() - started
+                if took >= 0.9 * min(opts.open_timeout, opts.read_timeout):
+                    # FFmpeg reports a timed-out open as whatever it was parsing (often
+                    # "Invalid data found when processing input"): say what happened instead.
+                    reason = f"no answer within {took:.1f} s"
+                elif first and _permanent(exc):
+                    raise SourceError(f"{redact(self.uri)}: {reason}") from None
                 what = "open" if first else "reconnect"
                 if opts.reconnect_max and attempt >= opts.reconnect_max + (1 if first else 0):
                     raise SourceError(
                         f"{redact(self.uri)}: cannot {what} after {attempt} attempt(s): "
-                        f"{_reason(exc)}") from None
+                        f"{reason}") from None
                 delay = min(opts.backoff_max, opts.backoff_initial * 2 ** (attempt - 1))
                 log.warning("live: %s attempt %d to %s failed (%s); retrying in %.1fs",
-                            what, attempt, redact(self.uri), _reason(exc), delay)
+                            what, attempt, redact(self.uri), reason, delay)
                 if self._stop.wait(delay):
                     raise SourceError(f"{redact(self.uri)}: stopped while reconnecting") from None
 
@@ -518,6 +532,15 @@ def live_progress(source: LiveSource, progress: Callable[[int, int | None], None
             progress(done, total)
 
     return on_frame
+
+
+def _permanent(exc: BaseException) -> bool:
+    """Errors that retrying cannot fix: no such protocol in this FFmpeg, or a 4xx answer
+    (bad request, unauthorized, forbidden, not found, unsupported transport; not 429)."""
+    if isinstance(exc, av.error.ProtocolNotFoundError):
+        return True
+    return (isinstance(exc, av.error.HTTPClientError)
+            and not isinstance(exc, av.error.HTTPTooManyRequestsError))
 
 
 def _reason(exc: BaseException) -> str:
