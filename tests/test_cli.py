@@ -6,10 +6,13 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 
+import torch
 from click.testing import CliRunner
 from packaging.requirements import Requirement  # a dependency of pytest itself
+from safetensors import safe_open
 
 try:
     import tomllib
@@ -18,6 +21,10 @@ except ModuleNotFoundError:  # Python 3.10
 
 import streamsr
 from streamsr.cli import main
+from streamsr.models import LITE, PAPER, TINY, DeblurSR
+from streamsr.models.weights import load_model, save_model
+
+KEYS_TSV = Path(__file__).parent / "data" / "mprnet_keys.tsv"
 
 
 def run(*args: str):
@@ -108,3 +115,80 @@ def test_tomli_fallback_is_a_declared_dependency_on_310():
     assert len(tomli) == 1, [str(r) for r in reqs]
     assert tomli[0].marker.evaluate({"python_version": "3.10"})
     assert not tomli[0].marker.evaluate({"python_version": "3.11"})
+
+
+def test_info_bundled_lite_weights():
+    res = run("info", "--model", "lite", "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    bundled = Path(streamsr.__file__).parent / "weights" / "lite.safetensors"
+    assert Path(data["weights"]["path"]).resolve() == bundled.resolve()
+    assert data["config"] == asdict(LITE)
+    assert data["parameters"] == sum(p.numel() for p in DeblurSR(LITE).parameters())
+    with safe_open(str(bundled), framework="pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["config"]) == asdict(LITE)
+    assert {k: v for k, v in data["weights"].items() if k != "path"} == {
+        k: v for k, v in meta.items() if k != "config"}
+    text = run("info", "--model", "lite")
+    assert text.exit_code == 0
+    assert f"{data['parameters']:,}" in text.output
+    assert str(bundled.name) in text.output and "untrained" not in text.output
+
+
+def test_info_of_a_weights_file_rebuilds_its_config(tmp_path):
+    # a config no name gives: info must read it from the file's metadata
+    cfg = replace(TINY, sr_blocks=2, sr_feat=12, name="mine")
+    torch.manual_seed(0)
+    path = tmp_path / "mine.safetensors"
+    save_model(DeblurSR(cfg), path, {"note": "made by test_cli"})
+    res = run("info", "--model", str(path), "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["config"] == asdict(cfg)
+    assert data["parameters"] == sum(p.numel() for p in DeblurSR(cfg).parameters())
+    assert data["parameters"] != 112_088  # not the tiny model's count
+    assert data["weights"]["path"] == str(path)
+    assert data["weights"]["note"] == "made by test_cli"
+    text = run("info", "--model", str(path))
+    assert text.exit_code == 0
+    assert "12 features, 2 residual blocks" in text.output and str(path) in text.output
+
+
+def test_import_mprnet_converts_an_official_checkpoint(tmp_path):
+    # An official-layout checkpoint as train.py of MPRNet saves it under DataParallel:
+    # {"state_dict": {"module.<key>": tensor}}, random values; the one shared PReLU appears
+    # under many names with one value, as it does in the real file.
+    g = torch.Generator().manual_seed(3)
+    state = {}
+    for line in KEYS_TSV.read_text().splitlines():
+        key, shape = line.split("\t")
+        shape = tuple(int(n) for n in shape.split(","))
+        prelu = key.endswith(".weight") and shape == (1,)
+        state[key] = torch.full((1,), 0.17) if prelu else torch.randn(shape, generator=g)
+    ckpt = tmp_path / "model_deblurring.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, ckpt)
+    out = tmp_path / "joint.safetensors"
+
+    res = run("import-mprnet", str(ckpt), str(out))
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith(f"wrote {out}")
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+        stored = {k: f.get_tensor(k) for k in f.keys()}
+    assert json.loads(meta["config"]) == asdict(PAPER)
+    assert meta["trained"] == "trunk-only"
+    unstored = []
+    for key, value in state.items():
+        if "trunk." + key in stored:
+            assert torch.equal(stored["trunk." + key], value), key
+        else:
+            unstored.append(key)
+    # only aliases of the shared PReLU may be stored once under another name
+    assert all(tuple(state[k].shape) == (1,) for k in unstored), unstored
+    assert len(unstored) == sum(1 for v in state.values() if v.shape == (1,)) - 1
+    # and the file rebuilds the paper model with every one of the 316 tensors in place
+    loaded = load_model(out)
+    trunk = loaded.trunk.state_dict()
+    assert sorted(trunk) == sorted(state)
+    assert all(torch.equal(trunk[k], v) for k, v in state.items())
