@@ -429,6 +429,39 @@ def test_live_upscale_survives_server_restart(rtsp, tmp_path):
     assert attempts == sorted(attempts) and attempts[0] >= 1
 
 
+def test_frozen_feed_downtime_counts_from_the_last_frame(rtsp):
+    """SIGSTOP freezes the server without closing anything: streamsr notices only after
+    read_timeout (1 s) of silence, but the outage it reports starts with the last frame."""
+    rtsp.start()
+    clock: dict[str, float] = {}
+
+    def freeze() -> None:
+        rtsp.proc.send_signal(signal.SIGSTOP)
+        clock["stop"] = time.monotonic()
+        time.sleep(2.5)
+        clock["cont"] = time.monotonic()
+        rtsp.proc.send_signal(signal.SIGCONT)
+
+    freezer = threading.Thread(target=freeze)
+    frames = []
+    try:
+        with LiveSource(rtsp.url, fast_options(drop="none", read_timeout=1.0), frames=40) as src:
+            for frame in src:
+                frames.append(frame)
+                if len(frames) == 10:  # frames are flowing: freeze the server
+                    freezer.start()
+    finally:
+        if freezer.is_alive():
+            freezer.join()
+    frozen = clock["cont"] - clock["stop"]
+    assert len(frames) == 40 and src.stats.reconnects == 1
+    start, end = src.stats.outages[0]
+    assert start <= clock["stop"] + 0.1 and end >= clock["cont"], (clock, start, end)
+    assert src.stats.downtime >= frozen - 0.1, (src.stats.downtime, frozen)
+    gap = max(float((b.pts - a.pts) * b.time_base) for a, b in zip(frames, frames[1:], strict=False))
+    assert gap >= frozen - 0.1, "the output clock shows the freeze as a gap"
+
+
 def test_slow_model_drops_frames_and_keeps_latency_bounded(rtsp, tmp_path, monkeypatch):
     """Ages are measured here, not taken from the source's own counters: the time each frame
     entered the live queue (keyed by its 1/25 s slot, which the output file keeps) against the

@@ -274,6 +274,7 @@ class LiveSource(Source):
         self._next_index = 0
         self._last_pts: int | None = None
         self._t0: float | None = None
+        self._last_frame_at: float | None = None  # monotonic time the newest frame was due
 
     # -- opening -------------------------------------------------------------------------
 
@@ -373,11 +374,13 @@ class LiveSource(Source):
         tb_in = Fraction(stream.time_base or self.info.time_base)
         tb_out = self.info.time_base
         anchor: tuple[int, int] | None = None  # (input pts, output pts) of this session
+        arrived = 0.0  # monotonic arrival of the previous frame of this session
         pending, self._pending = self._pending, []
         for frame in itertools.chain(pending, container.decode(stream)):
             now = time.monotonic()
             if self._t0 is None:
                 self._t0 = now
+            due = now
             if frame.pts is None or anchor is None or frame.pts < anchor[0]:
                 # A new connection (or a pts restart): anchor at wall-clock time since start.
                 start = round((now - self._t0) / tb_out)
@@ -389,6 +392,10 @@ class LiveSource(Source):
                 pts = anchor[1] + round((frame.pts - anchor[0]) * tb_in / tb_out)
                 if self._last_pts is not None and pts <= self._last_pts:
                     pts = self._last_pts + 1
+                # FFmpeg hands over the last frame before a stall only when the read times out:
+                # it was due one frame interval after its predecessor arrived, not then.
+                due = min(now, arrived + (pts - self._last_pts) * tb_out)
+            arrived, self._last_frame_at = now, due
             if frame.width != self.info.width or frame.height != self.info.height:
                 log.warning("live: frame size changed to %dx%d; scaling back to %dx%d",
                             frame.width, frame.height, self.info.width, self.info.height)
@@ -424,7 +431,11 @@ class LiveSource(Source):
                     container.close()
                 if self._done() or (ended and finite):
                     break
-                down = time.monotonic()
+                # The outage began with the last frame, not when it was noticed: a frozen feed
+                # is only declared down after read_timeout without data.
+                down = max(self._last_frame_at or 0.0,
+                           self.stats.outages[-1][1] if self.stats.outages else 0.0)
+                down = down or time.monotonic()
                 self.stats.down_since = down
                 log.warning("live: lost %s (%s); reconnecting", redact(self.uri), reason)
                 container = self._connect(first=False)
