@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -878,3 +879,70 @@ def test_22_23_sigkill_between_checkpoints_then_resume_past_a_corrupt_one(tmp_pa
 
     a, b = load_file(str(tmp_path / "ref" / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- 24: the frame size changes mid-stream -----------------------------------------------------
+
+def _size_change_ts(path: Path, first: int, then: int) -> Path:
+    """MPEG-TS (as a broadcast splice makes): `first` 32x24 frames, then `then` 64x48 frames,
+    each showing its index; the second part comes from a second encoder, as from another source."""
+    with av.open(str(path), "w", format="mpegts") as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        vs.codec_context.options = {"preset": "ultrafast", "crf": "0"}
+        second = av.CodecContext.create("libx264", "w")
+        second.width, second.height, second.pix_fmt = 2 * W, 2 * H, "yuv420p"
+        second.time_base = Fraction(1, 25)
+        second.options = {"preset": "ultrafast", "crf": "0"}
+        pts = 0
+        for ctx, (w, h), n in ((vs.codec_context, (W, H), first), (second, (2 * W, 2 * H), then)):
+            for i in range(pts, pts + n):
+                frame = av.VideoFrame.from_ndarray(media.index_frame(i, w, h), format="rgb24")
+                frame.pts = i
+                for packet in ctx.encode(frame):
+                    packet.stream = vs
+                    out.mux(packet)
+            pts += n
+            for packet in ctx.encode(None):
+                packet.stream = vs
+                out.mux(packet)
+    with av.open(str(path)) as c:  # the file really holds both sizes
+        assert {(f.width, f.height) for f in c.decode(video=0)} == {(W, H), (2 * W, 2 * H)}
+    return path
+
+
+def test_24_frame_size_change_mid_stream_is_scaled_to_the_first_size(tmp_path, caplog):
+    src = _size_change_ts(tmp_path / "spliced.ts", 10, 10)
+    with caplog.at_level("WARNING", logger="streamsr"):
+        stats = run_api(src, tmp_path / "out.mkv")
+    got = decodable(tmp_path / "out.mkv")
+    assert stats.frames == len(got) == 20  # the whole video, not the first part
+    assert {f.shape for f in got} == {(4 * H, 4 * W, 3)}
+    assert indices(got) == list(range(20))
+    for k in (12, 19):  # a 64x48 frame scaled to 32x24, then x4: close to the 32x24 drawing
+        assert psnr(got[k], bicubic_uint8(media.index_frame(k, W, H), (4 * H, 4 * W))) > 18
+    warnings = [r.getMessage() for r in caplog.records if "frame size changes" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once, not for each of the 10 frames
+    assert "at frame 11: 32x24 -> 64x48" in warnings[0] and "to 32x24" in warnings[0]
+
+
+def test_24_frame_size_change_past_max_pixels_is_refused_keeping_the_frames_done(tmp_path,
+                                                                                tiny_weights):
+    # --max-pixels is checked on every new size, so a stream cannot switch to a huge size later
+    src = _size_change_ts(tmp_path / "spliced.ts", 24, 4)
+    with pytest.raises(InputError, match="frame size changes at frame 25: 32x24 -> 64x48, larger "
+                                         "than the limit of 768 pixels"):
+        run_api(src, tmp_path / "api.mkv", max_pixels=W * H)
+    got = decodable(tmp_path / "api.mkv")
+    # the frames processed before the change are finalised, in order; frames decoded but still
+    # queued (a few batches of 2) when the error came are not
+    assert 12 <= len(got) <= 24, len(got)
+    assert indices(got) == list(range(len(got)))
+    assert {f.shape for f in got} == {(4 * H, 4 * W, 3)}
+    # through the CLI: one line, exit 2, a playable partial output
+    out = tmp_path / "cli.mkv"
+    r = cli("upscale", src, out, "--max-pixels", W * H, "--batch", "2", *model_args(tiny_weights))
+    assert_one_line(r.returncode, r.stderr, "frame size changes at frame 25: 32x24 -> 64x48",
+                    "--max-pixels")
+    got = decodable(out)
+    assert 12 <= len(got) <= 24 and {f.shape for f in got} == {(4 * H, 4 * W, 3)}, len(got)

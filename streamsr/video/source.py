@@ -205,6 +205,7 @@ class VideoSource(Source):
             raise InputError(f"{self.uri}: FFmpeg has no decoder for its video stream (unknown "
                              f"or damaged codec)")
         _check_pixels(self.uri, cc.width, cc.height, max_pixels)
+        self._max_pixels = max_pixels
         cc.thread_type = "AUTO"  # frame + slice threads
         cc.thread_count = 0
         self.time_base = vs.time_base or Fraction(1, 90000)
@@ -231,6 +232,7 @@ class VideoSource(Source):
             raise InputError(f"{self.uri}: no decodable video frames"
                              + (" in the requested --start/--duration window" if self._start or self._end else ""))
         f = self._first
+        _check_pixels(self.uri, f.width, f.height, max_pixels)  # headers can understate it
         color = ColorInfo(PRIMARIES.get(f.color_primaries or cc.color_primaries),
                           TRANSFERS.get(f.color_trc or cc.color_trc),
                           MATRICES.get(f.colorspace or cc.colorspace),
@@ -360,12 +362,29 @@ class VideoSource(Source):
                                 self.uri)
                 pts = last_pts + 1
             last_pts, last_time = pts, t
+            if (f.width, f.height) != (self.info.width, self.info.height):
+                f = self._to_first_size(f, index)
             rgb = f.to_ndarray(format="rgb24", src_colorspace=self._matrix,
                                src_color_range=self._range, dst_color_range=ColorRange.JPEG,
                                interpolation=TO_RGB_FLAGS)
             yield Frame(np.ascontiguousarray(rgb), pts, self.time_base, index, time.monotonic())
             index += 1
         self._check_complete(last_time, index)
+
+    def _to_first_size(self, f: av.VideoFrame, index: int) -> av.VideoFrame:
+        """A frame whose size differs from the first frame's, scaled back to it (one warning).
+
+        Streams can change size mid-way (spliced MPEG-TS, cameras switching modes); the output
+        keeps one size, as the live source does. A size past --max-pixels is refused first.
+        """
+        w, h = self.info.width, self.info.height
+        change = f"frame size changes at frame {index + 1}: {w}x{h} -> {f.width}x{f.height}"
+        if self._max_pixels and f.width * f.height > self._max_pixels:
+            raise InputError(f"{self.uri}: {change}, larger than the limit of {self._max_pixels} "
+                             f"pixels (raise --max-pixels to allow them)")
+        self._warn_once("size", "%s: %s; scaling frames of other sizes to %dx%d", self.uri,
+                        change, w, h)
+        return f.reformat(width=w, height=h, interpolation=Interpolation.BICUBIC)
 
     def _check_complete(self, last_time: float | None, yielded: int = 0) -> None:
         """Warn when the file stops well before the duration (or frame count) its header announced."""
