@@ -169,6 +169,16 @@ def test_reads_n_frames_with_source_clock(rtsp):
     assert src.stats.frames_decoded == n and src.stats.dropped == 0
 
 
+def test_duration_keeps_the_frames_before_it(rtsp, tmp_path):
+    """--duration 1.0 on a 25 fps feed: the frames at 0, 1/25, ... 24/25 s, as for a file."""
+    rtsp.start()
+    stats = upscale(rtsp.url, tmp_path / "cam.mkv", model=media.BicubicX4(), duration=1.0,
+                    live_options=fast_options(drop="none"), **LIVE_FAST)
+    frames, times = _decode(tmp_path / "cam.mkv")
+    assert len(frames) == stats.frames == 25 and stats.live["frames_decoded"] == 25
+    assert np.allclose(times, np.arange(25) / FPS, atol=0.002) and times[-1] < 1.0
+
+
 def test_silent_source_times_out_with_source_error():
     with socket.socket() as mute:  # accepts TCP connections, never says a word
         mute.bind(("127.0.0.1", 0))

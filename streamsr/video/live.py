@@ -275,6 +275,7 @@ class LiveSource(Source):
         self._last_pts: int | None = None
         self._t0: float | None = None
         self._last_frame_at: float | None = None  # monotonic time the newest frame was due
+        self._duration_reached = False  # a frame at or past `duration` arrived (not kept)
 
     # -- opening -------------------------------------------------------------------------
 
@@ -363,10 +364,7 @@ class LiveSource(Source):
             return True
         if self.max_frames is not None and self.stats.frames_decoded >= self.max_frames:
             return True
-        if (self.duration is not None and self._last_pts is not None
-                and self._last_pts * self.info.time_base >= self.duration):
-            return True
-        return False
+        return self._duration_reached
 
     def _read_session(self, container: av.container.InputContainer) -> None:
         """Decode one connection into the queue, re-timing its pts onto the output clock."""
@@ -396,6 +394,9 @@ class LiveSource(Source):
                 # it was due one frame interval after its predecessor arrived, not then.
                 due = min(now, arrived + (pts - self._last_pts) * tb_out)
             arrived, self._last_frame_at = now, due
+            if self.duration is not None and pts * tb_out >= self.duration:
+                self._duration_reached = True  # like a file: frames in [0, duration) only
+                return
             if frame.width != self.info.width or frame.height != self.info.height:
                 log.warning("live: frame size changed to %dx%d; scaling back to %dx%d",
                             frame.width, frame.height, self.info.width, self.info.height)
