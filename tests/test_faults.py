@@ -765,14 +765,24 @@ def test_19_safetensors_that_do_not_match(tmp_path, clip, tiny_weights):
 
 
 def test_20_preset_names_with_paths_are_refused(tmp_path, clip, tiny_weights, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "pipelines").mkdir()
-    secret = tmp_path / "x.toml"
-    secret.write_text('model = "paper"\n')  # exists, one folder up from pipelines/
-    for name in ("../../x", "../x", str(secret.with_suffix("")), "/etc/passwd", "..", ".x",
-                 "a/b", "x\\..\\y", "~root"):
+    # Presets are read from ./pipelines/NAME.toml. Plant valid presets where each traversal
+    # would land, so a traversal that got through would load one and run (exit 0), not fail.
+    work = tmp_path / "a" / "b"
+    (work / "pipelines").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    preset = "frames = 1\n"
+    (work / "pipelines" / "mine.toml").write_text(preset)  # the control: a real preset
+    for target in (work / "x.toml", tmp_path / "a" / "x.toml", tmp_path / "abs.toml"):
+        target.write_text(preset)
+    assert (work / "pipelines" / ".." / "x.toml").is_file()
+    assert (work / "pipelines" / ".." / ".." / "x.toml").is_file()
+    r = invoke("upscale", clip, tmp_path / "ok.mp4", "--preset", "mine", *model_args(tiny_weights))
+    assert r.exit_code == 0, r.stderr
+    assert len(decodable(tmp_path / "ok.mp4")) == 1  # the control preset was read: 1 of 4 frames
+    for name in ("../../x", "../x", str(tmp_path / "abs"), "/etc/passwd", "..", ".x", "a/b",
+                 "x\\..\\y", "~root", "../pipelines/mine"):
         r = invoke("upscale", clip, tmp_path / "o.mp4", "--preset", name, *model_args(tiny_weights))
-        assert_one_line(r.exit_code, r.stderr, "preset")
+        assert_one_line(r.exit_code, r.stderr, f"bad preset name {name!r}", alone=True)
     assert not (tmp_path / "o.mp4").exists()
 
 
