@@ -27,14 +27,14 @@ if have_all; then
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-  echo "setup-rtsp: apt-get not available; live-stream tests will be skipped" >&2
+  echo "setup-rtsp: apt-get not available; live-stream tests cannot run" >&2
   exit 1
 fi
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; else
-    echo "setup-rtsp: not root and no sudo; live-stream tests will be skipped" >&2
+    echo "setup-rtsp: not root and no sudo; live-stream tests cannot run" >&2
     exit 1
   fi
 fi

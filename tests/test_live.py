@@ -55,18 +55,26 @@ def _gst_ready() -> bool:
     return subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True).returncode == 0
 
 
+def no_rtsp_server(reason: str) -> None:
+    """Skip with `reason`, or fail where the server is required: .ci/run sets
+    STREAMSR_REQUIRE_RTSP=1, so CI cannot pass with the live tests silently skipped."""
+    if os.environ.get("STREAMSR_REQUIRE_RTSP") == "1":
+        pytest.fail(f"STREAMSR_REQUIRE_RTSP=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def gst() -> None:
-    """GStreamer's RTSP server is installed (installing it if we can), else skip."""
+    """GStreamer's RTSP server is installed (installing it if we can), else skip (or fail)."""
     if _gst_ready():
         return
     try:
         proc = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"RTSP test server not installable here: {exc}")
+        no_rtsp_server(f"RTSP test server not installable here: {exc}")
     if proc.returncode != 0 or not _gst_ready():
-        pytest.skip("RTSP test server (GStreamer gst-rtsp-server, python3-gi) not installable "
-                    f"here: {proc.stderr.strip()[-300:]}")
+        no_rtsp_server("RTSP test server (GStreamer gst-rtsp-server, python3-gi) not installable "
+                       f"here: {proc.stderr.strip()[-300:]}")
 
 
 def free_port() -> int:
@@ -142,6 +150,15 @@ def test_network_uri_detection_and_ffmpeg_options():
     assert ffmpeg_options("rtsp://c/s", LiveOptions(options={"timeout": "1"}))["timeout"] == "1"
     assert is_push_url("rtmp://srv/app/key") and not is_push_url("out.mkv")
     assert live_output_path("cam") == "cam.mkv" and live_output_path("cam.mp4") == "cam.mp4"
+
+
+def test_missing_rtsp_server_fails_where_required(monkeypatch):
+    monkeypatch.delenv("STREAMSR_REQUIRE_RTSP", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no server"):
+        no_rtsp_server("no server")
+    monkeypatch.setenv("STREAMSR_REQUIRE_RTSP", "1")
+    with pytest.raises(pytest.fail.Exception, match="STREAMSR_REQUIRE_RTSP=1 but no server"):
+        no_rtsp_server("no server")
 
 
 @pytest.mark.parametrize("bad", [dict(rtsp_transport="http"), dict(drop="newest"),
