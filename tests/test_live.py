@@ -25,6 +25,7 @@ import pytest
 from click.testing import CliRunner
 
 from streamsr.cli import main
+from streamsr.cli.video_cmds import find_preset, load_preset
 from streamsr.errors import ConfigError, Interrupted, OutputError, SourceError
 from streamsr.pipeline import upscale
 from streamsr.video.live import (
@@ -572,19 +573,52 @@ def test_cli_silent_source_fails_with_one_line(tmp_path, stand_in_model):
     assert "Traceback" not in result.output and not (tmp_path / "out.mkv").exists()
 
 
-def test_cli_live_options_reach_the_pipeline(rtsp, tmp_path, stand_in_model):
+def test_rtsp_live_preset_loads():
+    assert find_preset("rtsp-live").parent.name == "pipelines"
+    values = load_preset("rtsp-live")
+    expected = {"model": "lite", "live": True, "rtsp_transport": "tcp", "drop": "oldest",
+                "max_latency": 1.0, "reconnect_max": 0, "live_timeout": 10,
+                "status_interval": 10, "crf": 23, "encoder_preset": "veryfast",
+                "encoder_opt": ("tune=zerolatency",)}
+    assert {k: values.get(k) for k in expected} == expected
+
+
+def test_cli_live_options_reach_the_pipeline(rtsp, tmp_path, stand_in_model, monkeypatch):
+    """The rtsp-live preset's values reach the pipeline unless the command line overrides them."""
+    import streamsr.pipeline as pipeline
+
+    seen: dict[str, object] = {}
+
+    def spy(name):
+        real = getattr(pipeline, name)
+
+        def wrapper(*args, **kwargs):
+            seen[name] = (args, kwargs)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(pipeline, name, wrapper)
+
+    for name in ("open_live_source", "open_live_sink", "live_progress"):
+        spy(name)
     rtsp.start(color=RED)
     out = tmp_path / "cli.mkv"
     result = CliRunner().invoke(main, [
         "upscale", rtsp.url, str(out), "--preset", "rtsp-live", "--device", "cpu",
         "--batch", "2", "--encoder-preset", "ultrafast", "--frames", "8",
-        "--rtsp-transport", "tcp", "--drop", "none", "--reconnect-max", "3", "--timeout", "2",
-        "--status-interval", "0"])
+        "--drop", "none", "--reconnect-max", "3", "--timeout", "2"])
     assert result.exit_code == 0, result.output
     frames, _ = _decode(out)
     assert len(frames) == 8 and frames[0].shape == (4 * H, 4 * W, 3)
     assert {_colour(f) for f in frames} == {"red"}
-    assert "8 frames" in result.output and "dropped" not in result.output
+    summary = result.output.strip().splitlines()[-1]
+    assert "8 frames" in summary and "dropped" not in summary
+    opts = seen["open_live_source"][0][1]  # from the preset: transport, max_latency
+    assert (opts.rtsp_transport, opts.max_latency) == ("tcp", 1.0)
+    assert (opts.drop, opts.reconnect_max, opts.open_timeout, opts.read_timeout) == \
+        ("none", 3, 2.0, 2.0), "the command line wins over the preset"
+    encode = seen["open_live_sink"][1]["encode"]
+    assert (encode.crf, encode.preset, encode.options) == (23, "ultrafast", {"tune": "zerolatency"})
+    assert seen["live_progress"][0][3] == 10, "status_interval from the preset"
 
 
 _CLI_CHILD = """
@@ -594,6 +628,7 @@ import media
 import streamsr.pipeline
 streamsr.pipeline.resolve_model = lambda model, device="cpu": media.BicubicX4()
 from streamsr.cli import main
+from streamsr.cli.video_cmds import find_preset, load_preset
 main(["upscale", {url!r}, {out!r}, "--device", "cpu", "--batch", "1",
       "--encoder-preset", "ultrafast", "--status-interval", "0.2"])
 """
