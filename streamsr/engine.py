@@ -6,10 +6,13 @@ double-buffers through pinned host memory and a separate copy stream ordered by 
 copy of batch n+1 and the read-back of batch n-1 overlap the model on batch n. On CPU the same
 engine runs as a plain loop. Batch and tile sizes follow free memory; an out-of-memory error
 retries the same frames with half the batch, then with smaller tiles, and never drops a frame.
+High-bit-depth frames travel as uint16 NHWC (x / 65535) and come back as uint16; on CUDA they run
+one batch at a time, outside the uint8 pinned ring.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -202,7 +205,7 @@ class _Forward:
 
 
 class Engine:
-    """uint8 NHWC frames in, uint8 NHWC frames x `scale` out, batched on the chosen device."""
+    """uint8 (or uint16) NHWC frames in, the same dtype x `scale` out, batched on the device."""
 
     def __init__(self, model: torch.nn.Module, config: EngineConfig | None = None) -> None:
         self.config = config = config or EngineConfig()
@@ -327,7 +330,7 @@ class Engine:
     # -- running ----------------------------------------------------------------------------
 
     def upscale_batch(self, frames: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, 3) -> uint8 (N, sH, sW, 3); a single (H, W, 3) frame works too."""
+        """uint8 (N, H, W, 3) -> uint8 (N, sH, sW, 3), uint16 -> uint16; one (H, W, 3) frame too."""
         single = frames.ndim == 3
         batch = _check_frames(frames[None] if single else frames)
         t0 = time.perf_counter()
@@ -341,10 +344,19 @@ class Engine:
 
     def map(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """`upscale_batch` over an iterable, pipelined; yields one result per batch, in order."""
-        if self.device.type == "cuda":
-            yield from self._map_cuda(batches)
-        else:
+        if self.device.type != "cuda":
             for frames in batches:
+                yield self.upscale_batch(frames)
+            return
+        batches = iter(batches)
+        first = next(batches, None)
+        if first is None:
+            return
+        rest = itertools.chain([first], batches)
+        if first.dtype == np.uint8:
+            yield from self._map_cuda(rest)
+        else:  # uint16 (high bit depth): one batch at a time, outside the uint8 pinned ring
+            for frames in rest:
                 yield self.upscale_batch(frames)
 
     def _map_cuda(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -364,6 +376,8 @@ class Engine:
         for n, frames in enumerate(batches):
             slot = n % 2
             frames = _check_frames(frames)
+            if frames.dtype != np.uint8:
+                raise TypeError("the CUDA pinned ring takes uint8 frames; a stream is one dtype")
             nbytes = frames.nbytes
             # Host side: wait until slot's previous upload (batch n-2) left the pinned buffer.
             uploaded[slot].synchronize()
@@ -409,7 +423,7 @@ class Engine:
         return buf[:math.prod(shape)].view(shape).numpy().copy()
 
     def _infer(self, frames: Tensor) -> Tensor:
-        """uint8 NHWC on the device -> uint8 NHWC x scale on the device, whatever memory allows.
+        """uint8/uint16 NHWC on the device -> the same x scale on the device, whatever memory allows.
 
         Frames go through in chunks of the planned size. On out-of-memory the same frames are
         retried with half the chunk, down to one frame, then with ever smaller tiles; the
@@ -459,7 +473,8 @@ class Engine:
         n, h, w, _ = frames.shape
         # Pad to a multiple of 8 (reflect, exactly as DeblurSR pads itself), tiled or not, so a
         # tiled frame sees the same borders as a whole one and tile starts can be aligned.
-        x = pad_to_multiple(frames.permute(0, 3, 1, 2).float().div_(255.0), ALIGN)
+        deep = frames.dtype == torch.uint16
+        x = pad_to_multiple(frames.permute(0, 3, 1, 2).float().div_(65535.0 if deep else 255.0), ALIGN)
         if tile:
             per_call = self._tiles_per_call[(x.shape[2], x.shape[3])]
             overlap = self.config.tile_overlap
@@ -470,6 +485,8 @@ class Engine:
             y = self._forward(self._fixed_batch(x, self._chunk[(x.shape[2], x.shape[3])]))[:n]
         s = self.scale
         y = y[:, :, : s * h, : s * w]
+        if deep:
+            return to_rgb48(y)
         if self.pack is not None and (s * h) % 2 == 0 and (s * w) % 2 == 0:
             return to_yuv420p(y, self.pack)
         return to_rgb24(y)
@@ -482,10 +499,16 @@ class Engine:
         return torch.cat((x, extra))
 
 
+def to_rgb48(y: Tensor) -> Tensor:
+    """float NCHW in [0, 1] (unclamped; overwritten) -> uint16 NHWC, rounded to nearest."""
+    return y.mul_(65535.0).round_().clamp_(0, 65535).to(torch.uint16).permute(0, 2, 3, 1).contiguous()
+
+
 def _check_frames(frames: np.ndarray) -> np.ndarray:
-    """uint8 (N, H, W, 3), C-contiguous, or a clear error for the caller's bug."""
-    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
-        raise TypeError(f"frames must be a uint8 numpy array, got {getattr(frames, 'dtype', type(frames))}")
+    """uint8 or uint16 (N, H, W, 3), C-contiguous, or a clear error for the caller's bug."""
+    if not isinstance(frames, np.ndarray) or frames.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"frames must be a uint8 or uint16 numpy array, got "
+                        f"{getattr(frames, 'dtype', type(frames))}")
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
         raise ValueError(f"frames must be (N, H, W, 3) with N >= 1, got {frames.shape}")
     return np.ascontiguousarray(frames)

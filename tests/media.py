@@ -244,6 +244,33 @@ def make_10bit_clip(path, n: int = 6, size=(64, 48), codec: str = "libx264") -> 
                       options={"crf": "12", "preset": "ultrafast"} if codec == "libx264" else {})
 
 
+def gradient_luma10(i: int, width: int = 64, height: int = 48) -> np.ndarray:
+    """10-bit luma codes of a smooth diagonal ramp (steps of 3-5 codes: under one 8-bit step)."""
+    y, x = np.mgrid[0:height, 0:width]
+    return (200 + 5 * x + 3 * y + 2 * i).astype(np.uint16)
+
+
+def make_10bit_gradient_clip(path, n: int = 2, size=(64, 48)) -> Path:
+    """Grey frames (neutral chroma) whose yuv420p10le luma is `gradient_luma10(i)`, stored
+    losslessly (libx264, qp 0): values an 8-bit file cannot hold."""
+    w, h = size
+    out = av.open(str(path), "w")
+    vs = out.add_stream("libx264", rate=25)
+    vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p10le"
+    vs.codec_context.options = {"qp": "0", "preset": "ultrafast"}
+    for i in range(n):
+        chroma = np.full((h // 2, w), 512, np.uint16)  # Cb then Cr rows, each h/2 x w/2
+        frame = av.VideoFrame.from_ndarray(np.concatenate([gradient_luma10(i, w, h), chroma]),
+                                           format="yuv420p10le")
+        frame.pts = i
+        for packet in vs.encode(frame):
+            out.mux(packet)
+    for packet in vs.encode(None):
+        out.mux(packet)
+    out.close()
+    return Path(path)
+
+
 def make_rotated_clip(path, rotation: int = 90, n: int = 5, size=(64, 48)) -> Path:
     """Index frames with a display matrix that rotates them by `rotation` degrees (counter-clockwise)."""
     return write_clip(path, (index_frame(i, *size) for i in range(n)), rotation=rotation)
@@ -318,6 +345,18 @@ def decode_all(path) -> tuple[list[np.ndarray], list[int], Fraction]:
             frames.append(f.to_ndarray(format="rgb24"))
             pts.append(f.pts)
         return frames, pts, vs.time_base
+
+
+def luma_planes(path) -> list[np.ndarray]:
+    """The Y plane of every frame as stored (uint16 codes for 10-bit formats, uint8 for 8-bit)."""
+    planes = []
+    with av.open(str(path)) as c:
+        for f in c.decode(video=0):
+            p = f.planes[0]
+            dtype = np.uint16 if f.format.components[0].bits > 8 else np.uint8
+            rows = np.frombuffer(bytes(p), dtype).reshape(p.height, -1)
+            planes.append(rows[:, :p.width].copy())
+    return planes
 
 
 def frame_times(path) -> list[float]:

@@ -19,11 +19,11 @@ import torch
 from click.testing import CliRunner
 
 from streamsr.cli import main
+from streamsr.cli.video_cmds import find_preset, load_preset
 from streamsr.engine import Engine, EngineConfig
+from streamsr.errors import ConfigError
 from streamsr.models.weights import load_model, save_model
 from streamsr.pipeline import side_by_side
-from streamsr.cli.video_cmds import find_preset, load_preset
-from streamsr.errors import ConfigError
 from streamsr.video.source import open_source
 
 REPO = Path(__file__).resolve().parents[1]

@@ -111,6 +111,20 @@ def test_single_frame_and_scale_attribute():
     np.testing.assert_array_equal(engine.upscale_batch(x), x.repeat(2, axis=0).repeat(2, axis=1))
 
 
+def test_uint16_frames_keep_16_bits():
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 65536, (2, 9, 11, 3), dtype=np.uint16)
+    y = Engine(Nearest(), CPU).upscale_batch(x)  # x / 65535 in, round(65535 * y) out: exact
+    assert y.dtype == np.uint16 and y.shape == (2, 36, 44, 3)
+    np.testing.assert_array_equal(y, x.repeat(4, axis=1).repeat(4, axis=2))
+    assert len(np.unique(y)) > 256  # more levels than a uint8 hand-over could carry
+    x = rng.integers(0, 65536, (2, 16, 24, 3), dtype=np.uint16)  # multiples of 8: no padding
+    y = Engine(Bicubic(), CPU).upscale_batch(x)
+    ref = scale_bicubic(torch.from_numpy(x.astype(np.float64)).permute(0, 3, 1, 2) / 65535, 4)
+    ref = (ref.clamp(0, 1) * 65535).permute(0, 2, 3, 1).numpy()
+    assert np.abs(y.astype(np.float64) - ref).max() <= 1.0  # within one 16-bit code value
+
+
 def test_scale_read_from_model_config():
     assert model_scale(DeblurSR(TINY)) == 4
     assert model_scale(nn.Identity()) == 4

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import streamsr
-from streamsr.data.transforms import bicubic_uint8
+from streamsr.data.transforms import bicubic_uint8, resize_bicubic
 from streamsr.errors import ConfigError, InputError, OutputError
 from streamsr.models import TINY, DeblurSR
 from streamsr.pipeline import side_by_side, upscale
@@ -112,6 +112,33 @@ def test_rotation_kept_and_10bit_in_and_out(tmp_path):
     assert len(out) == 4 and min(_psnr(a, b) for a, b in zip(out, ref, strict=True)) > 35
 
 
+def test_10bit_input_to_a_10bit_output_keeps_10_bits(tmp_path, monkeypatch):
+    src = media.make_10bit_gradient_clip(tmp_path / "grad.mkv", n=2)  # grey, 64x48, lossless
+    x265 = {"x265-params": "lossless=1:log-level=error:frame-threads=1:pools=none"}
+
+    def run(name: str, **kw) -> np.ndarray:
+        _run(src, tmp_path / name, codec="libx265", pix_fmt="yuv420p10le", encoder_options=x265, **kw)
+        return np.stack(media.luma_planes(tmp_path / name)).astype(np.float64)
+
+    # truth: the input's 10-bit grey levels upscaled by the same bicubic in float, as luma codes
+    grey = np.stack([media.gradient_luma10(i) for i in range(2)]).astype(np.float64)
+    grey = torch.from_numpy((grey[:, None] - 64) / 876)
+    ref = (64 + 876 * resize_bicubic(grey, (192, 256)).clamp(0, 1))[:, 0].numpy()
+    # what handing the x4 frames over as 8-bit RGB costs at the least (grey: R = G = B)
+    bound = np.abs(64 + 876 * np.round((ref - 64) / 876 * 255) / 255 - ref).mean()
+    assert bound > 0.7  # ~ a quarter of a 10-bit step per 8-bit step: 876 / 255 / 4
+    out = run("ten.mkv")
+    assert np.abs(out - ref).max() <= 1  # one 10-bit code value
+    assert np.abs(out - ref).mean() < bound / 2
+    assert len(np.unique(out)) > 256  # more levels than any 8-bit hand-over can carry
+    sbs = run("sbs.mkv", side_by_side_view=True)  # labels drawn into 16-bit frames too
+    assert sbs.shape == out.shape and np.abs(sbs - ref)[:, 40:, 136:].max() <= 1
+    # the same run with an 8-bit hand-over (how it was before): the checks above tell it apart
+    monkeypatch.setattr("streamsr.pipeline.component_bits", lambda pix_fmt: 8)
+    old = run("eight_inside.mkv")
+    assert len(np.unique(old)) <= 256 and np.abs(old - ref).mean() > bound * 0.9
+
+
 def test_image_and_image_folder_inputs(tmp_path):
     paths = media.write_images(tmp_path / "imgs", n=4)
     stats = _run(tmp_path / "imgs", tmp_path / "out")
@@ -173,6 +200,10 @@ def test_side_by_side_halves(tmp_path, monkeypatch):
     assert rows.size and rows.max() < 40  # labels only at the top
     left, right = changed[:, :half], changed[:, half + 1:]
     assert left.sum() > 50 and right.sum() > 50, (left.sum(), right.sum())  # a label in each half
+    monkeypatch.undo()
+    deep = side_by_side(lr.astype(np.uint16) * 257, sr.astype(np.uint16) * 257)  # 16-bit frames
+    assert deep.dtype == np.uint16  # the same picture, labels too (OpenCV blends 8-bit AA roughly)
+    assert np.abs(deep / 257 - out).max() <= 1.5
 
 
 def test_tiny_model_from_a_weights_file(tmp_path):

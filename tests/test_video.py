@@ -106,6 +106,34 @@ def test_source_reads_rotation_and_10bit(tmp_path):
         assert err < 4, err
 
 
+def test_deep_source_gives_16_bit_rgb_for_high_bit_depth_inputs_only(tmp_path):
+    ten = media.make_10bit_gradient_clip(tmp_path / "grad.mkv", n=2)
+    with open_source(ten, deep=True) as src:
+        assert src.deep
+        frames = list(src)
+    with open_source(ten) as src:  # not asked for: 8-bit RGB as before
+        assert not src.deep
+        shallow = list(src)
+    assert len(frames) == len(shallow) == 2
+    for i, (f, f8) in enumerate(zip(frames, shallow, strict=True)):
+        assert f.rgb.dtype == np.uint16 and f.rgb.shape == (48, 64, 3) and f.rgb.flags.c_contiguous
+        assert f8.rgb.dtype == np.uint8
+        codes = media.gradient_luma10(i)
+        assert (f.rgb == f.rgb[..., :1]).all()  # grey stays grey
+        # every 10-bit level keeps its own 16-bit value, in order; 8 bits merge neighbours
+        levels = {int(c): int(v) for c, v in zip(codes.ravel(), f.rgb[..., 0].ravel(), strict=True)}
+        values = [levels[c] for c in sorted(levels)]
+        assert len(set(values)) == len(levels) > 400 and values == sorted(values)
+        assert len(np.unique(f8.rgb)) < 256 < len(levels)
+        # limited range: (Y - 64) / 876 of full scale, less swscale's gain for deep RGB (limited
+        # white becomes 65283, not 65535; its encoder maps 65283 back to 940, so it cancels)
+        ideal = (codes.astype(np.float64) - 64) / 876 * 65535
+        assert np.abs(f.rgb[..., 0] - ideal * 65283 / 65535).max() <= 2
+    eight = media.make_index_clip(tmp_path / "idx.mp4", n=2)
+    with open_source(eight, deep=True) as src:  # an 8-bit input stays on the 8-bit path
+        assert not src.deep and next(iter(src)).rgb.dtype == np.uint8
+
+
 def test_source_start_and_duration(tmp_path):
     path = media.make_index_clip(tmp_path / "idx.mp4", n=15)
     with open_source(path, start=0.2, duration=0.2) as src:

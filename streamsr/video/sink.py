@@ -551,14 +551,18 @@ class VideoSink(Sink):
     def write(self, rgb: np.ndarray, pts: int | None, time_base: Fraction, name: str | None = None) -> None:
         """Encode one x4 frame at input timestamp `pts` (units of `time_base`).
 
-        `rgb` is uint8 (H, W, 3) RGB, or uint8 (3H/2, W) yuv420p planes already in this
-        output's `yuv420` matrix and range (the engine makes them on the device).
+        `rgb` is uint8 (H, W, 3) RGB, uint16 (H, W, 3) RGB (rgb48, for high-bit-depth outputs),
+        or uint8 (3H/2, W) yuv420p planes already in this output's `yuv420` matrix and range
+        (the engine makes them on the device).
         """
         yuv = rgb.ndim == 2 and self.yuv420 is not None
         want = (self.height * 3 // 2, self.width) if yuv else (self.height, self.width, 3)
-        if rgb.shape != want or rgb.dtype != np.uint8:
-            raise ValueError(f"expected uint8 {want}, got {rgb.dtype} {rgb.shape}")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="yuv420p" if yuv else "rgb24")
+        dtypes = (np.uint8,) if yuv else (np.uint8, np.uint16)
+        if rgb.shape != want or rgb.dtype not in dtypes:
+            raise ValueError(f"expected {'/'.join(np.dtype(d).name for d in dtypes)} {want}, "
+                             f"got {rgb.dtype} {rgb.shape}")
+        layout = "yuv420p" if yuv else "rgb48le" if rgb.dtype == np.uint16 else "rgb24"
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format=layout)
         if yuv:  # already in the output's format, matrix and range
             pass
         elif not self.rgb_out:

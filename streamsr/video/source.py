@@ -3,9 +3,12 @@
 Decoding uses PyAV with frame threading; the decoder is always flushed at the end so the last
 frames (held back by B-frame reordering or frame threads) are not lost. Y'CbCr -> RGB uses the
 input's own matrix and range (untagged: BT.709 for HD, BT.601 for SD, limited range), so colours
-survive the round trip through the pipeline. Broken inputs fail early with an `InputError`
-(missing, empty, not a video, audio-only, absurd resolution); damage inside a file that still
-has decodable frames is skipped with one warning.
+survive the round trip through the pipeline. Frames are RGB uint8, or RGB uint16 (rgb48) when
+asked for `deep` frames and the input has more than 8 bits, so a 10-bit output keeps 10 bits.
+(swscale maps limited-range white to 65283, not 65535, and maps 65283 back to white on the way
+out, so the gain cancels; the model sees deep frames 0.4 % darker.) Broken inputs fail early
+with an `InputError` (missing, empty, not a video, audio-only, absurd resolution); damage inside
+a file that still has decodable frames is skipped with one warning.
 """
 
 from __future__ import annotations
@@ -82,12 +85,17 @@ class VideoInfo:
 class Frame:
     """One decoded frame: RGB pixels plus where it sits in time."""
 
-    rgb: np.ndarray  # (H, W, 3) uint8 RGB, C-contiguous
+    rgb: np.ndarray  # (H, W, 3) uint8 RGB, or uint16 (rgb48) for deep sources; C-contiguous
     pts: int | None  # in time_base units, as decoded
     time_base: Fraction
     index: int  # 0-based decode order index
     wallclock: float  # time.monotonic() when decoded (live latency)
     name: str | None = None  # file stem, for image-folder inputs
+
+
+def component_bits(pix_fmt: str) -> int:
+    """Bits of the deepest component of an FFmpeg pixel format (yuv420p: 8, yuv420p10le: 10)."""
+    return max((c.bits for c in av.VideoFormat(pix_fmt).components), default=8)
 
 
 def default_matrix(width: int, height: int) -> str:
@@ -122,6 +130,7 @@ class Source:
     skipped_packets: int = 0  # corrupt packets skipped
     truncated: bool = False  # the input ended before its header said it would
     dropped: int = 0  # frames dropped (live sources only)
+    deep: bool = False  # frames are uint16 RGB (rgb48) instead of uint8
     window: tuple[float | None, float | None] = (None, None)  # input-time seconds kept
 
     def __iter__(self) -> Iterator[Frame]:
@@ -166,12 +175,17 @@ def open_input(uri: str, options: dict[str, str]) -> av.container.InputContainer
 
 
 class VideoSource(Source):
-    """A file (or URL) decoded with PyAV: frame threads, flush at the end, skip damage."""
+    """A file (or URL) decoded with PyAV: frame threads, flush at the end, skip damage.
+
+    `deep`: yield uint16 RGB (rgb48) when the input has more than 8 bits per component (for a
+    high-bit-depth output); 8-bit inputs, and every input without it, give uint8 RGB.
+    """
 
     def __init__(self, uri: str, *, start: float | None = None, duration: float | None = None,
                  options: dict[str, str] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 is_live: bool = False) -> None:
+                 is_live: bool = False, deep: bool = False) -> None:
         self.uri = uri
+        self.deep = deep
         try:
             self.container = open_input(uri, options or {})
         except av.error.FileNotFoundError:
@@ -260,6 +274,8 @@ class VideoSource(Source):
                               is_live=is_live, uri=self.uri)
         self._matrix = sws_matrix(effective_matrix(self.info))
         self._range = sws_range(effective_range(self.info))
+        self.deep = self.deep and component_bits(f.format.name) > 8
+        self._rgb_format = "rgb48le" if self.deep else "rgb24"
         log.info("input %s: %dx%d %s, %s fps, colour %s/%s (%s), rotation %d", self.uri, f.width,
                  f.height, f.format.name, fps, effective_matrix(self.info),
                  effective_range(self.info), color, self.info.rotation)
@@ -364,7 +380,7 @@ class VideoSource(Source):
             last_pts, last_time = pts, t
             if (f.width, f.height) != (self.info.width, self.info.height):
                 f = self._to_first_size(f, index)
-            rgb = f.to_ndarray(format="rgb24", src_colorspace=self._matrix,
+            rgb = f.to_ndarray(format=self._rgb_format, src_colorspace=self._matrix,
                                src_color_range=self._range, dst_color_range=ColorRange.JPEG,
                                interpolation=TO_RGB_FLAGS)
             yield Frame(np.ascontiguousarray(rgb), pts, self.time_base, index, time.monotonic())
@@ -516,12 +532,15 @@ def is_url(uri: str) -> bool:
 
 def open_source(uri: str | os.PathLike, *, start: float | None = None,
                 duration: float | None = None, options: dict[str, str] | None = None,
-                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Source:
-    """Open a video file, URL, single image or folder of images for decoding."""
+                max_pixels: int | None = DEFAULT_MAX_PIXELS, deep: bool = False) -> Source:
+    """Open a video file, URL, single image or folder of images for decoding.
+
+    `deep`: videos with more than 8 bits give uint16 RGB frames (images stay uint8).
+    """
     uri = str(uri)
     if is_url(uri) and not uri.startswith("file://"):
         return VideoSource(uri, start=start, duration=duration, options=options,
-                           max_pixels=max_pixels, is_live=True)
+                           max_pixels=max_pixels, is_live=True, deep=deep)
     path = Path(uri.removeprefix("file://"))
     if path.is_dir():
         images = list_images(path)
@@ -537,4 +556,4 @@ def open_source(uri: str | os.PathLike, *, start: float | None = None,
     if path.suffix.lower() in IMAGE_EXTS:
         return ImageSource(uri, [path], start=start, duration=duration, max_pixels=max_pixels)
     return VideoSource(str(path), start=start, duration=duration, options=options,
-                       max_pixels=max_pixels)
+                       max_pixels=max_pixels, deep=deep)
