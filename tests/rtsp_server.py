@@ -4,7 +4,8 @@ Run with Debian's /usr/bin/python3, which has python3-gi (see .ci/setup-rtsp.sh)
 
     /usr/bin/python3 tests/rtsp_server.py --port 8554 --width 64 --height 48 --fps 25
 
-It serves a live test pattern encoded with x264 (tune=zerolatency) at rtsp://127.0.0.1:PORT/test.
+It serves a live test pattern encoded with x264 (tune=zerolatency) at rtsp://127.0.0.1:PORT/test,
+over TCP and UDP, or only one of them with --protocols.
 It prints "READY <port>" on stdout once listening and stops cleanly on SIGTERM/SIGINT. (Push
 output is tested against FFmpeg's own RTSP listen mode instead of a RECORD mount here: the
 GStreamer record pipeline returned corrupted first frames in our trials.)
@@ -19,8 +20,14 @@ import sys
 import gi
 
 gi.require_version("Gst", "1.0")
+gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
+
+PROTOCOLS = {"tcp": GstRtsp.RTSPLowerTrans.TCP,
+             "udp": GstRtsp.RTSPLowerTrans.UDP | GstRtsp.RTSPLowerTrans.UDP_MCAST,
+             "all": GstRtsp.RTSPLowerTrans.TCP | GstRtsp.RTSPLowerTrans.UDP
+             | GstRtsp.RTSPLowerTrans.UDP_MCAST}
 
 
 def pattern_launch(args: argparse.Namespace) -> str:
@@ -48,6 +55,8 @@ def main() -> int:
     parser.add_argument("--pattern", default="ball", help="videotestsrc pattern name")
     parser.add_argument("--color", default=None,
                         help="serve a solid colour 0xAARRGGBB instead of the pattern")
+    parser.add_argument("--protocols", choices=sorted(PROTOCOLS), default="all",
+                        help="RTP transports the server accepts")
     args = parser.parse_args()
 
     Gst.init(None)
@@ -60,6 +69,7 @@ def main() -> int:
     play.set_launch(pattern_launch(args))
     play.set_shared(True)
     play.set_latency(0)
+    play.set_protocols(PROTOCOLS[args.protocols])
     mounts.add_factory("/test", play)
 
     loop = GLib.MainLoop()

@@ -78,8 +78,8 @@ def gst() -> None:
                        f"here: {proc.stderr.strip()[-300:]}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
@@ -95,9 +95,9 @@ class RtspServer:
     def url(self) -> str:
         return f"rtsp://127.0.0.1:{self.port}/test"
 
-    def start(self, color: str | None = None) -> None:
+    def start(self, color: str | None = None, protocols: str = "all") -> None:
         args = [SYSTEM_PYTHON, str(SERVER), "--port", str(self.port), "--width", str(W),
-                "--height", str(H), "--fps", str(FPS)]
+                "--height", str(H), "--fps", str(FPS), "--protocols", protocols]
         if color:
             args += ["--color", color]
         for _ in range(50):  # the port may linger for a moment after a stop
@@ -241,6 +241,75 @@ def test_cli_unknown_protocol_is_one_line_exit_2(tmp_path, stand_in_model):
     assert result.exit_code == 2 and time.monotonic() - t0 < 5
     assert result.output.strip().count("\n") == 0 and "Protocol not found" in result.output
     assert not (tmp_path / "out.mkv").exists()
+
+
+def test_rtsp_over_udp_transport(rtsp, tmp_path, stand_in_model):
+    """The server accepts UDP only, so TCP cannot work and --rtsp-transport udp must."""
+    rtsp.start(color=RED, protocols="udp")
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match="refuses RTSP over tcp: try --rtsp-transport udp"):
+        LiveSource(rtsp.url, fast_options(rtsp_transport="tcp", reconnect_max=20))
+    assert time.monotonic() - t0 < 1.5, "an unsupported transport is not retried"
+    with LiveSource(rtsp.url, fast_options(rtsp_transport="udp", drop="none"), frames=20) as src:
+        frames = list(src)
+    assert len(frames) == 20 and {_colour(f.rgb) for f in frames} == {"red"}
+    steps = {round((b.pts - a.pts) * b.time_base, 4) for a, b in zip(frames, frames[1:], strict=False)}
+    assert steps == {Fraction(1, FPS)}
+    out = tmp_path / "udp.mkv"
+    result = CliRunner().invoke(main, ["upscale", rtsp.url, str(out), "--rtsp-transport", "udp",
+                                       "--device", "cpu", "--batch", "2", "--frames", "10",
+                                       "--encoder-preset", "ultrafast", "--timeout", "3", "-q"])
+    assert result.exit_code == 0, result.output
+    got, _ = _decode(out)
+    assert len(got) == 10 and {_colour(f) for f in got} == {"red"}
+
+
+_UDP_SENDER = """
+import sys, time
+import av, numpy as np
+url, frames = sys.argv[1], np.load(sys.argv[2])
+with av.open(url, "w", format="mpegts") as out:
+    s = out.add_stream("libx264", rate=25, options={"tune": "zerolatency", "preset": "ultrafast",
+                                                    "g": "5", "bf": "0"})
+    s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+    t0 = time.monotonic()
+    for i, rgb in enumerate(frames):  # paced like a camera: 25 fps
+        f = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        f.pts = i
+        for p in s.encode(f):
+            out.mux(p)
+        time.sleep(max(0.0, t0 + (i + 1) / 25 - time.monotonic()))
+"""
+
+
+def test_udp_mpegts_input(tmp_path):
+    """A camera-like sender pushes MPEG-TS to udp://127.0.0.1:PORT; streamsr reads it live."""
+    n_sent, n = 150, 20
+    np.save(tmp_path / "frames.npy", np.stack([media.index_frame(i, W, H) for i in range(n_sent)]))
+    url = f"udp://127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
+    sender = subprocess.Popen([sys.executable, "-c", _UDP_SENDER, url + "?pkt_size=1316",
+                               str(tmp_path / "frames.npy")])
+    try:
+        stats = upscale(url, tmp_path / "udp", model=media.BicubicX4(), frames=n,
+                        live_options=fast_options(drop="none"), **LIVE_FAST)
+    finally:
+        sender.kill()
+        sender.wait()
+    frames, times = _decode(tmp_path / "udp.mkv")  # live default: MKV
+    index = [media.read_index(f) for f in frames]
+    assert len(frames) == stats.frames == n and frames[0].shape == (4 * H, 4 * W, 3)
+    assert stats.live is not None and stats.dropped == 0
+    assert index == list(range(index[0], index[0] + n)), "consecutive frames of the sender"
+    assert np.allclose(np.diff(times), 1 / FPS, atol=0.002), "the sender's 25 fps clock"
+
+
+def test_no_live_reads_a_url_like_a_file(rtsp, tmp_path):
+    rtsp.start(color=BLUE)
+    stats = upscale(rtsp.url, tmp_path / "plain.mkv", model=media.BicubicX4(), live=False,
+                    frames=10, **LIVE_FAST)
+    frames, _ = _decode(tmp_path / "plain.mkv")
+    assert stats.live is None and stats.frames == len(frames) == 10
+    assert {_colour(f) for f in frames} == {"blue"}
 
 
 # -- outputs -------------------------------------------------------------------------------

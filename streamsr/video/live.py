@@ -12,6 +12,7 @@ time its first frame arrived, so outages and drops show up as gaps, never as tim
 from __future__ import annotations
 
 import collections
+import errno
 import itertools
 import logging
 import threading
@@ -319,7 +320,10 @@ class LiveSource(Source):
                     # "Invalid data found when processing input"): say what happened instead.
                     reason = f"no answer within {took:.1f} s"
                 elif first and _permanent(exc):
-                    raise SourceError(f"{redact(self.uri)}: {reason}") from None
+                    hint = (f" (the server refuses RTSP over {opts.rtsp_transport}: try "
+                            f"--rtsp-transport {'udp' if opts.rtsp_transport == 'tcp' else 'tcp'})"
+                            if getattr(exc, "errno", None) == errno.EPROTONOSUPPORT else "")
+                    raise SourceError(f"{redact(self.uri)}: {reason}{hint}") from None
                 what = "open" if first else "reconnect"
                 if opts.reconnect_max and attempt >= opts.reconnect_max + (1 if first else 0):
                     raise SourceError(
@@ -547,9 +551,12 @@ def live_progress(source: LiveSource, progress: Callable[[int, int | None], None
 
 
 def _permanent(exc: BaseException) -> bool:
-    """Errors that retrying cannot fix: no such protocol in this FFmpeg, or a 4xx answer
-    (bad request, unauthorized, forbidden, not found, unsupported transport; not 429)."""
+    """Errors that retrying cannot fix: no such protocol in this FFmpeg, an RTSP server that
+    refuses the transport (461, which FFmpeg reports as EPROTONOSUPPORT), or a 4xx answer
+    (bad request, unauthorized, forbidden, not found; not 429 Too Many Requests)."""
     if isinstance(exc, av.error.ProtocolNotFoundError):
+        return True
+    if isinstance(exc, OSError) and exc.errno == errno.EPROTONOSUPPORT:
         return True
     return (isinstance(exc, av.error.HTTPClientError)
             and not isinstance(exc, av.error.HTTPTooManyRequestsError))
