@@ -5,8 +5,9 @@ last, at close: when the disk fills (or a file-size limit or quota is reached) i
 a run, the muxer cannot write it and the whole file is lost. An MKV cut short plays, but the
 frames still inside the encoder (x264 holds dozens) never reach it. So the sink asks this
 guard, before each frame, whether the space left would still hold everything closing needs:
-the frames inside the encoder (flushed at close), the index (a few dozen bytes per packet) and
-a fixed margin for I/O buffers, copied audio up to the cut and the trailer. When it would not,
+the frames inside the encoder (flushed at close), what the muxer holds in memory (an MKV
+cluster: up to seconds of video), the index (a few dozen bytes per packet) and a fixed margin
+for I/O buffers, copied audio up to the cut and the trailer. When it would not,
 the run stops there with a clear error and the file is finalised with every frame handed to
 the encoder.
 
@@ -24,7 +25,7 @@ from pathlib import Path
 from streamsr.errors import OutputError
 
 INDEX_BYTES_PER_PACKET = 64  # stsz + stts + ctts + stco + stss entries, with room to spare
-MARGIN = 512 * 1024  # I/O buffers, trailer boxes, audio up to the cut, metadata
+MARGIN = 128 * 1024  # I/O buffers (32 kB in libavformat), trailer boxes, audio up to the cut
 
 
 def _human(n: float) -> str:
@@ -42,6 +43,7 @@ class SpaceGuard:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.packets = 0  # packets muxed (all streams)
+        self.bytes = 0  # their payload bytes
         self.video_packets = 0
         self.video_bytes = 0
         self.largest_video = 0
@@ -49,21 +51,24 @@ class SpaceGuard:
     def muxed(self, size: int, video: bool) -> None:
         """Call for every packet handed to the muxer."""
         self.packets += 1
+        self.bytes += size
         if video:
             self.video_packets += 1
             self.video_bytes += size
             self.largest_video = max(self.largest_video, size)
 
-    def needed(self, in_flight: int) -> int:
-        """Bytes closing the file needs with `in_flight` frames still inside the encoder."""
+    def needed(self, in_flight: int, on_disk: int = 0) -> int:
+        """Bytes closing the file needs with `in_flight` frames inside the encoder and `on_disk`
+        bytes of the file written (the muxed payload beyond that is still in the muxer's memory)."""
         mean = self.video_bytes / self.video_packets if self.video_packets else 0
         # frames still in the encoder come out at close: count each at twice the mean packet
         # (and never less than the largest seen) so a flush of busier frames still fits
         flush = in_flight * max(2 * mean, self.largest_video)
         index = INDEX_BYTES_PER_PACKET * (self.packets + in_flight + 16)
-        return int(flush + index + MARGIN)
+        held = max(0, self.bytes - on_disk)
+        return int(flush + held + index + MARGIN)
 
-    def room(self) -> int:
+    def room(self, on_disk: int) -> int:
         """Bytes this file can still grow by: disk space and the file-size limit, whichever is less."""
         room = None
         try:
@@ -73,18 +78,18 @@ class SpaceGuard:
             pass
         soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
         if soft != resource.RLIM_INFINITY:
-            try:
-                size = self.path.stat().st_size
-            except OSError:
-                size = 0
-            left = max(0, soft - size)
+            left = max(0, soft - on_disk)
             room = left if room is None else min(room, left)
         return room if room is not None else 1 << 62
 
     def check(self, in_flight: int, frames: int) -> None:
         """Raise OutputError before a frame that would leave too little room to finish the file."""
-        need = self.needed(in_flight + 1)
-        room = self.room()
+        try:
+            on_disk = self.path.stat().st_size
+        except OSError:
+            on_disk = 0
+        need = self.needed(in_flight + 1, on_disk)
+        room = self.room(on_disk)
         if room < need:
             raise OutputError(
                 f"cannot write {self.path}: disk nearly full ({_human(room)} left, finishing the "
