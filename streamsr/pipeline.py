@@ -387,6 +387,10 @@ class _Run:
                     break
                 if self.max_frames is not None and taken >= self.max_frames:
                     break
+        except StreamsrError as exc:  # the input went bad: finish the frames decoded so far first
+            if self.error is None:
+                self.error = exc
+            self.failed = True
         except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
             self._fail(exc)
         finally:
