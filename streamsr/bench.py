@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import itertools
 import json
 import logging
 import math
-import itertools
 import os
 import platform
 import shutil
@@ -37,7 +37,7 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
-import torch.nn.functional as F
+from av.video.reformatter import ColorRange
 from torch import nn
 
 from streamsr.engine import ALIGN, Engine, EngineConfig, available_cpus, is_oom, resolve_device
@@ -46,6 +46,16 @@ from streamsr.models import DeblurSR
 from streamsr.models.configs import CONFIGS, get_config
 from streamsr.models.weights import load_model
 from streamsr.video.sink import EncodeOptions, encoder_options, parse_bitrate
+from streamsr.video.source import (
+    MATRICES,
+    RANGES,
+    TO_RGB_FLAGS,
+    effective_matrix,
+    effective_range,
+    open_source,
+    sws_matrix,
+    sws_range,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +66,12 @@ SWEEP_BATCHES = {"cuda": (1, 2, 4, 8), "cpu": (1, 2, 4)}
 DEFAULT_FRAMES = {"cuda": 96, "cpu": 8}
 MIN_IO_FRAMES = 48  # the I/O parts are cheap: a longer clip keeps start-up costs from dominating
 CLIP_FPS = 25
+# FFmpeg reference conversions: the pipeline's swscale settings, or FFmpeg's defaults
+CONVERSIONS = ("pipeline", "default")
+SWS_TO_RGB = "bicubic+accurate_rnd+full_chroma_int"  # as TO_RGB_FLAGS (video/source.py)
+SWS_FROM_RGB = "bicubic+accurate_rnd+full_chroma_inp"  # as FROM_RGB_FLAGS
+_SCALE_MATRIX = {"bt709": "bt709", "smpte170m": "bt601", "bt470bg": "bt601", "fcc": "fcc",
+                 "smpte240m": "smpte240m", "bt2020nc": "bt2020", "bt2020c": "bt2020"}
 CLIP_OPTIONS = {"crf": "16", "preset": "veryfast"}  # the source clip: fast to make, detailed
 FFMPEG_METHODS = ("auto", "pyav", "cli")
 
@@ -411,15 +427,25 @@ def naive_loop(src: Path, dst: Path, model: nn.Module, device: torch.device,
     return Timing(fps=n / seconds, frames=n, seconds=seconds)
 
 
-def ffmpeg_scale(src: Path, dst: Path, enc: EncodeOptions, method: str = "auto") -> Timing:
-    """FFmpeg alone: decode + x4 nearest scale + encode with the pipeline's codec settings."""
+def ffmpeg_scale(src: Path, dst: Path, enc: EncodeOptions, method: str = "auto",
+                 conversion: str = "pipeline") -> Timing:
+    """FFmpeg alone: decode + x4 nearest scale + encode with the pipeline's codec settings.
+
+    `conversion` "pipeline": YUV->RGB and back with the pipeline's own swscale settings (bicubic
+    with full chroma interpolation and accurate rounding, the input's matrix and range), so both
+    hand the encoder the same pictures. "default": FFmpeg's default (fast) conversions, about
+    3 dB less faithful on real photos (see docs/benchmarks.md), whose blockier chroma x264
+    also encodes about 20 % faster: a different job, kept as a second figure.
+    """
+    if conversion not in CONVERSIONS:
+        raise ConfigError(f"conversion must be one of {', '.join(CONVERSIONS)}, not {conversion!r}")
     fallback = method == "auto"
     if method == "auto":
         method = "cli" if shutil.which("ffmpeg") else "pyav"
     t0 = time.perf_counter()
     if method == "cli":
         try:
-            _ffmpeg_cli(src, dst, enc)
+            _ffmpeg_cli(src, dst, enc, conversion)
         except (OSError, subprocess.SubprocessError) as exc:
             if not fallback:
                 raise ConfigError(f"the ffmpeg program failed: {exc}") from None
@@ -427,37 +453,69 @@ def ffmpeg_scale(src: Path, dst: Path, enc: EncodeOptions, method: str = "auto")
             method = "pyav"
             t0 = time.perf_counter()
     if method == "pyav":
-        _ffmpeg_graph(src, dst, enc)
+        _ffmpeg_graph(src, dst, enc, conversion)
     seconds = max(time.perf_counter() - t0, 1e-9)
     n = count_frames(dst)
     name = "ffmpeg program" if method == "cli" else "PyAV filter graph"
-    return Timing(fps=n / seconds, frames=n, seconds=seconds, detail={"method": name})
+    return Timing(fps=n / seconds, frames=n, seconds=seconds,
+                  detail={"method": name, "conversion": conversion})
 
 
 def _stamp(frame: av.VideoFrame, index: int, rate: Fraction) -> av.VideoFrame:
-    """Frame `index` of a constant-rate clip. Without real timestamps x264's rate control works
-    from a wrong frame rate (an unstamped run came out at 2400 fps, 1.6x smaller and quicker to
-    encode than the pipeline's properly timed output), which would make the references unfair."""
+    """Frame `index` of a constant-rate clip, with no picture type, ready for the encoder.
+
+    Without real timestamps x264's rate control works from a wrong frame rate (an unstamped run
+    came out at 2400 fps, 1.6x smaller and quicker to encode than the pipeline's properly timed
+    output). And a decoded frame keeps its I/P/B type through filters, which libx264 obeys: the
+    reference then copied the clip's frame types instead of choosing its own (x264 skips its
+    B-frame decision, ~20 % less CPU and a 1.5x smaller file than the pipeline's). Both would
+    make the references unfair.
+    """
     frame.time_base = Fraction(1) / Fraction(rate)
     frame.pts = index
+    frame.pict_type = 0  # AV_PICTURE_TYPE_NONE: let the encoder decide
     return frame
 
 
-def _ffmpeg_graph(src: Path, dst: Path, enc: EncodeOptions) -> None:
-    """decode -> scale=4x:flags=neighbor -> format -> encode, all inside libav via PyAV."""
+def _colour(src: Path) -> tuple[str, str]:
+    """The matrix and range the pipeline decodes `src` with (tag, or the size-based default)."""
+    with open_source(src) as source:
+        return effective_matrix(source.info), effective_range(source.info)
+
+
+def _ffmpeg_graph(src: Path, dst: Path, enc: EncodeOptions, conversion: str = "pipeline") -> None:
+    """decode -> RGB24 -> scale=4x:flags=neighbor -> encoder format -> encode, inside libav.
+
+    With the pipeline's conversion the YUV->RGB step is the very swscale call the pipeline's
+    decoder makes (`frame.reformat`, same flags, matrix and range); RGB->YUV is the filter
+    graph's scaler with the flags the pipeline's RGB hand-over uses.
+    """
+    same = conversion == "pipeline"
+    matrix, colour_range = _colour(src) if same else ("", "")
     with av.open(str(src)) as inp:
         ist = inp.streams.video[0]
         ist.thread_type = "AUTO"
         w, h = 4 * ist.width, 4 * ist.height
+        rate = ist.average_rate or CLIP_FPS
         graph = av.filter.Graph()
-        chain = [graph.add_buffer(template=ist), graph.add("format", "rgb24"),
-                 graph.add("scale", f"{w}:{h}:flags=neighbor"), graph.add("format", enc.pix_fmt),
-                 graph.add("buffersink")]
+        if same:
+            head = [graph.add_buffer(width=ist.width, height=ist.height, format="rgb24",
+                                     time_base=Fraction(1) / Fraction(rate))]
+            back = [graph.add("scale", f"flags={SWS_FROM_RGB}:out_color_matrix="
+                                       f"{_SCALE_MATRIX.get(matrix, 'bt601')}:out_range={colour_range}")]
+        else:
+            head = [graph.add_buffer(template=ist), graph.add("format", "rgb24")]
+            back = []
+        chain = [*head, graph.add("scale", f"{w}:{h}:flags=neighbor"), *back,
+                 graph.add("format", enc.pix_fmt), graph.add("buffersink")]
         for a, b in zip(chain, chain[1:], strict=False):
             a.link_to(b)
         graph.configure()
-        rate = ist.average_rate or CLIP_FPS
         out, stream = open_encoder(dst, w, h, rate, enc)
+        if same:
+            stream.codec_context.colorspace = {v: k for k, v in MATRICES.items()}[matrix]
+            stream.codec_context.color_range = {v: k for k, v in RANGES.items()}[colour_range]
+        src_matrix, src_range = sws_matrix(matrix), sws_range(colour_range)
         count = itertools.count()
         try:
             def drain() -> None:
@@ -470,7 +528,12 @@ def _ffmpeg_graph(src: Path, dst: Path, enc: EncodeOptions) -> None:
                     for packet in stream.encode(frame):
                         out.mux(packet)
 
-            for frame in inp.decode(ist):
+            for n, frame in enumerate(inp.decode(ist)):
+                if same:  # exactly the pipeline decoder's conversion
+                    frame = _stamp(frame.reformat(format="rgb24", src_colorspace=src_matrix,
+                                                  src_color_range=src_range,
+                                                  dst_color_range=ColorRange.JPEG,
+                                                  interpolation=TO_RGB_FLAGS), n, rate)
                 graph.vpush(frame)
                 drain()
             graph.vpush(None)
@@ -481,10 +544,19 @@ def _ffmpeg_graph(src: Path, dst: Path, enc: EncodeOptions) -> None:
             out.close()
 
 
-def _ffmpeg_cli(src: Path, dst: Path, enc: EncodeOptions) -> None:
-    """The same through the `ffmpeg` program."""
+def _ffmpeg_cli(src: Path, dst: Path, enc: EncodeOptions, conversion: str = "pipeline") -> None:
+    """The same through the `ffmpeg` program (the conversions as scale filters with the
+    pipeline's swscale flags, matrix and range)."""
+    if conversion == "pipeline":
+        matrix, colour_range = _colour(src)
+        m = _SCALE_MATRIX.get(matrix, "bt601")
+        chain = (f"scale=flags={SWS_TO_RGB}:in_color_matrix={m}:in_range={colour_range},format=rgb24,"
+                 f"scale=iw*4:ih*4:flags=neighbor,scale=flags={SWS_FROM_RGB}:out_color_matrix={m}:"
+                 f"out_range={colour_range},format={enc.pix_fmt}")
+    else:
+        chain = f"format=rgb24,scale=iw*4:ih*4:flags=neighbor,format={enc.pix_fmt}"
     cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(src),
-           "-vf", f"format=rgb24,scale=iw*4:ih*4:flags=neighbor,format={enc.pix_fmt}", "-an", "-c:v", enc.codec, "-pix_fmt", enc.pix_fmt]
+           "-vf", chain, "-an", "-c:v", enc.codec, "-pix_fmt", enc.pix_fmt]
     if enc.bitrate:
         cmd += ["-b:v", str(parse_bitrate(enc.bitrate))]
     for key, value in codec_options(enc).items():
@@ -632,6 +704,12 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRes
             _announce(progress, "I/O only: FFmpeg decode + x4 nearest scale + encode")
             results["io_ffmpeg"] = ffmpeg_scale(io_clip, work / "ffmpeg.mp4", enc, config.ffmpeg)
             _announce(progress, _said(results["io_ffmpeg"]))
+            # the same with FFmpeg's default (fast, less faithful) YUV<->RGB conversions: a
+            # different job, reported beside the ratio so nobody has to take our word for it
+            _announce(progress, "I/O only: FFmpeg again, with its default conversions")
+            fast = ffmpeg_scale(io_clip, work / "ffmpeg_fast.mp4", enc, config.ffmpeg, "default")
+            results["io_ffmpeg"].detail["default_conversion"] = {"fps": fast.fps, "seconds": fast.seconds}
+            _announce(progress, _said(fast))
     ratios = Ratios(
         pipeline_over_model=_ratio(results.get("pipeline"), results.get("model_only")),
         pipeline_over_naive=_ratio(results.get("pipeline"), results.get("naive")),
@@ -778,6 +856,11 @@ def format_result(r: BenchResult) -> str:
     if ratios:
         table += ["", "| ratio | value |", "|---|---:|"]
         table += [f"| {name} | {value:.2f} |" for name, value in ratios]
+    fast = r.results["io_ffmpeg"].detail.get("default_conversion") if "io_ffmpeg" in r.results else None
+    if fast and r.results.get("io_pipeline"):
+        table += ["", f"FFmpeg with its default (fast, less faithful) YUV<->RGB conversions instead "
+                      f"of the pipeline's: {_fmt_fps(fast['fps'])} fps (pipeline / that: "
+                      f"{r.results['io_pipeline'].fps / fast['fps']:.2f})"]
     return "\n".join(head + table + [""] + [f"note: {n}" for n in r.notes])
 
 

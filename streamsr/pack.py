@@ -42,6 +42,11 @@ class Yuv420:
         kr, kb = _COEFFICIENTS[matrix]
         return cls(kr, kb, colour_range == "pc")
 
+    def luma_scales(self) -> tuple[float, float, float]:
+        """Code values of full R, G and B in luma (offset not included)."""
+        span = 255.0 if self.full_range else 219.0
+        return self.kr * span, (1.0 - self.kr - self.kb) * span, self.kb * span
+
     def weights(self, device: torch.device) -> tuple[Tensor, Tensor, float]:
         """(luma 1x3x1x1, chroma 2x3x1x1 per summed 2x2 block, luma offset) in code values.
 
@@ -81,10 +86,14 @@ def to_yuv420p(y: Tensor, target: Yuv420) -> Tensor:
     n, c, h, w = y.shape
     if c != 3 or h % 2 or w % 2:
         raise ValueError(f"yuv420p needs 3-channel frames with even sides, got {tuple(y.shape)}")
-    luma_w, chroma_w, y_off = target.weights(y.device)
+    _, chroma_w, y_off = target.weights(y.device)
     y = y.clamp_(0.0, 1.0)
     out = torch.empty(n, h * w * 3 // 2, dtype=torch.uint8, device=y.device)
-    out[:, :h * w] = F.conv2d(y, luma_w).add_(y_off).round_().view(n, -1)
+    # luma as three multiply-adds on the channel planes: unlike a 1x1 convolution they take the
+    # engine's cropped (non-contiguous) output as it is, without an 11 MB copy per 720p frame
+    kr, kg, kb = target.luma_scales()
+    luma = torch.mul(y[:, 0], kr).add_(y[:, 1], alpha=kg).add_(y[:, 2], alpha=kb)
+    out[:, :h * w] = luma.add_(y_off).round_().view(n, -1)
     # 2x2 block sums: pairs of rows (contiguous halves of each row pair), then pairs of columns;
     # cheaper on a CPU than avg_pool2d or a strided 2x2 convolution
     rows = y.reshape(n, 3, h // 2, 2 * w)

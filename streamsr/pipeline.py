@@ -296,12 +296,15 @@ class _CpuThreads:
     keep the cores busy, and torch's fork-join ops stall whenever one of their threads is
     descheduled: the x4 nearest stand-in of `streamsr bench` ran 10 fps with 2 threads and 26
     fps with 1. So after the first (warm-up) batch the engine's time per frame is measured with
-    all threads, then with one, each over at least WINDOW seconds, and the faster setting is kept
-    for the rest of the run. OMP_NUM_THREADS set by the user is left alone.
+    one thread, then with all of them, each over at least WINDOW seconds (or FRAMES frames),
+    and the faster setting is kept for the rest of the run. The second measurement stops after
+    one batch when it is already CLEAR times slower or faster than the first, so little of the
+    run is spent in the losing setting. OMP_NUM_THREADS set by the user is left alone.
     """
 
     WINDOW = 0.5  # seconds of engine time per measurement (at least one batch) ...
     FRAMES = 16  # ... or this many frames, whichever comes first
+    CLEAR = 1.5  # per-frame time ratio that decides after one batch of the second setting
     _active = 0  # runs measuring now: the thread count is per process, so only one may
     _lock = threading.Lock()
 
@@ -325,15 +328,21 @@ class _CpuThreads:
         now = (self.engine.busy_seconds, self.engine.frames_done)
         if self.mark is None:  # the first batch pays for warm-up: measure from the next one
             self.mark = now
+            torch.set_num_threads(1)
             return
         busy, frames = now[0] - self.mark[0], now[1] - self.mark[1]
-        if frames < 1 or (busy < self.WINDOW and frames < self.FRAMES):
+        if frames < 1:
             return
         threads = torch.get_num_threads()
-        self.per_frame[threads] = busy / frames
+        per = busy / frames
+        first = self.per_frame.get(1) if threads != 1 else None
+        clear = first is not None and (per > self.CLEAR * first or per * self.CLEAR < first)
+        if not clear and busy < self.WINDOW and frames < self.FRAMES:
+            return
+        self.per_frame[threads] = per
         self.mark = now
-        if threads == self.full:  # measured all threads: now try one
-            torch.set_num_threads(1)
+        if threads == 1:  # measured one thread: now all of them
+            torch.set_num_threads(self.full)
             return
         best = min(self.per_frame, key=self.per_frame.get)
         torch.set_num_threads(best)

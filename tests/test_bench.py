@@ -18,6 +18,7 @@ from streamsr.bench import (
     PARTS,
     BenchConfig,
     NearestX4,
+    clip_frames,
     count_frames,
     encode_options,
     ffmpeg_scale,
@@ -144,6 +145,53 @@ def test_ffmpeg_reference_is_a_nearest_x4_scale(tmp_path):
     out = decode_all(tmp_path / "f.mp4")
     assert t.frames == 3 and out.shape == (3, 4 * H, 4 * W, 3)
     assert psnr_u8(out, nearest4(decode_all(clip))) > 28  # only the encoder's loss separates them
+
+
+def _yuv_planes(path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray() for f in c.decode(video=0)])  # yuv420p, as encoded
+
+
+def test_ffmpeg_reference_encodes_the_pipelines_pictures(tmp_path):
+    """With the pipeline's conversions the reference hands x264 the same pictures (lossless
+    encodes compared code value by code value); FFmpeg's defaults make visibly different ones."""
+    from streamsr.pipeline import upscale
+    from streamsr.video.sink import EncodeOptions
+
+    clip = make_clip(tmp_path / "c.mp4", W, H, 6)
+    lossless = EncodeOptions(crf=0, preset="ultrafast")
+    ffmpeg_scale(clip, tmp_path / "same.mp4", lossless, method="pyav", conversion="pipeline")
+    ffmpeg_scale(clip, tmp_path / "fast.mp4", lossless, method="pyav", conversion="default")
+    upscale(clip, tmp_path / "pipe.mp4", model=NearestX4(), device="cpu", crf=0,
+            encoder_preset="ultrafast")
+    pipe = _yuv_planes(tmp_path / "pipe.mp4").astype(int)
+    same = np.abs(_yuv_planes(tmp_path / "same.mp4") - pipe)
+    fast = np.abs(_yuv_planes(tmp_path / "fast.mp4") - pipe)
+    assert same.max() <= 2 and same.mean() < 0.2, (same.max(), same.mean())
+    assert fast.mean() > 0.5, fast.mean()  # the check above can tell conversions apart
+    with pytest.raises(ConfigError, match="conversion"):
+        ffmpeg_scale(clip, tmp_path / "x.mp4", lossless, method="pyav", conversion="fastest")
+
+
+def test_ffmpeg_reference_chooses_its_own_frame_types(tmp_path):
+    """Decoded frames carry their I/P/B type through filters and libx264 obeys it: an all-intra
+    input would make the reference all-intra too (a different, cheaper job than the pipeline's)."""
+    path = tmp_path / "intra.mp4"
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        s.codec_context.options = {"g": "1", "crf": "18"}
+        for i, rgb in enumerate(clip_frames(W, H, 8)):
+            for packet in s.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(packet)
+        for packet in s.encode(None):
+            out.mux(packet)
+    with av.open(str(path)) as c:
+        assert all(p.is_keyframe for p in c.demux(video=0) if p.size)  # every input frame is I
+    ffmpeg_scale(path, tmp_path / "ref.mp4", encode_options(), method="pyav")
+    with av.open(str(tmp_path / "ref.mp4")) as c:
+        keys = [p.is_keyframe for p in c.demux(video=0) if p.size]
+    assert len(keys) == 8 and sum(keys) == 1, keys  # x264 chose: one IDR, then P/B frames
 
 
 def _timing(path):

@@ -402,13 +402,14 @@ def test_cpu_threads_keep_the_faster_setting(monkeypatch, one_thread_faster):
             engine.frames_done += 2
             gov.tick()
 
-        batch(5.0)  # warm-up: not measured
-        assert torch.get_num_threads() == 2
-        batch(0.6)  # window not full yet
-        batch(0.6)  # 1.2 s for 4 frames (0.3 s each) with 2 threads: next, one thread is tried
+        batch(5.0)  # warm-up: not measured; one thread is measured first
         assert torch.get_num_threads() == 1
-        batch(0.5 if one_thread_faster else 0.9)
-        batch(0.5 if one_thread_faster else 0.9)
+        batch(0.6)  # window not full yet
+        batch(0.6)  # 1.2 s for 4 frames (0.3 s each) with one thread: next, all threads
+        assert torch.get_num_threads() == 2
+        batch(0.5 if not one_thread_faster else 0.8)  # within 1.5x of one thread: keep measuring
+        assert torch.get_num_threads() == 2
+        batch(0.5 if not one_thread_faster else 0.8)
         assert torch.get_num_threads() == (1 if one_thread_faster else 2)
         batch(10.0)  # decided once: later batches change nothing
         assert torch.get_num_threads() == (1 if one_thread_faster else 2)
@@ -418,6 +419,32 @@ def test_cpu_threads_keep_the_faster_setting(monkeypatch, one_thread_faster):
         again = _CpuThreads(engine)
         assert again.enabled  # free again once the first run ended
         again.restore()
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("two_threads", [0.05, 5.0])
+def test_cpu_threads_decide_after_one_batch_when_clear(monkeypatch, two_threads):
+    """A setting 1.5x slower or faster per frame than the first is decided on at once."""
+    from streamsr.pipeline import _CpuThreads
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(_CpuThreads, "WINDOW", 1.0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        engine = _StubEngine()
+        gov = _CpuThreads(engine)
+        for seconds in (5.0, 0.6, 0.6):  # warm-up, then 0.3 s per frame with one thread
+            engine.busy_seconds += seconds
+            engine.frames_done += 2
+            gov.tick()
+        assert torch.get_num_threads() == 2 and gov.enabled
+        engine.busy_seconds += two_threads  # one 2-frame batch with both threads
+        engine.frames_done += 2
+        gov.tick()
+        assert not gov.enabled  # decided after a single batch, far below the 1 s window
+        assert torch.get_num_threads() == (2 if two_threads < 0.6 else 1)
+        gov.restore()
     finally:
         torch.set_num_threads(before)
 
