@@ -168,6 +168,154 @@ def test_batched_patches_match_per_patch_reference():
         assert torch.allclose(joint[s], torch.cat([o[s] for o in single]), atol=1e-5)
 
 
+# --- An independent reference: the official MPRNet forward, patch by patch ---------------------
+# Written from the official MPRNet.forward (github.com/swz30/MPRNet, Deblurring/MPRNet.py): each
+# stage-1 quarter and each stage-2 half goes through its own encoder call, stage 1 decodes top
+# and bottom separately, CAB is `CA(body(x)) + x` and SAM is `x1 * gate + x`, unfused. It only
+# borrows the modules' weights (and plain torch layers: convs, PReLU, resampling), never our
+# CAB/SAM/Encoder/Decoder/ORSNet forwards.
+
+
+def _ref_cab(cab, x):
+    r = cab.body(x)  # conv, shared PReLU, conv
+    gate = cab.CA.conv_du(torch.nn.functional.adaptive_avg_pool2d(r, 1))
+    return r * gate + x
+
+
+def _ref_cabs(seq, x):
+    for cab in seq:
+        x = _ref_cab(cab, x)
+    return x
+
+
+def _ref_sam(sam, x, x_img):
+    x1 = sam.conv1(x)
+    img = sam.conv2(x) + x_img
+    x2 = torch.sigmoid(sam.conv3(img))
+    return x1 * x2 + x, img
+
+
+def _ref_shallow(seq, x):
+    return _ref_cab(seq[1], seq[0](x))
+
+
+def _ref_encoder(enc, x, enc_prev=None, dec_prev=None):
+    outs = []
+    levels = (enc.encoder_level1, enc.encoder_level2, enc.encoder_level3)
+    downs = (enc.down12.down, enc.down23.down, None)
+    for i, (level, down) in enumerate(zip(levels, downs, strict=True)):
+        x = _ref_cabs(level, x)
+        if enc_prev is not None:
+            x = (x + getattr(enc, f"csff_enc{i + 1}")(enc_prev[i])
+                 + getattr(enc, f"csff_dec{i + 1}")(dec_prev[i]))
+        outs.append(x)
+        if down is not None:
+            x = down(x)  # bilinear /2, 1x1 conv
+    return outs
+
+
+def _ref_decoder(dec, enc):
+    enc1, enc2, enc3 = enc
+    dec3 = _ref_cabs(dec.decoder_level3, enc3)
+    x = dec.up32.up(dec3) + _ref_cab(dec.skip_attn2, enc2)
+    dec2 = _ref_cabs(dec.decoder_level2, x)
+    x = dec.up21.up(dec2) + _ref_cab(dec.skip_attn1, enc1)
+    dec1 = _ref_cabs(dec.decoder_level1, x)
+    return [dec1, dec2, dec3]
+
+
+def _ref_orb(orb, x):
+    *cab_list, last = orb.body
+    y = x
+    for cab in cab_list:
+        y = _ref_cab(cab, y)
+    return last(y) + x
+
+
+def _ref_orsnet(ors, x, enc, dec):
+    x = _ref_orb(ors.orb1, x)
+    x = x + ors.conv_enc1(enc[0]) + ors.conv_dec1(dec[0])
+    x = _ref_orb(ors.orb2, x)
+    x = x + ors.conv_enc2(ors.up_enc1.up(enc[1])) + ors.conv_dec2(ors.up_dec1.up(dec[1]))
+    x = _ref_orb(ors.orb3, x)
+    up2 = lambda seq, t: seq[1].up(seq[0].up(t))  # noqa: E731 - two UpSample steps
+    x = x + ors.conv_enc3(up2(ors.up_enc2, enc[2])) + ors.conv_dec3(up2(ors.up_dec2, dec[2]))
+    return x
+
+
+def _ref_trunk(net, x):
+    """(stage3, stage2, stage1) images and the three feature maps the SR head reads."""
+    h, w = x.shape[-2:]
+    top, bot = x[:, :, : h // 2], x[:, :, h // 2:]
+    ltop, rtop = top[..., : w // 2], top[..., w // 2:]
+    lbot, rbot = bot[..., : w // 2], bot[..., w // 2:]
+    # stage 1: four encoder calls, two decoder calls
+    f_lt, f_rt, f_lb, f_rb = (_ref_encoder(net.stage1_encoder, _ref_shallow(net.shallow_feat1, q))
+                              for q in (ltop, rtop, lbot, rbot))
+    feat1_top = [torch.cat((a, b), 3) for a, b in zip(f_lt, f_rt, strict=True)]
+    feat1_bot = [torch.cat((a, b), 3) for a, b in zip(f_lb, f_rb, strict=True)]
+    res1_top = _ref_decoder(net.stage1_decoder, feat1_top)
+    res1_bot = _ref_decoder(net.stage1_decoder, feat1_bot)
+    sam_top, img1_top = _ref_sam(net.sam12, res1_top[0], top)
+    sam_bot, img1_bot = _ref_sam(net.sam12, res1_bot[0], bot)
+    stage1_img = torch.cat((img1_top, img1_bot), 2)
+    # stage 2: two encoder calls (one per half), one decoder call on the joined features
+    x2_top = net.concat12(torch.cat((_ref_shallow(net.shallow_feat2, top), sam_top), 1))
+    x2_bot = net.concat12(torch.cat((_ref_shallow(net.shallow_feat2, bot), sam_bot), 1))
+    feat2_top = _ref_encoder(net.stage2_encoder, x2_top, feat1_top, res1_top)
+    feat2_bot = _ref_encoder(net.stage2_encoder, x2_bot, feat1_bot, res1_bot)
+    feat2 = [torch.cat((a, b), 2) for a, b in zip(feat2_top, feat2_bot, strict=True)]
+    res2 = _ref_decoder(net.stage2_decoder, feat2)
+    sam3, stage2_img = _ref_sam(net.sam23, res2[0], x)
+    # stage 3: the whole image
+    x3 = net.concat23(torch.cat((_ref_shallow(net.shallow_feat3, x), sam3), 1))
+    x3 = _ref_orsnet(net.stage3_orsnet, x3, feat2, res2)
+    stage3_img = net.tail(x3) + x
+    features = (torch.cat((res1_top[0], res1_bot[0]), 2), res2[0], x3)
+    return (stage3_img, stage2_img, stage1_img), features
+
+
+def _ref_deblur_sr(model, x):
+    """The joint model (no bicubic skip, sizes already multiples of 8), per its docstring:
+    refine each stage's features with a CAB, concatenate, fuse, reconstruct x4."""
+    stages, (f1, f2, f3) = _ref_trunk(model.trunk, x)
+    fused = model.fuse(torch.cat((_ref_cab(model.refine1, f1), _ref_cab(model.refine2, f2),
+                                  _ref_cab(model.refine3, model.reduce3(f3))), 1))
+    rec = model.reconstruct
+    y = fused
+    for block in rec.blocks:
+        y = block.conv2(torch.relu(block.conv1(y))) + y
+    lrelu = torch.nn.functional.leaky_relu
+    y = lrelu(torch.nn.functional.pixel_shuffle(rec.up1(y), 2), 0.1)
+    y = lrelu(torch.nn.functional.pixel_shuffle(rec.up2(y), 2), 0.2)
+    y = lrelu(rec.conv(y), 0.2)
+    return torch.sigmoid(rec.out(y)), stages
+
+
+@pytest.fixture(scope="module")
+def tiny_and_input():
+    torch.manual_seed(0)
+    model = DeblurSR(TINY).eval()
+    assert not TINY.bicubic_skip
+    with torch.no_grad():  # a PReLU slope other than the default 0.25, so a slip shows
+        model.trunk.act.weight.fill_(0.1)
+    return model, torch.rand(2, 3, 32, 48)
+
+
+def test_trunk_and_joint_model_equal_the_official_per_patch_forward(tiny_and_input):
+    model, x = tiny_and_input
+    with torch.no_grad():
+        ref_hr, ref_stages = _ref_deblur_sr(model, x)
+        trunk = model.trunk(x).stages
+        out = model(x)
+    assert out.hr.shape == (2, 3, 128, 192)
+    pairs = [(f"trunk stage {3 - s}", trunk[s], ref_stages[s]) for s in range(3)]
+    pairs += [(f"joint stage {3 - s}", out.stages[s], ref_stages[s]) for s in range(3)]
+    pairs.append(("joint hr", out.hr, ref_hr))
+    for name, ours, ref in pairs:
+        assert torch.allclose(ours, ref, atol=1e-5, rtol=0), (name, (ours - ref).abs().max().item())
+
+
 def test_padding_is_reflect_then_cropped():
     x = torch.arange(2 * 3 * 5 * 6, dtype=torch.float32).view(2, 3, 5, 6)
     p = pad_to_multiple(x, 8)
