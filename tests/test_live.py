@@ -405,6 +405,36 @@ def test_push_to_server_and_read_back(tmp_path, scheme):
     assert times[-1] - times[0] >= 29 / FPS + 0.45, "the gap survives the push"
 
 
+def test_push_repairs_packets_the_muxer_would_refuse():
+    """libx265 under load can hand out a first packet whose dts is after its pts (see
+    sink.repair_timestamps); a push must send it with timestamps the muxer accepts, not fail."""
+    import av
+
+    from streamsr.video.segments import PushSink
+    from streamsr.video.sink import TimestampRepair
+
+    class Muxer:
+        def __init__(self) -> None:
+            self.sent: list[tuple[int, int]] = []
+
+        def mux(self, packet) -> None:
+            if self.sent and packet.dts <= self.sent[-1][1] or packet.pts < packet.dts:
+                raise av.error.ValueError(22, "non-monotonic or pts < dts")  # as FFmpeg refuses
+            self.sent.append((packet.pts, packet.dts))
+
+    sink = PushSink.__new__(PushSink)  # no server: only the packet path is under test
+    sink._container, sink._timestamps, sink._bytes = Muxer(), TimestampRepair(), 0
+    truth = [(0, -2), (3, -1), (1, 0), (2, 1), (6, 2), (4, 3), (5, 4)]  # I P B B P B B
+    stream = [(0, 8618642335881972446)] + truth[1:]  # garbage in the first dts (as x265 gave)
+    for pts, dts in stream:
+        packet = av.Packet(b"\0" * 10)
+        packet.pts, packet.dts = pts, dts
+        sink._send(packet)
+    sink._send(None)
+    assert sink._container.sent == truth  # every packet, in order, with its true timestamps
+    assert sink._bytes == 70
+
+
 def test_push_to_nobody_is_an_output_error():
     with pytest.raises(OutputError, match="cannot push"):
         PushSink(f"rtsp://127.0.0.1:{free_port()}/x4", 4 * W, 4 * H, FPS)

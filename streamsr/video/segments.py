@@ -21,7 +21,14 @@ import av
 import numpy as np
 
 from streamsr.errors import ConfigError, OutputError
-from streamsr.video.sink import EncodeOptions, Sink, encoder_options, open_sink, parse_bitrate
+from streamsr.video.sink import (
+    EncodeOptions,
+    Sink,
+    TimestampRepair,
+    encoder_options,
+    open_sink,
+    parse_bitrate,
+)
 from streamsr.video.source import (
     FROM_RGB_FLAGS,
     MATRICES,
@@ -207,6 +214,7 @@ class PushSink(Sink):
                 pass
             raise OutputError(f"cannot push to {self.url}: {exc}") from None
         self._container, self._stream = container, stream
+        self._timestamps = TimestampRepair()  # encoder packets the muxer would refuse (x265)
         self._first_pts: int | None = None
         self._last_pts: int | None = None
 
@@ -259,8 +267,7 @@ class PushSink(Sink):
         self._last_pts = out
         try:
             for packet in self._stream.encode(frame):
-                self._bytes += packet.size
-                self._container.mux(packet)
+                self._send(packet)
         except (av.FFmpegError, OSError) as exc:
             if not self._reconnect:
                 raise OutputError(f"push to {self.url} failed: {exc}") from None
@@ -271,6 +278,16 @@ class PushSink(Sink):
             return
         self.frames_written += 1
 
+    def _send(self, packet: av.Packet | None) -> None:
+        """Mux one encoded packet (None: release a held one) with timestamps the muxer accepts."""
+        repair = self._timestamps
+        ready = repair.flush() if packet is None else repair.push(packet, packet.pts, packet.dts)
+        for pkt, pts, dts in ready:
+            if (pkt.pts, pkt.dts) != (pts, dts):
+                pkt.pts, pkt.dts = pts, dts
+            self._bytes += pkt.size
+            self._container.mux(pkt)
+
     def close(self, trim: bool = False) -> None:
         """Flush the encoder and end the session with the server."""
         if self._closed:
@@ -280,7 +297,8 @@ class PushSink(Sink):
             return
         try:
             for packet in self._stream.encode(None):
-                self._container.mux(packet)
+                self._send(packet)
+            self._send(None)
         except (av.FFmpegError, OSError) as exc:
             log.warning("push: flushing to %s failed: %s", self.url, exc)
         finally:
