@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -125,8 +126,25 @@ def test_table_shows_every_part_and_ratio(cpu_result):
     for label in ("model only", "pipeline", "naive loop", "I/O only: pipeline", "I/O only: FFmpeg",
                   "pipeline / model only", "pipeline / naive loop", "I/O: pipeline / FFmpeg"):
         assert f"| {label}" in text
-    assert f"{cpu_result.ratios.pipeline_over_naive:.2f}" in text
+    # each ratio row, as printed, is the quotient of the two parts' measured fps
+    fps = {k: t.fps for k, t in cpu_result.results.items()}
+    for label, num, den in (("pipeline / model only", "pipeline", "model_only"),
+                            ("pipeline / naive loop", "pipeline", "naive"),
+                            ("I/O: pipeline / FFmpeg", "io_pipeline", "io_ffmpeg")):
+        assert f"| {label} | {fps[num] / fps[den]:.2f} |" in text.splitlines(), label
     assert cpu_result.machine.cpu in text and "64x48 -> 256x192" in text
+    assert f"torch {torch.__version__}, PyAV {av.__version__}" in text
+    assert "GPU:" not in text  # a CPU run names no GPU
+
+
+def test_table_names_the_gpu_when_there_is_one(cpu_result):
+    gpu = dataclasses.replace(cpu_result.machine, gpu="NVIDIA H100 80GB HBM3", gpu_memory_gib=79.1,
+                              cuda="12.4", cudnn=90100)
+    text = format_result(dataclasses.replace(cpu_result, machine=gpu))
+    assert "GPU: NVIDIA H100 80GB HBM3 (79.1 GiB), CUDA 12.4, cuDNN 90100" in text.splitlines()
+    lines = text.splitlines()  # machine lines in order: CPU, GPU, then library versions
+    cpu_at = next(i for i, line in enumerate(lines) if line.startswith("CPU: "))
+    assert lines[cpu_at + 1].startswith("GPU: ") and lines[cpu_at + 2].startswith("torch ")
 
 
 def test_clip_has_the_requested_size_frames_and_motion(tmp_path):
@@ -181,7 +199,7 @@ def test_ffmpeg_reference_chooses_its_own_frame_types(tmp_path):
         s = out.add_stream("libx264", rate=25)
         s.width, s.height, s.pix_fmt = W, H, "yuv420p"
         s.codec_context.options = {"g": "1", "crf": "18"}
-        for i, rgb in enumerate(clip_frames(W, H, 8)):
+        for rgb in clip_frames(W, H, 8):
             for packet in s.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
                 out.mux(packet)
         for packet in s.encode(None):
@@ -210,7 +228,7 @@ def test_references_keep_the_clip_frame_rate_and_timestamps(tmp_path):
     for out in ("f.mp4", "n.mp4"):
         out_rate, out_pts = _timing(tmp_path / out)
         assert out_rate == rate, out
-        assert len(out_pts) == 4 and all(b > a for a, b in zip(out_pts, out_pts[1:])), (out, out_pts)
+        assert len(out_pts) == 4 and all(b > a for a, b in zip(out_pts, out_pts[1:], strict=False)), (out, out_pts)
 
 
 def test_nearest_stand_in_equals_torch_nearest():
@@ -273,6 +291,62 @@ def test_cli_json_to_stdout_and_file(tmp_path):
     assert res.exit_code == 0
     assert "| model only |" in res.stdout
     assert set(json.loads(out.read_text())["results"]) == {"model_only"}
+
+
+def test_cli_sweep_writes_the_sweep_schema_and_its_points():
+    args = ["bench", "--device", "cpu", "--model", "tiny", "--frames", "2", "--sweep",
+            "--sizes", "32x16", "--batches", "1", "--json", "-"]
+    res = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)  # one JSON object on stdout; the table went to stderr
+    assert data["schema"] == "streamsr-bench-v1-sweep"
+    assert set(data) == {"schema", "date", "machine", "config", "model", "engine", "points", "notes"}
+    assert set(data["machine"]) == MACHINE_KEYS
+    assert data["model"] == {"name": "tiny", "parameters": TINY_PARAMS, "trained": False}
+    assert data["config"]["resolutions"] == [[32, 16]] and data["config"]["batches"] == [1]
+    assert data["engine"]["device"] == "cpu" and "batch" not in data["engine"]
+    points = data["points"]
+    # batch 1 as asked; the engine's own batch gets a row too when it differs (pipeline there)
+    assert points[0]["batch"] == 1 and len(points) <= 2
+    assert [p["batch"] for p in points] == sorted({p["batch"] for p in points})
+    assert sum(p["pipeline_fps"] is not None for p in points) == 1
+    for p in points:
+        assert set(p) == {"width", "height", "batch", "model_fps", "ms_per_frame",
+                          "ms_per_megapixel", "pipeline_fps"}
+        assert (p["width"], p["height"]) == (32, 16)
+        assert math.isfinite(p["model_fps"]) and p["model_fps"] > 0
+        assert p["ms_per_frame"] == pytest.approx(1000 / p["model_fps"])
+        assert p["ms_per_megapixel"] == pytest.approx(p["ms_per_frame"] / (32 * 16 / 1e6))
+        assert p["pipeline_fps"] is None or p["pipeline_fps"] > 0
+    assert "| 32x16 | 1 |" in res.stderr
+
+
+def test_cli_batch_and_precision_reach_the_engines(monkeypatch):
+    from streamsr.engine import Engine
+
+    seen = []  # (config batch, config precision, engine batch, engine dtype) of every engine made
+    original = Engine.__init__
+
+    def spy(self, model, config=None):
+        original(self, model, config)
+        seen.append((config.batch, config.precision, self.batch, self.dtype))
+
+    monkeypatch.setattr(Engine, "__init__", spy)
+    args = ["bench", "--device", "cpu", "--model", "tiny", "--resolution", "32x16", "--frames", "3",
+            "--batch", "2", "--precision", "fp32", "--skip", "naive", "--skip", "io", "--json", "-"]
+    res = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["engine"]["batch"] == 2 and data["engine"]["precision"] == "float32"
+    assert data["config"]["batch"] == 2 and data["config"]["precision"] == "fp32"
+    # the model-only part ran batches of 2: 3 frames take two calls, 4 frames
+    model_only = data["results"]["model_only"]
+    assert model_only["detail"]["batch"] == 2 and model_only["frames"] == 4
+    assert data["results"]["pipeline"]["frames"] == 3
+    # both the bench's engine and the pipeline's were built with them
+    assert len(seen) == 2
+    assert all(s == (2, "fp32", 2, torch.float32) for s in seen), seen
+    assert "batch 2" in res.stderr and "cpu float32" in res.stderr
 
 
 @pytest.mark.parametrize("bad", [
