@@ -40,7 +40,15 @@ import torch
 from av.video.reformatter import ColorRange
 from torch import nn
 
-from streamsr.engine import ALIGN, Engine, EngineConfig, available_cpus, is_oom, resolve_device
+from streamsr.engine import (
+    ALIGN,
+    CUDA_GRAPH_MODES,
+    Engine,
+    EngineConfig,
+    available_cpus,
+    is_oom,
+    resolve_device,
+)
 from streamsr.errors import ConfigError, WeightsError
 from streamsr.models import DeblurSR
 from streamsr.models.configs import CONFIGS, get_config
@@ -93,6 +101,7 @@ class BenchConfig:
     precision: str = "auto"
     batch: int | None = None  # None: the engine's choice
     compile: bool = False
+    cuda_graphs: str = "auto"  # auto | on | off (engine and pipeline; no effect on CPU)
     parts: tuple[str, ...] = PARTS
     ffmpeg: str = "auto"  # reference for the I/O part: auto (cli if installed), pyav, cli
     seed: int = 0
@@ -114,6 +123,9 @@ class BenchConfig:
             raise ConfigError(f"parts must be among {', '.join(PARTS)}, got {', '.join(self.parts)}")
         if self.ffmpeg not in FFMPEG_METHODS:
             raise ConfigError(f"ffmpeg must be one of {', '.join(FFMPEG_METHODS)}, got {self.ffmpeg}")
+        if self.cuda_graphs not in CUDA_GRAPH_MODES:
+            raise ConfigError(f"cuda_graphs must be one of {', '.join(CUDA_GRAPH_MODES)}, "
+                              f"got {self.cuda_graphs}")
         if self.ffmpeg == "cli" and shutil.which("ffmpeg") is None:
             raise ConfigError("--ffmpeg cli asked for, but no `ffmpeg` program is installed")
 
@@ -326,8 +338,8 @@ def _sync(device: torch.device) -> None:
 
 
 def _model_call(engine: Engine) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The engine's own model call (autocast, channels_last, compile fallback)."""
-    return engine._forward  # noqa: SLF001 - the exact call the pipeline makes, minus I/O
+    """The engine's own model call (autocast, channels_last, compile fallback, CUDA graphs)."""
+    return engine.model_call  # the exact call the pipeline makes, minus I/O
 
 
 def time_model(engine: Engine, width: int, height: int, frames: int, warmup: int | None = None) -> Timing:
@@ -377,7 +389,8 @@ def run_pipeline(src: Path, dst: Path, model: nn.Module, engine: EngineConfig) -
     t0 = time.perf_counter()
     stats = upscale(str(src), str(dst), model=model, device=engine.device,
                     precision=engine.precision, batch=engine.batch, tile=engine.tile,
-                    compile=engine.compile, overwrite=True, handle_signals=False,
+                    compile=engine.compile, cuda_graphs=engine.cuda_graphs, overwrite=True,
+                    handle_signals=False,
                     progress=lambda done, total: written_at.append(time.perf_counter()))
     seconds = max(time.perf_counter() - t0, 1e-9)
     written = count_frames(dst)
@@ -625,13 +638,14 @@ def _ratio(a: Timing | None, b: Timing | None) -> float | None:
 
 def _engine_config(cfg: BenchConfig, batch: int | None = None) -> EngineConfig:
     return EngineConfig(device=cfg.device, precision=cfg.precision,
-                        batch=batch if batch is not None else cfg.batch, compile=cfg.compile)
+                        batch=batch if batch is not None else cfg.batch, compile=cfg.compile,
+                        cuda_graphs=cfg.cuda_graphs)
 
 
 def _engine_info(engine: Engine) -> dict:
     return {"device": str(engine.device), "precision": str(engine.dtype).removeprefix("torch."),
             "batch": engine.batch, "channels_last": engine.config.channels_last,
-            "compile": engine.config.compile}
+            "compile": engine.config.compile, "cuda_graphs": engine._forward.graphs is not None}
 
 
 def _notes(model_info: dict, device: torch.device) -> list[str]:
@@ -841,7 +855,8 @@ def format_result(r: BenchResult) -> str:
     head = [f"streamsr bench, {r.date}",
             f"{r.model['name']} ({r.model['parameters']:,} params, {weights} weights), "
             f"{w}x{h} -> {4 * w}x{4 * h}, {c['frames']} frames, {e['device']} {e['precision']}, "
-            f"batch {e['batch']}, channels_last {e['channels_last']}, compile {e['compile']}",
+            f"batch {e['batch']}, channels_last {e['channels_last']}, compile {e['compile']}, "
+            f"CUDA graphs {'on' if e.get('cuda_graphs') else 'off'}",
             *machine_lines(r.machine), ""]
     table = ["| part | fps | frames | seconds |", "|---|---:|---:|---:|"]
     for key, label in _ROWS:

@@ -7,7 +7,9 @@ copy of batch n+1 and the read-back of batch n-1 overlap the model on batch n. O
 engine runs as a plain loop. Batch and tile sizes follow free memory; an out-of-memory error
 retries the same frames with half the batch, then with smaller tiles, and never drops a frame.
 High-bit-depth frames travel as uint16 NHWC (x / 65535) and come back as uint16; on CUDA they run
-one batch at a time, outside the uint8 pinned ring.
+one batch at a time, outside the uint8 pinned ring. On CUDA, full batches of the planned size
+replay a captured CUDA graph of the model call (`cuda_graphs`), so hundreds of small kernels
+launch as one; other shapes run eagerly.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ MAX_AUTO_TILE = 1024
 TILE_FEATHER = 1.0  # cross-fade tiles over this fraction of the overlap (see streamsr.tiling)
 MEMORY_HEADROOM = 0.6  # fraction of free memory a batch may plan to use
 _PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+CUDA_GRAPH_MODES = ("auto", "on", "off")
+GRAPH_WARMUP = 2  # eager calls on a side stream before capture: cuDNN autotuning, lazy inits
+MAX_GRAPHS = 4  # captured shapes kept at most: each holds its own activation memory
 
 
 @dataclass
@@ -55,6 +60,8 @@ class EngineConfig:
     tile_overlap: int = 16  # LR px of context on each side of a tile, cropped when stitching
     channels_last: bool = True
     compile: bool = False  # torch.compile, falling back to eager (logged) if it fails
+    # CUDA graphs for full batches: "auto" (on for CUDA without compile), "on", "off"; no-op on CPU
+    cuda_graphs: str = "auto"
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -95,6 +102,23 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
         return _PRECISIONS[name]
     except KeyError:
         raise ConfigError(f"unknown precision {name!r}; use auto, bf16, fp16 or fp32") from None
+
+
+def resolve_cuda_graphs(mode: str, device: torch.device, compile: bool) -> bool:
+    """Whether to replay CUDA graphs: only on CUDA, and only for the eager model.
+
+    torch.compile has its own graph mode ("reduce-overhead"); capturing compiled code by hand
+    would record its guard checks and recompiles, so with compile the graphs stay off.
+    """
+    if mode not in CUDA_GRAPH_MODES:
+        raise ConfigError(f"unknown cuda_graphs {mode!r}; use auto, on or off")
+    if mode == "off" or device.type != "cuda":
+        return False
+    if compile:
+        if mode == "on":
+            log.warning("CUDA graphs are not used with torch.compile; running the compiled model")
+        return False
+    return True
 
 
 def available_cpus() -> int:
@@ -164,28 +188,47 @@ def model_scale(model: torch.nn.Module) -> int:
 
 
 class _Forward:
-    """The model call: autocast, channels_last, `.hr` unwrapping, and compile with eager fallback."""
+    """The model call: autocast, channels_last, `.hr` unwrapping, compile with eager fallback,
+    and CUDA graph replay (`graphs`) for the shapes the engine asks to replay."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype,
-                 channels_last: bool, compile: bool) -> None:
+                 channels_last: bool, compile: bool, graphs: bool = False) -> None:
         self.eager = model
         self.device = device
         self.dtype = dtype
         self.channels_last = channels_last
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.compiled: Callable | None = None
         if compile:
             try:
                 self.compiled = torch.compile(model)
             except Exception as exc:  # noqa: BLE001 - any failure means "run eagerly"
                 log.warning("torch.compile unavailable (%s); running the model eagerly", exc)
+        self.graphs: _Graphs | None = _Graphs(self) if graphs else None
 
-    def autocast(self):
+    def autocast(self, cache: bool = True):
         if self.dtype == torch.float32:
             return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        # Capturing needs the weight-cast cache off: casts cached during capture would be freed
+        # when autocast exits while the graph still reads them (torch's CUDA graphs notes).
+        return torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=cache)
 
-    def __call__(self, x: Tensor, eager: bool = False) -> Tensor:
-        """float NCHW in [0, 1] -> float32 NCHW (x scale), values not yet clamped."""
+    def run_eager(self, x: Tensor, cache: bool = True) -> Tensor:
+        """The eager model on `x` (already in the model's memory format) -> float32."""
+        with self.autocast(cache):
+            out = self.eager(x)
+        return _hr(out).float()
+
+    def __call__(self, x: Tensor, eager: bool = False, replay: bool = False) -> Tensor:
+        """float NCHW in [0, 1] -> float32 NCHW (x scale), values not yet clamped.
+
+        `replay`: run a CUDA graph of this shape (captured on first use) when graphs are on;
+        its output is a static buffer, valid until the next replay of the same shape.
+        """
+        if replay and not eager and self.graphs is not None and self.compiled is None:
+            out = self.graphs(x)
+            if out is not None:
+                return out
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         fn = self.eager if (eager or self.compiled is None) else self.compiled
@@ -200,8 +243,86 @@ class _Forward:
             self.compiled = None
             with self.autocast():
                 out = self.eager(x)
-        hr = out if isinstance(out, Tensor) else out.hr
-        return hr.float()
+        return _hr(out).float()
+
+
+def _hr(out) -> Tensor:
+    return out if isinstance(out, Tensor) else out.hr
+
+
+def record_graph(forward: _Forward, static_in: Tensor) -> tuple[torch.cuda.CUDAGraph, Tensor]:
+    """Capture `forward.run_eager(static_in)` into a CUDA graph; returns it and its output.
+
+    As torch.cuda.graph's documentation asks: warm up on a side stream first (cuDNN picks its
+    kernels there; nothing may synchronise or allocate pinned memory during capture), then
+    capture on that stream, which torch.cuda.graph synchronises before it begins.
+    """
+    device = static_in.device
+    with torch.cuda.device(device):
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(GRAPH_WARMUP):
+                forward.run_eager(static_in, cache=False)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=side):
+            static_out = forward.run_eager(static_in, cache=False)
+    return graph, static_out
+
+
+class _Graphs:
+    """CUDA graphs of the eager model call, one per input shape, with static input and output.
+
+    MPRNet is hundreds of small kernels; launching them one by one from Python leaves the GPU
+    idle between them, while a replayed graph launches them all at once. A graph reads a fixed
+    input buffer and writes a fixed output buffer: `__call__` copies the batch into the input
+    on the current (compute) stream, so the copy stays ordered after whatever that stream
+    waited for (the pinned ring's upload event), and the replay runs on that stream too.
+    A capture that fails for any reason but memory turns the graphs off for good with one
+    warning; out of memory propagates, so the engine retries with a smaller batch as usual.
+    """
+
+    def __init__(self, forward: _Forward) -> None:
+        self.forward = forward
+        self.graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
+        self.enabled = True
+        self.replays = 0
+
+    def __call__(self, x: Tensor) -> Tensor | None:
+        """The model's output for `x` by graph replay, or None when `x` must run eagerly."""
+        entry = self.capture(x)
+        if entry is None:
+            return None
+        graph, static_in, static_out = entry
+        static_in.copy_(x)
+        graph.replay()
+        self.replays += 1
+        return static_out
+
+    def capture(self, x: Tensor) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor] | None:
+        """The graph for `x`'s shape, captured now if new; None: run this shape eagerly."""
+        key = tuple(x.shape)
+        if key in self.graphs:
+            return self.graphs[key]
+        if not self.enabled or len(self.graphs) >= MAX_GRAPHS:
+            return None
+        static_in = torch.empty(x.shape, dtype=x.dtype, device=x.device,
+                                memory_format=self.forward.memory_format)
+        static_in.copy_(x)
+        try:
+            graph, static_out = record_graph(self.forward, static_in)
+        except Exception as exc:
+            if is_oom(exc):
+                raise
+            self.enabled = False
+            text = str(exc).splitlines()[0] if str(exc) else ""
+            log.warning("CUDA graph capture failed for input %s (%s: %s); running the model "
+                        "eagerly", "x".join(map(str, key)), type(exc).__name__, text)
+            return None
+        self.graphs[key] = (graph, static_in, static_out)
+        log.info("captured a CUDA graph of the model for input %s", "x".join(map(str, key)))
+        return self.graphs[key]
 
 
 class Engine:
@@ -225,7 +346,9 @@ class Engine:
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self._forward = _Forward(model, self.device, self.dtype, config.channels_last, config.compile)
+        graphs = resolve_cuda_graphs(config.cuda_graphs, self.device, config.compile)
+        self._forward = _Forward(model, self.device, self.dtype, config.channels_last,
+                                 config.compile, graphs)
         # On CPU a batch only helps by giving more threads parallel work: with one free thread,
         # lite at 320x180 ran 0.137 fps at batch 1 and 0.110 fps at batch 4 (loaded 2-core box).
         self._cpu_batch = min(CPU_BATCH, threads) if threads else CPU_BATCH
@@ -239,8 +362,9 @@ class Engine:
         self._chunk: dict[tuple[int, int], int] = {}  # frames per call, by padded frame size
         self._tile: dict[tuple[int, int], int] = {}  # tile size, by padded frame size (0: none)
         self._tiles_per_call: dict[tuple[int, int], int] = {}  # tiles batched per model call
-        log.info("engine: %s, %s, batch %d, scale %d, compile %s", self.device,
-                 str(self.dtype).removeprefix("torch."), self.batch, self.scale, config.compile)
+        log.info("engine: %s, %s, batch %d, scale %d, compile %s, CUDA graphs %s", self.device,
+                 str(self.dtype).removeprefix("torch."), self.batch, self.scale, config.compile,
+                 "on" if graphs else "off")
 
     # -- planning ---------------------------------------------------------------------------
 
@@ -254,7 +378,29 @@ class Engine:
         if self.config.batch is None:
             self.batch = chunk if self.device.type == "cuda" else min(self._cpu_batch, chunk)
         log.info("plan for %dx%d: batch %d, tile %s", width, height, self.batch, tile or "off")
+        if not tile:
+            self._capture_graph(height, width, chunk)
         return self.batch
+
+    def _capture_graph(self, height: int, width: int, chunk: int) -> None:
+        """Capture the full batch's CUDA graph now, before frames flow: a capture synchronises
+        the device once, and the pinned ring's loop never should. Out of memory here only
+        postpones it to the run, where the batch may shrink first."""
+        graphs = self._forward.graphs
+        if graphs is None or not graphs.enabled:
+            return
+        x = torch.zeros(chunk, 3, -(-height // ALIGN) * ALIGN, -(-width // ALIGN) * ALIGN,
+                        device=self.device)
+        try:
+            with torch.inference_mode():
+                graphs.capture(x)
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            log.info("no memory to capture a CUDA graph of %d frames of %dx%d yet", chunk, width,
+                     height)
 
     def _plan(self, height: int, width: int) -> tuple[int, int]:
         """(frames per model call, tile size or 0) for frames of this size."""
@@ -482,7 +628,7 @@ class Engine:
                           feather=round(overlap * TILE_FEATHER), tiles_per_call=per_call,
                           align=ALIGN)
         else:
-            y = self._forward(self._fixed_batch(x, self._chunk[(x.shape[2], x.shape[3])]))[:n]
+            y = self.model_call(self._fixed_batch(x, self._chunk[(x.shape[2], x.shape[3])]))[:n]
         s = self.scale
         y = y[:, :, : s * h, : s * w]
         if deep:
@@ -490,6 +636,12 @@ class Engine:
         if self.pack is not None and (s * h) % 2 == 0 and (s * w) % 2 == 0:
             return to_yuv420p(y, self.pack)
         return to_rgb24(y)
+
+    def model_call(self, x: Tensor) -> Tensor:
+        """float NCHW padded to ALIGN -> float32 x scale: the call `_run` makes, replaying the
+        CUDA graph for a batch of the planned size (also what `streamsr bench` times)."""
+        planned = self._chunk.get((x.shape[2], x.shape[3]), self.batch)
+        return self._forward(x, replay=x.shape[0] == planned)
 
     def _fixed_batch(self, x: Tensor, size: int) -> Tensor:
         """With torch.compile, pad a short (last) batch to the planned size so nothing recompiles."""

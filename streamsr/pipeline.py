@@ -178,7 +178,7 @@ def side_by_side(lr: np.ndarray, sr: np.ndarray, labels: tuple[str, str] = ("bic
 def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
             model: str | os.PathLike | nn.Module = "lite",
             device: str = "auto", precision: str = "auto", batch: int | None = None,
-            tile: int | None = None, compile: bool = False,
+            tile: int | None = None, compile: bool = False, cuda_graphs: str = "auto",
             codec: str = "libx264", crf: int | None = 18, encoder_preset: str | None = "medium",
             pix_fmt: str = "yuv420p", bitrate: str | None = None,
             encoder_options: dict[str, str] | None = None,
@@ -230,7 +230,8 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
         source = open_source(src, start=start, duration=duration, max_pixels=max_pixels, deep=deep)
     with source:
         engine = Engine(resolve_model(model), EngineConfig(device=device, precision=precision,
-                                                            batch=batch, tile=tile, compile=compile))
+                                                            batch=batch, tile=tile, compile=compile,
+                                                            cuda_graphs=cuda_graphs))
         info = source.info
         n_batch = engine.plan(info.height, info.width)
         # audio, subtitles, chapters and tags come from the input file itself

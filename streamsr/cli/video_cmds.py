@@ -123,6 +123,9 @@ def _status_line(line: str) -> None:
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto",
               show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--cuda-graphs", type=click.Choice(["auto", "on", "off"]), default="auto",
+              show_default=True, help="Replay a captured CUDA graph for full batches (auto: on "
+              "CUDA without --compile; no effect on CPU).")
 @click.option("--codec", default="libx264", show_default=True,
               help="Any FFmpeg video encoder: libx264, libx265, libsvtav1, h264_nvenc, hevc_nvenc, ...")
 @click.option("--crf", type=click.IntRange(0, 63), default=18, show_default=True,
@@ -194,7 +197,7 @@ def upscale(ctx: click.Context, input_path: str, output_path: str, preset_name: 
         stats = run_upscale(
             input_path, output_path, model=options["model"], device=options["device"],
             precision=options["precision"], batch=options["batch"], tile=options["tile"],
-            codec=options["codec"], crf=options["crf"], encoder_preset=options["encoder_preset"],
+            cuda_graphs=options["cuda_graphs"], codec=options["codec"], crf=options["crf"], encoder_preset=options["encoder_preset"],
             pix_fmt=options["pix_fmt"], bitrate=options["bitrate"],
             encoder_options=parse_encoder_opts(tuple(options["encoder_opt"])),
             side_by_side_view=bool(options["side_by_side"]), overwrite=options["overwrite"],

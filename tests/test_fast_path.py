@@ -1,0 +1,235 @@
+"""The fast CUDA path's CPU-checkable logic: CUDA graphs, NVDEC/NVENC options and fallbacks.
+
+This machine may have no GPU: the tests here check what does not need one (option plumbing,
+fallbacks, the graph bookkeeping with a stand-in recorder); those marked `cuda` check the real
+thing on a GPU and are skipped without one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import Tensor, nn
+
+import streamsr.engine as engine_mod
+from streamsr.cli import main
+from streamsr.engine import Engine, EngineConfig, _Graphs, resolve_cuda_graphs
+from streamsr.errors import ConfigError
+from streamsr.models import TINY, DeblurSR
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+GRAPH_LOG = "streamsr.engine"
+
+
+class LocalNet(nn.Module):
+    """A small x4 conv net with lively seeded weights: different inputs, clearly different outputs."""
+
+    scale = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(8, 48, 3, padding=1), nn.PixelShuffle(4))
+        for p in self.parameters():
+            p.data = torch.randn(p.shape, generator=g) * 0.3
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.body(x))
+
+
+def frames(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """One torch thread: tiny models on a shared 2-core machine run fastest that way."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+class StandInGraph:
+    """What a captured graph does, on the CPU: replay recomputes the output from the static
+    input into the static output buffer (so a missing copy into the input shows up)."""
+
+    def __init__(self, forward, static_in: Tensor) -> None:
+        self.forward, self.static_in = forward, static_in
+        self.static_out = forward.run_eager(static_in, cache=False)
+
+    def replay(self) -> None:
+        self.static_out.copy_(self.forward.run_eager(self.static_in, cache=False))
+
+
+def force_graphs(engine: Engine) -> _Graphs:
+    """Turn the graph path on for a CPU engine (where `cuda_graphs` resolves to off)."""
+    engine._forward.graphs = _Graphs(engine._forward)
+    return engine._forward.graphs
+
+
+# -- 1. CUDA graphs ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["auto", "on", "off"])
+def test_cuda_graphs_option_is_a_no_op_on_cpu(mode):
+    x = frames(3, 12, 20)
+    plain = Engine(LocalNet(), EngineConfig(device="cpu", batch=2)).upscale_batch(x)
+    engine = Engine(LocalNet(), EngineConfig(device="cpu", batch=2, cuda_graphs=mode))
+    assert engine._forward.graphs is None
+    np.testing.assert_array_equal(engine.upscale_batch(x), plain)
+
+
+def test_cuda_graphs_modes_resolve_soundly(caplog):
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert resolve_cuda_graphs("auto", gpu, compile=False)
+    assert resolve_cuda_graphs("on", gpu, compile=False)
+    assert not resolve_cuda_graphs("off", gpu, compile=False)
+    assert not resolve_cuda_graphs("auto", gpu, compile=True)  # compile has its own graphs
+    with caplog.at_level(logging.WARNING, logger=GRAPH_LOG):
+        assert not resolve_cuda_graphs("on", gpu, compile=True)
+    assert "not used with torch.compile" in caplog.text
+    assert not any(resolve_cuda_graphs(m, cpu, compile=False) for m in ("auto", "on", "off"))
+    with pytest.raises(ConfigError, match="cuda_graphs"):
+        Engine(LocalNet(), EngineConfig(device="cpu", cuda_graphs="always"))
+
+
+def test_capture_failure_falls_back_to_eager_with_one_warning(monkeypatch, caplog):
+    calls = []
+
+    def broken(forward, static_in):
+        calls.append(tuple(static_in.shape))
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(engine_mod, "record_graph", broken)
+    batches = [frames(2, 12, 20, s) for s in range(3)] + [frames(1, 12, 20, 7)]
+    expected = list(Engine(LocalNet(), EngineConfig(device="cpu", batch=2)).map(batches))
+    engine = Engine(LocalNet(), EngineConfig(device="cpu", batch=2))
+    graphs = force_graphs(engine)
+    with caplog.at_level(logging.WARNING, logger=GRAPH_LOG):
+        outs = list(engine.map(batches))
+    for y, e in zip(outs, expected, strict=True):
+        np.testing.assert_array_equal(y, e)
+    warnings = [r for r in caplog.records if "CUDA graph capture failed" in r.getMessage()]
+    assert len(warnings) == 1 and calls == [(2, 3, 16, 24)]  # tried once, then eager for good
+    assert not graphs.enabled and graphs.replays == 0
+
+
+def test_full_batches_replay_the_plan_time_graph_and_others_run_eagerly(monkeypatch):
+    recorded = []
+
+    def stand_in(forward, static_in):
+        recorded.append(tuple(static_in.shape))
+        graph = StandInGraph(forward, static_in)
+        return graph, graph.static_out
+
+    monkeypatch.setattr(engine_mod, "record_graph", stand_in)
+    batches = [frames(2, 12, 20, s) for s in range(3)] + [frames(1, 12, 20, 7), frames(2, 8, 8, 9)]
+    expected = list(Engine(LocalNet(), EngineConfig(device="cpu", batch=2)).map(batches))
+    engine = Engine(LocalNet(), EngineConfig(device="cpu", batch=2))
+    graphs = force_graphs(engine)
+    engine.plan(12, 20)
+    assert recorded == [(2, 3, 16, 24)]  # captured when planned, before any frame
+    outs = list(engine.map(batches))
+    for y, e in zip(outs, expected, strict=True):  # each batch its own result: input refilled
+        np.testing.assert_array_equal(y, e)
+    assert recorded == [(2, 3, 16, 24), (2, 3, 8, 8)]  # a new full-batch shape: captured once
+    assert graphs.replays == 4  # three full 12x20 batches and one 8x8; the single frame ran eagerly
+    static_in = graphs.graphs[(2, 3, 16, 24)][1]
+    assert static_in.is_contiguous(memory_format=torch.channels_last)  # the model's layout
+
+
+def test_out_of_memory_during_capture_shrinks_the_batch_and_keeps_graphs(monkeypatch, caplog):
+    def small_only(forward, static_in):
+        if static_in.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        graph = StandInGraph(forward, static_in)
+        return graph, graph.static_out
+
+    monkeypatch.setattr(engine_mod, "record_graph", small_only)
+    x = frames(4, 12, 20)
+    expected = Engine(LocalNet(), EngineConfig(device="cpu", batch=4)).upscale_batch(x)
+    engine = Engine(LocalNet(), EngineConfig(device="cpu", batch=4, tile=0))
+    graphs = force_graphs(engine)
+    with caplog.at_level(logging.WARNING, logger=GRAPH_LOG):
+        np.testing.assert_array_equal(engine.upscale_batch(x), expected)
+    assert graphs.enabled and list(graphs.graphs) == [(1, 3, 16, 24)] and graphs.replays == 4
+    assert "capture failed" not in caplog.text and "retrying 2 at a time" in caplog.text
+
+
+def test_cuda_graphs_option_reaches_the_engine(monkeypatch, tmp_path):
+    import media
+
+    import streamsr.scale_out
+    from streamsr.pipeline import upscale
+
+    seen = {}
+
+    class Spy(Engine):
+        def __init__(self, model, config=None):
+            seen["config"] = config
+            super().__init__(model, config)
+
+    monkeypatch.setattr(engine_mod, "Engine", Spy)
+    src = media.make_index_clip(tmp_path / "in.mp4", n=2, size=(16, 16))
+    upscale(src, tmp_path / "out.mp4", model=media.BicubicX4(), device="cpu", cuda_graphs="off",
+            encoder_preset="ultrafast", handle_signals=False)
+    assert seen["config"].cuda_graphs == "off"
+
+    calls = {}
+    monkeypatch.setattr(streamsr.scale_out, "upscale_job",
+                        lambda src, dst, **kw: calls.update(kw))
+    res = CliRunner().invoke(main, ["upscale", str(src), str(tmp_path / "o.mp4"), "-q",
+                                    "--cuda-graphs", "on"])
+    assert res.exit_code == 0, res.output
+    assert calls["cuda_graphs"] == "on"
+    res = CliRunner().invoke(main, ["upscale", str(src), str(tmp_path / "o.mp4"),
+                                    "--cuda-graphs", "maybe"])
+    assert res.exit_code == 2
+
+
+def test_bench_cuda_graphs_option_reaches_its_config(monkeypatch):
+    import streamsr.bench
+
+    seen = {}
+
+    def fake_run(config, progress=None):
+        seen["config"] = config
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(streamsr.bench, "run_bench", fake_run)
+    res = CliRunner().invoke(main, ["bench", "--device", "cpu", "--cuda-graphs", "off"])
+    assert res.exit_code == 2 and seen["config"].cuda_graphs == "off"
+    assert streamsr.bench._engine_config(seen["config"]).cuda_graphs == "off"
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("precision,float_tol,u8_tol", [("fp32", 1e-4, 1), ("bf16", 2e-2, 4)])
+def test_cuda_graph_replay_equals_eager(precision, float_tol, u8_tol):
+    torch.manual_seed(0)
+    model = DeblurSR(TINY)
+    graphed = Engine(model, EngineConfig(device="cuda", precision=precision, batch=2,
+                                         cuda_graphs="on"))
+    graphed.plan(40, 56)
+    graphs = graphed._forward.graphs
+    assert graphs is not None and graphs.enabled and list(graphs.graphs) == [(2, 3, 40, 56)]
+    batches = [frames(2, 40, 56, seed=s) for s in (1, 2)]
+    outs = list(graphed.map(batches))
+    assert graphs.replays == 2
+    eager = Engine(model, EngineConfig(device="cuda", precision=precision, batch=2,
+                                       cuda_graphs="off"))
+    for x, y in zip(batches, outs, strict=True):
+        e = eager.upscale_batch(x)
+        assert np.abs(y.astype(int) - e.astype(int)).max() <= u8_tol
+    x = torch.rand(2, 3, 40, 56, device="cuda")
+    with torch.inference_mode():
+        replayed = graphed.model_call(x).clone()
+        direct = graphed._forward(x, eager=True)
+    assert graphs.replays == 3
+    torch.testing.assert_close(replayed, direct, atol=float_tol, rtol=float_tol)
