@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,13 @@ import pytest
 
 from streamsr.data.transforms import bicubic_uint8
 from streamsr.errors import ConfigError, InputError, OutputError
-from streamsr.video.sink import EncodeOptions, TimestampRepair, open_sink, parse_bitrate, repair_timestamps
+from streamsr.video.sink import (
+    EncodeOptions,
+    TimestampRepair,
+    open_sink,
+    parse_bitrate,
+    repair_timestamps,
+)
 from streamsr.video.source import default_matrix, open_source
 
 FAST = EncodeOptions(preset="ultrafast")
@@ -61,6 +68,22 @@ def test_source_yields_every_frame_in_order_with_decoded_timestamps(tmp_path):
     with open_source(path) as src:
         assert (src.info.width, src.info.height, src.info.frames) == (64, 48, 12)
         assert src.info.fps == 25 and not src.info.is_live
+
+
+def test_source_decodes_a_file_with_frame_threads(tmp_path):
+    # PyAV opens decoders with slice threads only; the source asks for frame + slice threads
+    # (FFmpeg's thread count 0: one per available core) and still flushes every frame out.
+    from av.codec.context import ThreadType
+
+    path = media.make_index_clip(tmp_path / "idx.mp4", n=12)
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].codec_context.thread_type == ThreadType.SLICE  # the default
+    with open_source(path) as src:
+        cc = src.stream.codec_context
+        assert cc.thread_type == ThreadType.AUTO == ThreadType.FRAME | ThreadType.SLICE
+        if len(os.sched_getaffinity(0)) > 1:
+            assert cc.thread_count > 1  # FFmpeg resolved "auto" to several threads
+        assert [media.read_index(f.rgb) for f in src] == list(range(12))
 
 
 def test_source_keeps_variable_frame_rate(tmp_path):
