@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import functools
 import itertools
 import json
 import logging
@@ -55,6 +56,7 @@ from streamsr.models.configs import CONFIGS, get_config
 from streamsr.models.weights import load_model
 from streamsr.video.sink import EncodeOptions, encoder_options, parse_bitrate
 from streamsr.video.source import (
+    DECODERS,
     MATRICES,
     RANGES,
     TO_RGB_FLAGS,
@@ -102,6 +104,7 @@ class BenchConfig:
     batch: int | None = None  # None: the engine's choice
     compile: bool = False
     cuda_graphs: str = "auto"  # auto | on | off (engine and pipeline; no effect on CPU)
+    decoder: str = "software"  # the pipeline parts' video decoder: software | cuda | auto
     parts: tuple[str, ...] = PARTS
     ffmpeg: str = "auto"  # reference for the I/O part: auto (cli if installed), pyav, cli
     seed: int = 0
@@ -123,6 +126,8 @@ class BenchConfig:
             raise ConfigError(f"parts must be among {', '.join(PARTS)}, got {', '.join(self.parts)}")
         if self.ffmpeg not in FFMPEG_METHODS:
             raise ConfigError(f"ffmpeg must be one of {', '.join(FFMPEG_METHODS)}, got {self.ffmpeg}")
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder}")
         if self.cuda_graphs not in CUDA_GRAPH_MODES:
             raise ConfigError(f"cuda_graphs must be one of {', '.join(CUDA_GRAPH_MODES)}, "
                               f"got {self.cuda_graphs}")
@@ -377,11 +382,13 @@ def time_model(engine: Engine, width: int, height: int, frames: int, warmup: int
                   detail={"batch": batch, "calls": calls, "input": [pw, ph]})
 
 
-def run_pipeline(src: Path, dst: Path, model: nn.Module, engine: EngineConfig) -> Timing:
+def run_pipeline(src: Path, dst: Path, model: nn.Module, engine: EngineConfig, *,
+                 decoder: str = "software") -> Timing:
     """Wall time of `streamsr.pipeline.upscale` on the clip, frames counted in its output.
 
     `fps` is end to end (the whole call: opening, engine set-up, pipeline fill and drain,
     encoder flush); `detail` adds the time until the first frame reached the encoder.
+    `decoder` is the pipeline's video decoder (`upscale(decoder=...)`).
     """
     from streamsr.pipeline import upscale
 
@@ -389,8 +396,8 @@ def run_pipeline(src: Path, dst: Path, model: nn.Module, engine: EngineConfig) -
     t0 = time.perf_counter()
     stats = upscale(str(src), str(dst), model=model, device=engine.device,
                     precision=engine.precision, batch=engine.batch, tile=engine.tile,
-                    compile=engine.compile, cuda_graphs=engine.cuda_graphs, overwrite=True,
-                    handle_signals=False,
+                    compile=engine.compile, cuda_graphs=engine.cuda_graphs, decoder=decoder,
+                    overwrite=True, handle_signals=False,
                     progress=lambda done, total: written_at.append(time.perf_counter()))
     seconds = max(time.perf_counter() - t0, 1e-9)
     written = count_frames(dst)
@@ -401,10 +408,11 @@ def run_pipeline(src: Path, dst: Path, model: nn.Module, engine: EngineConfig) -
 
 
 def warm_pipeline(work: Path, width: int, height: int, frames: int, model: nn.Module,
-                  engine: EngineConfig, seed: int = 0) -> None:
-    """One untimed pipeline run on a short clip, so cuDNN autotuning and compilation are not timed."""
+                  engine: EngineConfig, seed: int = 0, **options) -> None:
+    """One untimed pipeline run on a short clip, so cuDNN autotuning and compilation are not
+    timed (`options` as `run_pipeline`'s)."""
     clip = make_clip(work / f"warm_{width}x{height}.mp4", width, height, frames, seed)
-    run_pipeline(clip, work / "warm_out.mp4", model, engine)
+    run_pipeline(clip, work / "warm_out.mp4", model, engine, **options)
 
 
 def naive_loop(src: Path, dst: Path, model: nn.Module, device: torch.device,
@@ -690,6 +698,7 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRes
         clip = make_clip(work / "clip.mp4", width, height, frames, config.seed)
         clip_frames_decoded = count_frames(clip)
         enc = encode_options()
+        pipe = {"decoder": config.decoder}  # the pipeline parts' I/O settings
         if "model" in config.parts:
             _announce(progress, f"model only ({config.model}, batch {engine.batch})")
             results["model_only"] = time_model(engine, width, height, frames)
@@ -697,11 +706,11 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRes
         if device.type == "cuda" and {"pipeline", "io"} & set(config.parts):
             _announce(progress, "warming up the pipeline (untimed)")
             warm_pipeline(work, width, height, min(frames, 2 * engine.batch),
-                          copy.deepcopy(pristine), pipe_engine, config.seed)
+                          copy.deepcopy(pristine), pipe_engine, config.seed, **pipe)
         if "pipeline" in config.parts:
             _announce(progress, "pipeline (decode -> engine -> encode)")
             results["pipeline"] = run_pipeline(clip, work / "pipeline.mp4", copy.deepcopy(pristine),
-                                               pipe_engine)
+                                               pipe_engine, **pipe)
             _announce(progress, _said(results["pipeline"]))
         if "naive" in config.parts:
             _announce(progress, "naive loop (one frame at a time, fp32)")
@@ -713,7 +722,8 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRes
                 _announce(progress, f"making a {width}x{height} clip of {io_frames} frames for I/O")
                 io_clip = make_clip(work / "clip_io.mp4", width, height, io_frames, config.seed)
             _announce(progress, "I/O only: pipeline with a x4 nearest-neighbour stand-in")
-            results["io_pipeline"] = run_pipeline(io_clip, work / "io.mp4", NearestX4(), pipe_engine)
+            results["io_pipeline"] = run_pipeline(io_clip, work / "io.mp4", NearestX4(), pipe_engine,
+                                                  **pipe)
             _announce(progress, _said(results["io_pipeline"]))
             _announce(progress, "I/O only: FFmpeg decode + x4 nearest scale + encode")
             results["io_ffmpeg"] = ffmpeg_scale(io_clip, work / "ffmpeg.mp4", enc, config.ffmpeg)
@@ -779,11 +789,13 @@ def run_sweep(config: BenchConfig, resolutions: Sequence[tuple[int, int]] = SWEE
                     rows[batch] = SweepPoint(width=width, height=height, batch=batch, model_fps=fps,
                                              ms_per_frame=_ms(fps), ms_per_megapixel=_ms(fps, mpx))
                 _announce(progress, f"pipeline {width}x{height}, batch {batch}")
+                pipe = functools.partial(run_pipeline, decoder=config.decoder)
                 if device.type == "cuda":
                     warm_pipeline(work, width, height, min(frames, 2 * batch), copy.deepcopy(pristine),
-                                  _engine_config(config, batch=batch), config.seed)
+                                  _engine_config(config, batch=batch), config.seed,
+                                  decoder=config.decoder)
                 clip = make_clip(work / f"clip_{width}x{height}.mp4", width, height, frames, config.seed)
-                rows[batch].pipeline_fps = _fps_or_oom(run_pipeline, clip, work / "out.mp4",
+                rows[batch].pipeline_fps = _fps_or_oom(pipe, clip, work / "out.mp4",
                                                        copy.deepcopy(pristine),
                                                        _engine_config(config, batch=batch))
                 pipe_fps = rows[batch].pipeline_fps

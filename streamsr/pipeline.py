@@ -30,6 +30,7 @@ from streamsr.video.live import LiveOptions, is_network_uri, live_progress, open
 from streamsr.video.segments import is_push_url, live_output_label, open_live_sink
 from streamsr.video.sink import EncodeOptions, Sink, check_encoder, is_image_output, open_sink
 from streamsr.video.source import (
+    DECODERS,
     DEFAULT_MAX_PIXELS,
     Frame,
     Source,
@@ -179,6 +180,7 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
             model: str | os.PathLike | nn.Module = "lite",
             device: str = "auto", precision: str = "auto", batch: int | None = None,
             tile: int | None = None, compile: bool = False, cuda_graphs: str = "auto",
+            decoder: str = "software",
             codec: str = "libx264", crf: int | None = 18, encoder_preset: str | None = "medium",
             pix_fmt: str = "yuv420p", bitrate: str | None = None,
             encoder_options: dict[str, str] | None = None,
@@ -201,6 +203,9 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
     transport, timeouts, reconnects, drop policy, max latency), writes MKV by default, rolling
     files with `segment_time`, or pushes to an rtsp:// / rtmp:// `dst`; `status(line)` gets a
     status line every `status_interval` seconds. `frames` stops after that many input frames.
+    `decoder`: "software", "cuda" (NVDEC; software after a warning when unavailable) or "auto"
+    (NVDEC when the model runs on a GPU and NVDEC works there); files only, live input and
+    images decode in software. `cuda_graphs`: see `EngineConfig`.
     """
     if "side_by_side" in aliases:
         side_by_side_view = bool(aliases.pop("side_by_side"))
@@ -220,14 +225,18 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
             os.path.exists(src) and os.path.exists(dst) and os.path.samefile(src, dst)):
         raise ConfigError("input and output are the same file")  # also via a symlink/hard link
     live_mode = is_network_uri(src) if live is None else live
+    decoder, gpu = _decoder_for(decoder, device)
     if live_mode:
         if start:
             log.warning("--start is ignored for live sources")
+        if decoder == "cuda":
+            log.warning("--decoder cuda applies to files; live input is decoded in software")
         source = open_live_source(src, live_options, duration=duration, frames=frames)
     else:
         # a >8-bit input into a >8-bit video output travels as 16-bit RGB end to end
         deep = not is_image_output(dst) and component_bits(pix_fmt) > 8
-        source = open_source(src, start=start, duration=duration, max_pixels=max_pixels, deep=deep)
+        source = open_source(src, start=start, duration=duration, max_pixels=max_pixels, deep=deep,
+                             decoder=decoder, gpu=gpu)
     with source:
         engine = Engine(resolve_model(model), EngineConfig(device=device, precision=precision,
                                                             batch=batch, tile=tile, compile=compile,
@@ -287,6 +296,21 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
         exc.stats = stats  # type: ignore[attr-defined]
         raise exc
     return stats  # a truncated input was reported once, by the source, with its frame count
+
+
+def _decoder_for(decoder: str, device: str) -> tuple[str, int | None]:
+    """(decoder, GPU index) for the source: "auto" decodes with NVDEC only for a model on CUDA,
+    on that model's GPU (CPU runs keep software decoding, with its frame threads)."""
+    from streamsr.engine import resolve_device
+
+    if decoder not in DECODERS:
+        raise ConfigError(f"unknown decoder {decoder!r}; use {', '.join(DECODERS)}")
+    if decoder == "software":
+        return decoder, None
+    dev = resolve_device(device)
+    if dev.type != "cuda":
+        return ("software" if decoder == "auto" else decoder), None
+    return decoder, dev.index
 
 
 class _CpuThreads:

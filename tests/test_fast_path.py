@@ -7,8 +7,11 @@ thing on a GPU and are skipped without one.
 
 from __future__ import annotations
 
+import json
 import logging
 
+import av
+import media
 import numpy as np
 import pytest
 import torch
@@ -16,10 +19,12 @@ from click.testing import CliRunner
 from torch import Tensor, nn
 
 import streamsr.engine as engine_mod
+import streamsr.video.source as source_mod
 from streamsr.cli import main
 from streamsr.engine import Engine, EngineConfig, _Graphs, resolve_cuda_graphs
-from streamsr.errors import ConfigError
+from streamsr.errors import ConfigError, InputError
 from streamsr.models import TINY, DeblurSR
+from streamsr.video.source import component_bits, open_source
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 GRAPH_LOG = "streamsr.engine"
@@ -163,8 +168,6 @@ def test_out_of_memory_during_capture_shrinks_the_batch_and_keeps_graphs(monkeyp
 
 
 def test_cuda_graphs_option_reaches_the_engine(monkeypatch, tmp_path):
-    import media
-
     import streamsr.scale_out
     from streamsr.pipeline import upscale
 
@@ -233,3 +236,150 @@ def test_cuda_graph_replay_equals_eager(precision, float_tol, u8_tol):
         direct = graphed._forward(x, eager=True)
     assert graphs.replays == 3
     torch.testing.assert_close(replayed, direct, atol=float_tol, rtol=float_tol)
+
+
+# -- 2. NVDEC -----------------------------------------------------------------------------------
+
+SOURCE_LOG = "streamsr.video.source"
+
+
+def decode(path, **kw) -> tuple[list[np.ndarray], str]:
+    with open_source(path, **kw) as src:
+        return [f.rgb for f in src], src.decoder
+
+
+def nvdec_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno >= logging.WARNING and "NVDEC" in r.getMessage()]
+
+
+def test_cuda_decoder_without_a_usable_gpu_decodes_in_software_after_one_warning(tmp_path, caplog):
+    clip = media.make_smooth_clip(tmp_path / "in.mp4", n=6)
+    expected, _ = decode(clip)
+    with caplog.at_level(logging.INFO, logger=SOURCE_LOG):
+        got, used = decode(clip, decoder="cuda", gpu=99)  # no machine has a GPU 99
+    assert used == "software" and len(got) == 6
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+    warnings = nvdec_warnings(caplog)
+    assert len(warnings) == 1 and "decoding in software" in warnings[0], warnings
+
+
+def test_cuda_decoder_here_gives_the_software_frames(tmp_path, caplog):
+    """On this machine as it is: NVDEC if it works (bit-exact H.264), else software + a warning."""
+    clip = media.make_index_clip(tmp_path / "in.mp4", n=8)
+    expected, _ = decode(clip)
+    with caplog.at_level(logging.INFO, logger=SOURCE_LOG):
+        got, used = decode(clip, decoder="cuda")
+    assert [media.read_index(f) for f in got] == list(range(8))
+    for a, b in zip(got, expected, strict=True):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= (0 if used == "software" else 1)
+    assert len(nvdec_warnings(caplog)) == (1 if used == "software" else 0)
+
+
+def test_pipeline_with_cuda_decoder_falls_back_and_writes_the_same_video(tmp_path, caplog):
+    from streamsr.pipeline import upscale
+
+    clip = media.make_smooth_clip(tmp_path / "in.mp4", n=5)
+    kw = dict(model=media.BicubicX4(), device="cpu", encoder_preset="ultrafast",
+              handle_signals=False)
+    upscale(clip, tmp_path / "sw.mp4", decoder="software", **kw)
+    with caplog.at_level(logging.INFO, logger=SOURCE_LOG):
+        stats = upscale(clip, tmp_path / "cuda.mp4", decoder="cuda", **kw)
+    assert stats.frames == 5
+    sw, _, _ = media.decode_all(tmp_path / "sw.mp4")
+    hw, _, _ = media.decode_all(tmp_path / "cuda.mp4")
+    if not torch.cuda.is_available():
+        assert len(nvdec_warnings(caplog)) == 1
+        for a, b in zip(hw, sw, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_auto_decoder_does_not_try_nvdec_for_a_cpu_model(tmp_path, monkeypatch, caplog):
+    from streamsr.pipeline import upscale
+
+    def no(gpu=None):
+        raise AssertionError("NVDEC tried for a CPU run")
+
+    monkeypatch.setattr(source_mod, "cuda_hwaccel", no)
+    clip = media.make_smooth_clip(tmp_path / "in.mp4", n=3)
+    with caplog.at_level(logging.WARNING):
+        stats = upscale(clip, tmp_path / "o.mp4", model=media.BicubicX4(), device="cpu",
+                        decoder="auto", encoder_preset="ultrafast", handle_signals=False)
+    assert stats.frames == 3 and not nvdec_warnings(caplog)
+
+
+def test_cuda_decoder_keeps_input_errors_and_rejects_unknown_decoders(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger=SOURCE_LOG), \
+            pytest.raises(InputError, match="input not found"):
+        open_source(tmp_path / "missing.mp4", decoder="cuda")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all" * 100)
+    with pytest.raises(InputError, match="not a video file"):
+        open_source(bad, decoder="cuda")
+    assert not nvdec_warnings(caplog)  # nothing to say about NVDEC when the input is the problem
+    with pytest.raises(ConfigError, match="unknown decoder"):
+        open_source(tmp_path / "missing.mp4", decoder="nvdec")
+
+
+@pytest.mark.parametrize("sw,hw,rgb", [("yuv420p", "nv12", "rgb24"),
+                                       ("yuv420p10le", "p010le", "rgb48le")])
+def test_nvdec_download_formats_convert_like_the_software_decoders(sw, hw, rgb):
+    """NVDEC frames reach system memory as nv12 / p010le: the source's conversion (its flags,
+    matrix and range) gives exactly the RGB of the planar formats software decoders return."""
+    from av.video.reformatter import ColorRange
+
+    from streamsr.video.source import TO_RGB_FLAGS, sws_matrix, sws_range
+
+    rgb8 = frames(1, 48, 64, seed=4)[0]
+    planar = av.VideoFrame.from_ndarray(rgb8, format="rgb24").reformat(format=sw)
+    kw = dict(format=rgb, src_colorspace=sws_matrix("bt709"), src_color_range=sws_range("tv"),
+              dst_color_range=ColorRange.JPEG, interpolation=TO_RGB_FLAGS)
+    np.testing.assert_array_equal(planar.reformat(format=hw).to_ndarray(**kw),
+                                  planar.to_ndarray(**kw))
+    assert component_bits(hw) == component_bits(sw)  # deep (16-bit) frames stay deep
+
+
+def test_decoder_option_reaches_the_source_from_both_commands(monkeypatch, tmp_path):
+    import streamsr.bench
+    import streamsr.pipeline
+    import streamsr.scale_out
+
+    calls = {}
+    monkeypatch.setattr(streamsr.scale_out, "upscale_job", lambda src, dst, **kw: calls.update(kw))
+    src = media.make_index_clip(tmp_path / "in.mp4", n=2, size=(16, 16))
+    res = CliRunner().invoke(main, ["upscale", str(src), str(tmp_path / "o.mp4"), "-q",
+                                    "--decoder", "cuda"])
+    assert res.exit_code == 0, res.output
+    assert calls["decoder"] == "cuda"
+
+    seen = []
+    real = streamsr.pipeline.upscale
+
+    def spy(*args, **kw):
+        seen.append(kw["decoder"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(streamsr.pipeline, "upscale", spy)
+    res = CliRunner().invoke(main, ["bench", "--device", "cpu", "--model", "tiny", "--resolution",
+                                    "32x16", "--frames", "2", "--skip", "naive", "--skip", "io",
+                                    "--decoder", "auto", "--json", "-"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert seen == ["auto"]
+    assert json.loads(res.stdout)["config"]["decoder"] == "auto"
+    with pytest.raises(ConfigError):
+        streamsr.bench.BenchConfig(decoder="nvdec").check()
+
+
+@pytest.mark.cuda
+@cuda
+def test_nvdec_decodes_on_the_gpu_like_software(tmp_path, caplog):
+    clip = media.make_index_clip(tmp_path / "in.mp4", n=8, size=(320, 240))
+    expected, _ = decode(clip)
+    with caplog.at_level(logging.INFO, logger=SOURCE_LOG):
+        got, used = decode(clip, decoder="cuda")
+    assert used == "cuda", caplog.text
+    assert [media.read_index(f) for f in got] == list(range(8))
+    worst = max(int(np.abs(a.astype(int) - b.astype(int)).max())
+                for a, b in zip(got, expected, strict=True))
+    assert worst <= 1, worst

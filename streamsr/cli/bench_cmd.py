@@ -29,6 +29,9 @@ PARTS = ("model", "pipeline", "naive", "io")  # streamsr.bench.PARTS, kept here 
 @click.option("--cuda-graphs", type=click.Choice(["auto", "on", "off"]), default="auto",
               show_default=True, help="CUDA graph replay for full batches (auto: on CUDA without "
               "--compile; no effect on CPU).")
+@click.option("--decoder", type=click.Choice(["software", "auto", "cuda"]), default="software",
+              show_default=True, help="The pipeline parts' video decoder (cuda: NVDEC, software "
+              "after a warning when unavailable).")
 @click.option("--skip", type=click.Choice(PARTS), multiple=True, help="Leave out a part (repeatable).")
 @click.option("--ffmpeg", "ffmpeg_method", type=click.Choice(["auto", "pyav", "cli"]), default="auto",
               show_default=True, help="FFmpeg reference: the ffmpeg program (auto: if installed) "
@@ -42,7 +45,8 @@ PARTS = ("model", "pipeline", "naive", "io")  # streamsr.bench.PARTS, kept here 
 @click.option("--json", "json_path", default=None, metavar="PATH|-",
               help="Also write the result as one JSON object (- for stdout).")
 def bench(resolution: str, frames: int | None, io_frames: int | None, model_name: str, device: str, precision: str,
-          batch: int | None, compile_: bool, cuda_graphs: str, skip: tuple[str, ...],
+          batch: int | None, compile_: bool, cuda_graphs: str, decoder: str,
+          skip: tuple[str, ...],
           ffmpeg_method: str, sweep: bool, sizes: str, batches: str | None,
           json_path: str | None) -> None:
     """Measure throughput: model only, pipeline, naive loop and I/O vs FFmpeg, in one process."""
@@ -59,7 +63,7 @@ def bench(resolution: str, frames: int | None, io_frames: int | None, model_name
     config = BenchConfig(resolution=parse_resolution(resolution), frames=frames, io_frames=io_frames,
                          model=model_name,
                          device=device, precision=precision, batch=batch, compile=compile_,
-                         cuda_graphs=cuda_graphs,
+                         cuda_graphs=cuda_graphs, decoder=decoder,
                          parts=tuple(p for p in PARTS if p not in skip), ffmpeg=ffmpeg_method)
 
     def progress(text: str) -> None:

@@ -126,6 +126,9 @@ def _status_line(line: str) -> None:
 @click.option("--cuda-graphs", type=click.Choice(["auto", "on", "off"]), default="auto",
               show_default=True, help="Replay a captured CUDA graph for full batches (auto: on "
               "CUDA without --compile; no effect on CPU).")
+@click.option("--decoder", type=click.Choice(["software", "auto", "cuda"]), default="software",
+              show_default=True, help="Video decoding: software (CPU threads), cuda (NVDEC; "
+              "software after a warning when unavailable), auto (NVDEC when the model runs on CUDA).")
 @click.option("--codec", default="libx264", show_default=True,
               help="Any FFmpeg video encoder: libx264, libx265, libsvtav1, h264_nvenc, hevc_nvenc, ...")
 @click.option("--crf", type=click.IntRange(0, 63), default=18, show_default=True,
@@ -197,7 +200,8 @@ def upscale(ctx: click.Context, input_path: str, output_path: str, preset_name: 
         stats = run_upscale(
             input_path, output_path, model=options["model"], device=options["device"],
             precision=options["precision"], batch=options["batch"], tile=options["tile"],
-            cuda_graphs=options["cuda_graphs"], codec=options["codec"], crf=options["crf"], encoder_preset=options["encoder_preset"],
+            cuda_graphs=options["cuda_graphs"], decoder=options["decoder"],
+            codec=options["codec"], crf=options["crf"], encoder_preset=options["encoder_preset"],
             pix_fmt=options["pix_fmt"], bitrate=options["bitrate"],
             encoder_options=parse_encoder_opts(tuple(options["encoder_opt"])),
             side_by_side_view=bool(options["side_by_side"]), overwrite=options["overwrite"],

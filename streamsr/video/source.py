@@ -8,7 +8,9 @@ asked for `deep` frames and the input has more than 8 bits, so a 10-bit output k
 (swscale maps limited-range white to 65283, not 65535, and maps 65283 back to white on the way
 out, so the gain cancels; the model sees deep frames 0.4 % darker.) Broken inputs fail early
 with an `InputError` (missing, empty, not a video, audio-only, absurd resolution); damage inside
-a file that still has decodable frames is skipped with one warning.
+a file that still has decodable frames is skipped with one warning. `decoder="cuda"` decodes
+video files with NVDEC (PyAV's CUDA hwaccel), frames downloaded to system memory (nv12/p010) for
+the same conversion; without a usable GPU it decodes in software after one warning.
 """
 
 from __future__ import annotations
@@ -18,22 +20,28 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import av
+import av.logging
 import numpy as np
+from av.codec.hwaccel import HWAccel
 from av.video.reformatter import ColorRange, Colorspace, Interpolation
 
-from streamsr.errors import InputError
+from streamsr.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 DEFAULT_MAX_PIXELS = 7680 * 4320  # an 8K frame; its x4 output is already 530 Mpx
 IMAGE_TIME_BASE = Fraction(1, 25)  # image sequences play at 25 fps when written as video
+# "software": FFmpeg's decoders on the CPU (frame threads); "cuda": NVDEC, falling back to
+# software with a warning; "auto": NVDEC when it works, software quietly otherwise
+DECODERS = ("auto", "software", "cuda")
 
 # FFmpeg's enum values (libavutil/pixfmt.h) <-> the names ffmpeg prints.
 PRIMARIES = {1: "bt709", 4: "bt470m", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 8: "film",
@@ -163,15 +171,46 @@ def _av_message(exc: Exception) -> str:
     return str(text).splitlines()[0][:200]
 
 
-def open_input(uri: str, options: dict[str, str]) -> av.container.InputContainer:
+def open_input(uri: str, options: dict[str, str],
+               hwaccel: HWAccel | None = None) -> av.container.InputContainer:
     """av.open, tolerating damaged (non-UTF-8) tags, which PyAV 18 refuses to open."""
     try:
-        return av.open(uri, options=options)
+        return av.open(uri, options=options, hwaccel=hwaccel)
     except UnicodeDecodeError:
         try:
-            return av.open(uri, options=options, metadata_encoding="latin-1")
+            return av.open(uri, options=options, metadata_encoding="latin-1", hwaccel=hwaccel)
         except (TypeError, UnicodeDecodeError):
             raise InputError(f"{uri} has damaged metadata tags that cannot be read") from None
+
+
+def cuda_hwaccel(gpu: int | None = None) -> HWAccel:
+    """PyAV's NVDEC settings: frames come back to system memory (nv12, p010) for the usual
+    swscale conversion; a stream NVDEC cannot take (a profile it lacks) falls back to FFmpeg's
+    software decoder; FFmpeg uses the GPU's primary CUDA context, the one torch uses, instead
+    of creating a second one."""
+    return HWAccel("cuda", device=None if gpu is None else str(gpu), allow_software_fallback=True,
+                   options={"primary_ctx": "1"})
+
+
+@contextmanager
+def ffmpeg_errors() -> Iterator[list[tuple[int, str, str]]]:
+    """FFmpeg's error lines logged by this thread while the block runs. PyAV logs nothing by
+    default, and a hardware device that cannot open says only "Operation not permitted";
+    FFmpeg's own line says why ("Cannot load libcuda.so.1")."""
+    old = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)
+    try:
+        with av.logging.Capture() as logs:
+            yield logs
+    finally:
+        av.logging.set_level(old)
+
+
+def ffmpeg_reason(exc: Exception, logs: list[tuple[int, str, str]]) -> str:
+    """The last line FFmpeg logged (see `ffmpeg_errors`), else the exception's message."""
+    lines = [f"{name}: {text.strip()}" if name else text.strip() for _, name, text in logs
+             if text and text.strip()]
+    return lines[-1] if lines else _av_message(exc)
 
 
 class VideoSource(Source):
@@ -183,11 +222,15 @@ class VideoSource(Source):
 
     def __init__(self, uri: str, *, start: float | None = None, duration: float | None = None,
                  options: dict[str, str] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 is_live: bool = False, deep: bool = False) -> None:
+                 is_live: bool = False, deep: bool = False, decoder: str = "software",
+                 gpu: int | None = None) -> None:
         self.uri = uri
         self.deep = deep
+        if decoder not in DECODERS:
+            raise ConfigError(f"unknown decoder {decoder!r}; use {', '.join(DECODERS)}")
+        self.decoder = "software"  # what decodes the video: "software" or "cuda" (NVDEC)
         try:
-            self.container = open_input(uri, options or {})
+            self.container = self._open(uri, options or {}, decoder, gpu)
         except av.error.FileNotFoundError:
             raise InputError(f"input not found: {uri}") from None
         except av.error.PermissionError:
@@ -206,6 +249,32 @@ class VideoSource(Source):
         except BaseException:
             self.container.close()
             raise
+
+    def _open(self, uri: str, options: dict[str, str], decoder: str,
+              gpu: int | None) -> av.container.InputContainer:
+        """The input, its video decoded by NVDEC when asked for and possible (logged either way)."""
+        if decoder == "software":
+            return open_input(uri, options)
+        try:
+            with ffmpeg_errors() as logs:
+                container = open_input(uri, options, hwaccel=cuda_hwaccel(gpu))
+        except av.error.FFmpegError as exc:
+            container = open_input(uri, options)  # an unreadable input fails here, as usual
+            self._software(decoder, f"no CUDA device ({ffmpeg_reason(exc, logs)})")
+            return container
+        cc = container.streams.video[0].codec_context if container.streams.video else None
+        if cc is not None and cc.is_hwaccel:
+            self.decoder = "cuda"
+            log.info("%s: decoding %s with NVDEC (CUDA)", uri, cc.name)
+        elif cc is not None:
+            self._software(decoder, f"NVDEC has no {cc.name} decoder")
+        return container
+
+    def _software(self, asked: str, reason: str) -> None:
+        """Say once why NVDEC is not used: a warning when it was asked for, else info."""
+        level = logging.WARNING if asked == "cuda" else logging.INFO
+        log.log(level, "%s: CUDA decoding (NVDEC) unavailable: %s; decoding in software",
+                self.uri, reason)
 
     def _setup(self, start, duration, max_pixels, is_live) -> None:
         c = self.container
@@ -276,9 +345,9 @@ class VideoSource(Source):
         self._range = sws_range(effective_range(self.info))
         self.deep = self.deep and component_bits(f.format.name) > 8
         self._rgb_format = "rgb48le" if self.deep else "rgb24"
-        log.info("input %s: %dx%d %s, %s fps, colour %s/%s (%s), rotation %d", self.uri, f.width,
-                 f.height, f.format.name, fps, effective_matrix(self.info),
-                 effective_range(self.info), color, self.info.rotation)
+        log.info("input %s: %dx%d %s, %s fps, colour %s/%s (%s), rotation %d, %s decoder",
+                 self.uri, f.width, f.height, f.format.name, fps, effective_matrix(self.info),
+                 effective_range(self.info), color, self.info.rotation, self.decoder)
 
     def _seek_earlier_if_past_start(self) -> None:
         """Seek again, earlier, when the first decoded frame is already after --start.
@@ -532,15 +601,20 @@ def is_url(uri: str) -> bool:
 
 def open_source(uri: str | os.PathLike, *, start: float | None = None,
                 duration: float | None = None, options: dict[str, str] | None = None,
-                max_pixels: int | None = DEFAULT_MAX_PIXELS, deep: bool = False) -> Source:
+                max_pixels: int | None = DEFAULT_MAX_PIXELS, deep: bool = False,
+                decoder: str = "software", gpu: int | None = None) -> Source:
     """Open a video file, URL, single image or folder of images for decoding.
 
     `deep`: videos with more than 8 bits give uint16 RGB frames (images stay uint8).
+    `decoder`: "software", "cuda" (NVDEC on GPU `gpu`, software after a warning when it cannot
+    be used) or "auto" (NVDEC when it can be used); images are always decoded in software.
     """
     uri = str(uri)
+    if decoder not in DECODERS:
+        raise ConfigError(f"unknown decoder {decoder!r}; use {', '.join(DECODERS)}")
     if is_url(uri) and not uri.startswith("file://"):
         return VideoSource(uri, start=start, duration=duration, options=options,
-                           max_pixels=max_pixels, is_live=True, deep=deep)
+                           max_pixels=max_pixels, is_live=True, deep=deep, decoder=decoder, gpu=gpu)
     path = Path(uri.removeprefix("file://"))
     if path.is_dir():
         images = list_images(path)
@@ -556,4 +630,4 @@ def open_source(uri: str | os.PathLike, *, start: float | None = None,
     if path.suffix.lower() in IMAGE_EXTS:
         return ImageSource(uri, [path], start=start, duration=duration, max_pixels=max_pixels)
     return VideoSource(str(path), start=start, duration=duration, options=options,
-                       max_pixels=max_pixels, deep=deep)
+                       max_pixels=max_pixels, deep=deep, decoder=decoder, gpu=gpu)
