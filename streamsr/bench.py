@@ -54,7 +54,7 @@ from streamsr.errors import ConfigError, WeightsError
 from streamsr.models import DeblurSR
 from streamsr.models.configs import CONFIGS, get_config
 from streamsr.models.weights import load_model
-from streamsr.video.sink import EncodeOptions, encoder_options, parse_bitrate
+from streamsr.video.sink import EncodeOptions, check_encoder, encoder_options, parse_bitrate
 from streamsr.video.source import (
     DECODERS,
     MATRICES,
@@ -105,6 +105,8 @@ class BenchConfig:
     compile: bool = False
     cuda_graphs: str = "auto"  # auto | on | off (engine and pipeline; no effect on CPU)
     decoder: str = "software"  # the pipeline parts' video decoder: software | cuda | auto
+    codec: str = "libx264"  # encoder of every part that writes video (pipeline, naive, FFmpeg)
+    encoder_preset: str = "medium"  # its speed preset (p1-p7 for NVENC)
     parts: tuple[str, ...] = PARTS
     ffmpeg: str = "auto"  # reference for the I/O part: auto (cli if installed), pyav, cli
     seed: int = 0
@@ -133,6 +135,7 @@ class BenchConfig:
                               f"got {self.cuda_graphs}")
         if self.ffmpeg == "cli" and shutil.which("ffmpeg") is None:
             raise ConfigError("--ffmpeg cli asked for, but no `ffmpeg` program is installed")
+        check_encoder(encode_options(self.codec, self.encoder_preset))  # NVENC: can it open?
 
 
 @dataclass
@@ -281,9 +284,13 @@ def count_frames(path: str | os.PathLike) -> int:
 # ---------------------------------------------------------------------------------------------
 # Encoder settings shared by the naive loop and the FFmpeg reference (the sink's defaults)
 
-def encode_options() -> EncodeOptions:
-    """The pipeline's default encoder settings (codec, crf, preset, pix_fmt, options)."""
-    return EncodeOptions()
+def encode_options(codec: str | None = None, preset: str | None = None) -> EncodeOptions:
+    """The pipeline's default encoder settings (codec, crf, preset, pix_fmt, options), with
+    another codec and preset when given."""
+    enc = EncodeOptions()
+    enc.codec = codec or enc.codec
+    enc.preset = preset or enc.preset
+    return enc
 
 
 def codec_options(enc: EncodeOptions) -> dict[str, str]:
@@ -383,21 +390,25 @@ def time_model(engine: Engine, width: int, height: int, frames: int, warmup: int
 
 
 def run_pipeline(src: Path, dst: Path, model: nn.Module, engine: EngineConfig, *,
-                 decoder: str = "software") -> Timing:
+                 decoder: str = "software", enc: EncodeOptions | None = None) -> Timing:
     """Wall time of `streamsr.pipeline.upscale` on the clip, frames counted in its output.
 
     `fps` is end to end (the whole call: opening, engine set-up, pipeline fill and drain,
     encoder flush); `detail` adds the time until the first frame reached the encoder.
-    `decoder` is the pipeline's video decoder (`upscale(decoder=...)`).
+    `decoder` is the pipeline's video decoder (`upscale(decoder=...)`), `enc` its encoder
+    settings (default: `encode_options()`).
     """
     from streamsr.pipeline import upscale
 
+    enc = enc or encode_options()
     written_at: list[float] = []
     t0 = time.perf_counter()
     stats = upscale(str(src), str(dst), model=model, device=engine.device,
                     precision=engine.precision, batch=engine.batch, tile=engine.tile,
                     compile=engine.compile, cuda_graphs=engine.cuda_graphs, decoder=decoder,
-                    overwrite=True, handle_signals=False,
+                    codec=enc.codec, crf=enc.crf, encoder_preset=enc.preset, pix_fmt=enc.pix_fmt,
+                    bitrate=enc.bitrate, encoder_options=enc.options, overwrite=True,
+                    handle_signals=False,
                     progress=lambda done, total: written_at.append(time.perf_counter()))
     seconds = max(time.perf_counter() - t0, 1e-9)
     written = count_frames(dst)
@@ -697,8 +708,8 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRes
         _announce(progress, f"making a {width}x{height} clip of {frames} frames")
         clip = make_clip(work / "clip.mp4", width, height, frames, config.seed)
         clip_frames_decoded = count_frames(clip)
-        enc = encode_options()
-        pipe = {"decoder": config.decoder}  # the pipeline parts' I/O settings
+        enc = encode_options(config.codec, config.encoder_preset)
+        pipe = {"decoder": config.decoder, "enc": enc}  # the pipeline parts' I/O settings
         if "model" in config.parts:
             _announce(progress, f"model only ({config.model}, batch {engine.batch})")
             results["model_only"] = time_model(engine, width, height, frames)
@@ -789,11 +800,12 @@ def run_sweep(config: BenchConfig, resolutions: Sequence[tuple[int, int]] = SWEE
                     rows[batch] = SweepPoint(width=width, height=height, batch=batch, model_fps=fps,
                                              ms_per_frame=_ms(fps), ms_per_megapixel=_ms(fps, mpx))
                 _announce(progress, f"pipeline {width}x{height}, batch {batch}")
-                pipe = functools.partial(run_pipeline, decoder=config.decoder)
+                io = {"decoder": config.decoder,
+                      "enc": encode_options(config.codec, config.encoder_preset)}
+                pipe = functools.partial(run_pipeline, **io)
                 if device.type == "cuda":
                     warm_pipeline(work, width, height, min(frames, 2 * batch), copy.deepcopy(pristine),
-                                  _engine_config(config, batch=batch), config.seed,
-                                  decoder=config.decoder)
+                                  _engine_config(config, batch=batch), config.seed, **io)
                 clip = make_clip(work / f"clip_{width}x{height}.mp4", width, height, frames, config.seed)
                 rows[batch].pipeline_fps = _fps_or_oom(pipe, clip, work / "out.mp4",
                                                        copy.deepcopy(pristine),
@@ -868,7 +880,9 @@ def format_result(r: BenchResult) -> str:
             f"{r.model['name']} ({r.model['parameters']:,} params, {weights} weights), "
             f"{w}x{h} -> {4 * w}x{4 * h}, {c['frames']} frames, {e['device']} {e['precision']}, "
             f"batch {e['batch']}, channels_last {e['channels_last']}, compile {e['compile']}, "
-            f"CUDA graphs {'on' if e.get('cuda_graphs') else 'off'}",
+            f"CUDA graphs {'on' if e.get('cuda_graphs') else 'off'}, "
+            f"decoder {c.get('decoder', 'software')}, encoder {c['encode']['codec']} "
+            f"(preset {c['encode'].get('preset', 'default')})",
             *machine_lines(r.machine), ""]
     table = ["| part | fps | frames | seconds |", "|---|---:|---:|---:|"]
     for key, label in _ROWS:

@@ -24,6 +24,7 @@ from streamsr.cli import main
 from streamsr.engine import Engine, EngineConfig, _Graphs, resolve_cuda_graphs
 from streamsr.errors import ConfigError, InputError
 from streamsr.models import TINY, DeblurSR
+from streamsr.video.sink import EncodeOptions, check_encoder, encoder_options
 from streamsr.video.source import component_bits, open_source
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -383,3 +384,95 @@ def test_nvdec_decodes_on_the_gpu_like_software(tmp_path, caplog):
     worst = max(int(np.abs(a.astype(int) - b.astype(int)).max())
                 for a, b in zip(got, expected, strict=True))
     assert worst <= 1, worst
+
+
+# -- 3. NVENC -----------------------------------------------------------------------------------
+
+def nvenc_opens() -> bool:
+    try:
+        check_encoder(EncodeOptions(codec="h264_nvenc"))
+    except ConfigError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("codec", ["h264_nvenc", "hevc_nvenc", "av1_nvenc"])
+def test_nvenc_maps_crf_to_cq_and_keeps_its_preset(codec):
+    assert encoder_options(EncodeOptions(codec=codec, crf=23, preset="p5")) == {"cq": "23",
+                                                                                 "preset": "p5"}
+    # a bitrate replaces constant quality; user options come last and win
+    assert encoder_options(EncodeOptions(codec=codec, bitrate="8M", preset="p1")) == {"preset": "p1"}
+    opts = encoder_options(EncodeOptions(codec=codec, options={"cq": "30", "rc": "vbr"}))
+    assert opts == {"cq": "30", "preset": "medium", "rc": "vbr"}
+
+
+@pytest.mark.skipif(nvenc_opens(), reason="NVENC opens on this machine")
+def test_nvenc_that_cannot_open_is_one_clear_config_error_before_any_work(tmp_path):
+    from streamsr.pipeline import upscale
+
+    for codec in ("h264_nvenc", "hevc_nvenc"):
+        with pytest.raises(ConfigError) as err:
+            check_encoder(EncodeOptions(codec=codec))
+        text = str(err.value)
+        assert "\n" not in text and f"encoder {codec} cannot be opened" in text
+        assert "NVIDIA GPU" in text and "libx264" in text
+    # before the input is even looked at: a missing input is not what the run reports
+    with pytest.raises(ConfigError, match="h264_nvenc cannot be opened"):
+        upscale(tmp_path / "missing.mp4", tmp_path / "o.mp4", codec="h264_nvenc")
+    clip = media.make_index_clip(tmp_path / "in.mp4", n=2, size=(16, 16))
+    res = CliRunner().invoke(main, ["upscale", str(clip), str(tmp_path / "o.mp4"),
+                                    "--codec", "h264_nvenc"])
+    assert res.exit_code == 2 and "h264_nvenc cannot be opened" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.mp4").exists()
+    res = CliRunner().invoke(main, ["bench", "--device", "cpu", "--codec", "hevc_nvenc"])
+    assert res.exit_code == 2 and "hevc_nvenc cannot be opened" in res.stderr
+
+
+def test_software_encoders_are_not_trial_opened(monkeypatch):
+    import streamsr.video.sink as sink_mod
+
+    monkeypatch.setattr(sink_mod, "_check_opens", lambda enc: pytest.fail("trial open"))
+    assert check_encoder(EncodeOptions(codec="libx264")).name == "libx264"
+
+
+def test_bench_codec_and_preset_reach_every_part_that_encodes(monkeypatch):
+    import streamsr.bench as bench
+    import streamsr.pipeline
+
+    used = []  # (part, codec, preset)
+    real_upscale, real_open = streamsr.pipeline.upscale, bench.open_encoder
+
+    def spy_upscale(*args, **kw):
+        used.append(("pipeline", kw["codec"], kw["encoder_preset"]))
+        return real_upscale(*args, **kw)
+
+    def spy_open(path, width, height, rate, enc):
+        used.append(("naive/ffmpeg", enc.codec, enc.preset))
+        return real_open(path, width, height, rate, enc)
+
+    monkeypatch.setattr(streamsr.pipeline, "upscale", spy_upscale)
+    monkeypatch.setattr(bench, "open_encoder", spy_open)
+    args = ["bench", "--device", "cpu", "--model", "tiny", "--resolution", "32x16", "--frames", "2",
+            "--io-frames", "2", "--ffmpeg", "pyav", "--codec", "libx264", "--encoder-preset",
+            "ultrafast", "--json", "-"]
+    res = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    # pipeline and I/O pipeline; naive loop; FFmpeg graph twice (both conversions)
+    assert sorted(p for p, _, _ in used) == ["naive/ffmpeg"] * 3 + ["pipeline"] * 2
+    assert {(c, p) for _, c, p in used} == {("libx264", "ultrafast")}
+    data = json.loads(res.stdout)
+    assert data["config"]["encode"]["preset"] == "ultrafast"
+    assert data["config"]["codec"] == "libx264" and "preset ultrafast" in res.stderr
+
+
+@pytest.mark.cuda
+@cuda
+def test_nvenc_encodes_on_the_gpu(tmp_path):
+    from streamsr.pipeline import upscale
+
+    check_encoder(EncodeOptions(codec="h264_nvenc", preset="p4"))
+    src = media.make_index_clip(tmp_path / "in.mp4", n=12)
+    stats = upscale(src, tmp_path / "o.mp4", model=media.BicubicX4(), device="cuda",
+                    codec="h264_nvenc", encoder_preset="p4", crf=20, handle_signals=False)
+    out, _, _ = media.decode_all(tmp_path / "o.mp4")
+    assert stats.frames == 12 and [media.read_index(f) for f in out] == list(range(12))

@@ -32,6 +32,11 @@ PARTS = ("model", "pipeline", "naive", "io")  # streamsr.bench.PARTS, kept here 
 @click.option("--decoder", type=click.Choice(["software", "auto", "cuda"]), default="software",
               show_default=True, help="The pipeline parts' video decoder (cuda: NVDEC, software "
               "after a warning when unavailable).")
+@click.option("--codec", default="libx264", show_default=True,
+              help="Encoder of every part that writes video (pipeline, naive loop, FFmpeg), "
+              "e.g. h264_nvenc.")
+@click.option("--encoder-preset", default="medium", show_default=True,
+              help="Its speed preset (ultrafast ... veryslow; p1-p7 for NVENC).")
 @click.option("--skip", type=click.Choice(PARTS), multiple=True, help="Leave out a part (repeatable).")
 @click.option("--ffmpeg", "ffmpeg_method", type=click.Choice(["auto", "pyav", "cli"]), default="auto",
               show_default=True, help="FFmpeg reference: the ffmpeg program (auto: if installed) "
@@ -45,8 +50,8 @@ PARTS = ("model", "pipeline", "naive", "io")  # streamsr.bench.PARTS, kept here 
 @click.option("--json", "json_path", default=None, metavar="PATH|-",
               help="Also write the result as one JSON object (- for stdout).")
 def bench(resolution: str, frames: int | None, io_frames: int | None, model_name: str, device: str, precision: str,
-          batch: int | None, compile_: bool, cuda_graphs: str, decoder: str,
-          skip: tuple[str, ...],
+          batch: int | None, compile_: bool, cuda_graphs: str, decoder: str, codec: str,
+          encoder_preset: str, skip: tuple[str, ...],
           ffmpeg_method: str, sweep: bool, sizes: str, batches: str | None,
           json_path: str | None) -> None:
     """Measure throughput: model only, pipeline, naive loop and I/O vs FFmpeg, in one process."""
@@ -63,7 +68,8 @@ def bench(resolution: str, frames: int | None, io_frames: int | None, model_name
     config = BenchConfig(resolution=parse_resolution(resolution), frames=frames, io_frames=io_frames,
                          model=model_name,
                          device=device, precision=precision, batch=batch, compile=compile_,
-                         cuda_graphs=cuda_graphs, decoder=decoder,
+                         cuda_graphs=cuda_graphs, decoder=decoder, codec=codec,
+                         encoder_preset=encoder_preset,
                          parts=tuple(p for p in PARTS if p not in skip), ffmpeg=ffmpeg_method)
 
     def progress(text: str) -> None:

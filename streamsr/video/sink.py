@@ -38,6 +38,8 @@ from streamsr.video.source import (
     VideoInfo,
     effective_matrix,
     effective_range,
+    ffmpeg_errors,
+    ffmpeg_reason,
     sws_matrix,
     sws_range,
 )
@@ -99,7 +101,39 @@ def check_encoder(encode: EncodeOptions) -> av.codec.Codec:
         raise ConfigError(f"crf must be between 0 and 63, got {encode.crf}")
     if encode.bitrate is not None:
         parse_bitrate(encode.bitrate)
+    if codec.name.endswith("_nvenc"):
+        _check_opens(encode)
     return codec
+
+
+# Hardware encoder settings that opened in this process: the pipeline checks its encoder, then
+# the sink does again, and each trial open of NVENC costs a CUDA context. Failures are not kept.
+_OPENED: set[tuple] = set()
+
+
+def _check_opens(encode: EncodeOptions) -> None:
+    """Open the encoder once on a small frame: NVENC without an NVIDIA GPU or driver (or with
+    settings the GPU lacks) fails here, in one line, instead of at the first encoded frame."""
+    key = (encode.codec, encode.pix_fmt, encode.bitrate,
+           tuple(sorted(encoder_options(encode).items())))
+    if key in _OPENED:
+        return
+    cc = av.codec.CodecContext.create(encode.codec, "w")
+    cc.width, cc.height, cc.pix_fmt = 256, 144, encode.pix_fmt
+    cc.time_base = Fraction(1, 25)
+    if encode.bitrate:
+        cc.bit_rate = parse_bitrate(encode.bitrate)
+    cc.options = dict(key[3])
+    try:
+        with ffmpeg_errors() as logs:
+            cc.open()
+    except av.error.FFmpegError as exc:
+        raise ConfigError(f"encoder {encode.codec} cannot be opened here: {ffmpeg_reason(exc, logs)} "
+                          f"(NVENC needs an NVIDIA GPU and its driver; --codec libx264 encodes on "
+                          f"the CPU)") from None
+    finally:
+        del cc  # frees the encoder session now (GPUs allow only a few at once)
+    _OPENED.add(key)
 
 
 def encoder_options(encode: EncodeOptions) -> dict[str, str]:
