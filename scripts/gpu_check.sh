@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared check for a lent GPU machine (H100/H200): GPU info, the CUDA tests,
-# `streamsr bench` with the paper model at 480x270 in bf16, then, time allowing, a short sweep.
+# `streamsr bench` with the paper model at 480x270 in bf16 (CUDA graphs on, the default), the
+# same without CUDA graphs (model + pipeline only), a torch.profiler profile of the paper model,
+# the pipeline with NVDEC + NVENC, then, time allowing, a short sweep.
 #
 # Everything is teed to $OUT/gpu_check.log and the JSON results land in $OUT. Each step has its
 # own timeout, cut to the time left in the whole budget (GPU_CHECK_BUDGET seconds, default 540),
@@ -11,7 +13,8 @@
 #     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit; bash scripts/gpu_check.sh
 # Rehearsal on a CPU machine (same steps, cpu + tiny model + tiny sizes):
 #   GPU_CHECK_DRY=1 OUT=/tmp/gpu_check bash scripts/gpu_check.sh
-# Overrides: PYTHON, BENCH_FRAMES, SWEEP_FRAMES, SWEEP_SIZES, SWEEP_BATCHES, GPU_CHECK_BUDGET;
+# Overrides: PYTHON, BENCH_FRAMES, SWEEP_FRAMES, SWEEP_SIZES, SWEEP_BATCHES, PROFILE_BATCH,
+# GPU_CHECK_BUDGET;
 # GPU_CHECK_COMPILE=1 adds a torch.compile bench at the end (if time is left).
 
 set -u
@@ -30,12 +33,14 @@ export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$ROOT"
 if [ "${GPU_CHECK_DRY:-0}" = 1 ]; then
   echo "GPU_CHECK_DRY=1: rehearsal on the CPU with the tiny model and tiny sizes"
   DEVICE=cpu MODEL=tiny RES=64x48 PRECISION=fp32
-  BENCH_FRAMES=${BENCH_FRAMES:-4} SWEEP_FRAMES=${SWEEP_FRAMES:-2}
+  BENCH_FRAMES=${BENCH_FRAMES:-4} SWEEP_FRAMES=${SWEEP_FRAMES:-2} PROFILE_BATCH=${PROFILE_BATCH:-1}
+  HW_CODEC=libx264 HW_PRESET=ultrafast  # no NVENC here: the step rehearses its plumbing
   SWEEP_SIZES=${SWEEP_SIZES:-32x16,64x48} SWEEP_BATCHES=${SWEEP_BATCHES:-1,2}
   BUDGET=${GPU_CHECK_BUDGET:-300}
 else
   DEVICE=cuda MODEL=paper RES=480x270 PRECISION=bf16
-  BENCH_FRAMES=${BENCH_FRAMES:-128} SWEEP_FRAMES=${SWEEP_FRAMES:-32}
+  BENCH_FRAMES=${BENCH_FRAMES:-128} SWEEP_FRAMES=${SWEEP_FRAMES:-32} PROFILE_BATCH=${PROFILE_BATCH:-8}
+  HW_CODEC=h264_nvenc HW_PRESET=p4
   SWEEP_SIZES=${SWEEP_SIZES:-320x180,480x270,960x540} SWEEP_BATCHES=${SWEEP_BATCHES:-1,2,4,8}
   BUDGET=${GPU_CHECK_BUDGET:-540}
 fi
@@ -103,6 +108,23 @@ BENCH_JSON="$OUT/bench_${MODEL}_${RES}.json"
 step "bench $MODEL $RES $PRECISION" 240 "$PY" -m streamsr bench --device "$DEVICE" --model "$MODEL" \
   --resolution "$RES" --precision "$PRECISION" --frames "$BENCH_FRAMES" --json "$BENCH_JSON"
 [ -s "$BENCH_JSON" ] && cat "$BENCH_JSON"
+
+# CUDA graphs off, same settings: the difference to the bench above is what the graphs buy.
+step "bench $MODEL $RES $PRECISION --cuda-graphs off" 150 "$PY" -m streamsr bench --device "$DEVICE" \
+  --model "$MODEL" --resolution "$RES" --precision "$PRECISION" --frames "$BENCH_FRAMES" \
+  --cuda-graphs off --skip naive --skip io --json "$OUT/bench_${MODEL}_${RES}_graphs_off.json"
+
+# Where the model spends its time on the GPU (eager, kernel times): tables in the log, JSON and a
+# Chrome trace in $OUT/profile.
+step "profile $MODEL $RES $PRECISION" 120 "$PY" scripts/profile_model.py --device "$DEVICE" \
+  --model "$MODEL" --size "$RES" --precision "$PRECISION" --batch "$PROFILE_BATCH" --iterations 5 \
+  --warmup 2 --top 25 --out "$OUT/profile"
+
+# NVDEC + NVENC in the pipeline (falls back to software decoding with a warning if NVDEC fails).
+step "bench $MODEL $RES NVDEC+$HW_CODEC" 120 "$PY" -m streamsr bench --device "$DEVICE" \
+  --model "$MODEL" --resolution "$RES" --precision "$PRECISION" --frames "$BENCH_FRAMES" \
+  --decoder cuda --codec "$HW_CODEC" --encoder-preset "$HW_PRESET" --skip naive \
+  --json "$OUT/bench_${MODEL}_${RES}_nvdec_${HW_CODEC}.json"
 
 SWEEP_JSON="$OUT/sweep_${MODEL}.json"
 step "sweep $MODEL" 240 "$PY" -m streamsr bench --sweep --device "$DEVICE" --model "$MODEL" \

@@ -714,6 +714,7 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRes
             _announce(progress, f"model only ({config.model}, batch {engine.batch})")
             results["model_only"] = time_model(engine, width, height, frames)
             _announce(progress, _said(results["model_only"]))
+        _release(engine)  # the pipeline's own engine plans next, on the same GPU
         if device.type == "cuda" and {"pipeline", "io"} & set(config.parts):
             _announce(progress, "warming up the pipeline (untimed)")
             warm_pipeline(work, width, height, min(frames, 2 * engine.batch),
@@ -788,6 +789,7 @@ def run_sweep(config: BenchConfig, resolutions: Sequence[tuple[int, int]] = SWEE
                 engine = Engine(model, _engine_config(config, batch=batch))
                 engine_info = _engine_info(engine)
                 fps = _fps_or_oom(time_model, engine, width, height, max(frames, batch))
+                _release(engine)
                 rows[batch] = SweepPoint(width=width, height=height, batch=batch, model_fps=fps,
                                          ms_per_frame=_ms(fps), ms_per_megapixel=_ms(fps, mpx))
                 _announce(progress, f"  {fps:.3g} fps" if fps is not None else "  out of memory")
@@ -799,6 +801,7 @@ def run_sweep(config: BenchConfig, resolutions: Sequence[tuple[int, int]] = SWEE
                     fps = _fps_or_oom(time_model, engine, width, height, max(frames, batch))
                     rows[batch] = SweepPoint(width=width, height=height, batch=batch, model_fps=fps,
                                              ms_per_frame=_ms(fps), ms_per_megapixel=_ms(fps, mpx))
+                _release(engine)
                 _announce(progress, f"pipeline {width}x{height}, batch {batch}")
                 io = {"decoder": config.decoder,
                       "enc": encode_options(config.codec, config.encoder_preset)}
@@ -822,6 +825,13 @@ def run_sweep(config: BenchConfig, resolutions: Sequence[tuple[int, int]] = SWEE
     cfg.pop("resolution", None)
     return SweepResult(date=_now(), machine=describe_machine(device), config=cfg, model=model_info,
                        engine=engine_info, points=points, notes=_notes(model_info, device))
+
+
+def _release(engine: Engine) -> None:
+    """Give back the memory an engine's CUDA graphs hold before another engine plans."""
+    engine.release_graphs()
+    if engine.device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _fps_or_oom(measure: Callable[..., Timing], *args) -> float | None:
@@ -881,7 +891,7 @@ def format_result(r: BenchResult) -> str:
             f"{w}x{h} -> {4 * w}x{4 * h}, {c['frames']} frames, {e['device']} {e['precision']}, "
             f"batch {e['batch']}, channels_last {e['channels_last']}, compile {e['compile']}, "
             f"CUDA graphs {'on' if e.get('cuda_graphs') else 'off'}, "
-            f"decoder {c.get('decoder', 'software')}, encoder {c['encode']['codec']} "
+            f"decoder asked {c.get('decoder', 'software')}, encoder {c['encode']['codec']} "
             f"(preset {c['encode'].get('preset', 'default')})",
             *machine_lines(r.machine), ""]
     table = ["| part | fps | frames | seconds |", "|---|---:|---:|---:|"]

@@ -197,14 +197,13 @@ class _Forward:
         self.device = device
         self.dtype = dtype
         self.channels_last = channels_last
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.compiled: Callable | None = None
         if compile:
             try:
                 self.compiled = torch.compile(model)
             except Exception as exc:  # noqa: BLE001 - any failure means "run eagerly"
                 log.warning("torch.compile unavailable (%s); running the model eagerly", exc)
-        self.graphs: _Graphs | None = _Graphs(self) if graphs else None
+        self.graphs: _Graphs | None = _Graphs(channels_last) if graphs else None
 
     def autocast(self, cache: bool = True):
         if self.dtype == torch.float32:
@@ -226,7 +225,7 @@ class _Forward:
         its output is a static buffer, valid until the next replay of the same shape.
         """
         if replay and not eager and self.graphs is not None and self.compiled is None:
-            out = self.graphs(x)
+            out = self.graphs(self, x)
             if out is not None:
                 return out
         if self.channels_last:
@@ -281,17 +280,20 @@ class _Graphs:
     waited for (the pinned ring's upload event), and the replay runs on that stream too.
     A capture that fails for any reason but memory turns the graphs off for good with one
     warning; out of memory propagates, so the engine retries with a smaller batch as usual.
+    (The model call is passed in, not kept: no reference cycle holds the graphs' memory after
+    the engine is gone.)
     """
 
-    def __init__(self, forward: _Forward) -> None:
-        self.forward = forward
+    def __init__(self, channels_last: bool) -> None:
+        # static inputs get the layout the eager call would give the model
+        self.memory_format = torch.channels_last if channels_last else torch.preserve_format
         self.graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
         self.enabled = True
         self.replays = 0
 
-    def __call__(self, x: Tensor) -> Tensor | None:
+    def __call__(self, forward: _Forward, x: Tensor) -> Tensor | None:
         """The model's output for `x` by graph replay, or None when `x` must run eagerly."""
-        entry = self.capture(x)
+        entry = self.capture(forward, x)
         if entry is None:
             return None
         graph, static_in, static_out = entry
@@ -300,18 +302,18 @@ class _Graphs:
         self.replays += 1
         return static_out
 
-    def capture(self, x: Tensor) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor] | None:
+    def capture(self, forward: _Forward,
+                x: Tensor) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor] | None:
         """The graph for `x`'s shape, captured now if new; None: run this shape eagerly."""
         key = tuple(x.shape)
         if key in self.graphs:
             return self.graphs[key]
         if not self.enabled or len(self.graphs) >= MAX_GRAPHS:
             return None
-        static_in = torch.empty(x.shape, dtype=x.dtype, device=x.device,
-                                memory_format=self.forward.memory_format)
+        static_in = torch.empty_like(x, memory_format=self.memory_format)
         static_in.copy_(x)
         try:
-            graph, static_out = record_graph(self.forward, static_in)
+            graph, static_out = record_graph(forward, static_in)
         except Exception as exc:
             if is_oom(exc):
                 raise
@@ -389,11 +391,12 @@ class Engine:
         graphs = self._forward.graphs
         if graphs is None or not graphs.enabled:
             return
-        x = torch.zeros(chunk, 3, -(-height // ALIGN) * ALIGN, -(-width // ALIGN) * ALIGN,
-                        device=self.device)
+        # laid out as `_run` makes its input: NHWC frames permuted to NCHW
+        x = torch.zeros(chunk, -(-height // ALIGN) * ALIGN, -(-width // ALIGN) * ALIGN, 3,
+                        device=self.device).permute(0, 3, 1, 2)
         try:
             with torch.inference_mode():
-                graphs.capture(x)
+                graphs.capture(self._forward, x)
         except Exception as exc:
             if not is_oom(exc):
                 raise
@@ -636,6 +639,13 @@ class Engine:
         if self.pack is not None and (s * h) % 2 == 0 and (s * w) % 2 == 0:
             return to_yuv420p(y, self.pack)
         return to_rgb24(y)
+
+    def release_graphs(self) -> None:
+        """Free the captured CUDA graphs and their memory pools (shapes are captured again when
+        they come back): call it before another engine plans on the same GPU, since free
+        memory does not show what the pools hold back."""
+        if self._forward.graphs is not None:
+            self._forward.graphs.graphs.clear()
 
     def model_call(self, x: Tensor) -> Tensor:
         """float NCHW padded to ALIGN -> float32 x scale: the call `_run` makes, replaying the

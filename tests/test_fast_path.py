@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 
 import av
 import media
@@ -67,16 +68,17 @@ class StandInGraph:
     input into the static output buffer (so a missing copy into the input shows up)."""
 
     def __init__(self, forward, static_in: Tensor) -> None:
-        self.forward, self.static_in = forward, static_in
+        # a weak reference, as a real graph keeps none to the Python model call
+        self.forward, self.static_in = weakref.ref(forward), static_in
         self.static_out = forward.run_eager(static_in, cache=False)
 
     def replay(self) -> None:
-        self.static_out.copy_(self.forward.run_eager(self.static_in, cache=False))
+        self.static_out.copy_(self.forward().run_eager(self.static_in, cache=False))
 
 
 def force_graphs(engine: Engine) -> _Graphs:
     """Turn the graph path on for a CPU engine (where `cuda_graphs` resolves to off)."""
-    engine._forward.graphs = _Graphs(engine._forward)
+    engine._forward.graphs = _Graphs(engine._forward.channels_last)
     return engine._forward.graphs
 
 
@@ -148,6 +150,34 @@ def test_full_batches_replay_the_plan_time_graph_and_others_run_eagerly(monkeypa
     assert graphs.replays == 4  # three full 12x20 batches and one 8x8; the single frame ran eagerly
     static_in = graphs.graphs[(2, 3, 16, 24)][1]
     assert static_in.is_contiguous(memory_format=torch.channels_last)  # the model's layout
+
+
+def test_graphs_are_freed_with_their_engine_or_on_release(monkeypatch):
+    """No reference cycle keeps a graph (and its memory pool) alive: the bench makes several
+    engines in one process and each plans from the memory the others left free."""
+    import gc
+
+    made = []
+
+    def stand_in(forward, static_in):
+        graph = StandInGraph(forward, static_in)
+        made.append(weakref.ref(graph))
+        return graph, graph.static_out
+
+    monkeypatch.setattr(engine_mod, "record_graph", stand_in)
+    engine = Engine(LocalNet(), EngineConfig(device="cpu", batch=2))
+    force_graphs(engine)
+    engine.plan(12, 20)
+    engine.release_graphs()
+    assert made[0]() is None and not engine._forward.graphs.graphs
+    engine.upscale_batch(frames(2, 12, 20))  # captured again when the shape comes back
+    assert len(made) == 2 and made[1]() is not None
+    gc.disable()  # freed by reference counting alone, not by a later cycle collection
+    try:
+        del engine
+        assert made[1]() is None
+    finally:
+        gc.enable()
 
 
 def test_out_of_memory_during_capture_shrinks_the_batch_and_keeps_graphs(monkeypatch, caplog):
@@ -476,3 +506,35 @@ def test_nvenc_encodes_on_the_gpu(tmp_path):
                     codec="h264_nvenc", encoder_preset="p4", crf=20, handle_signals=False)
     out, _, _ = media.decode_all(tmp_path / "o.mp4")
     assert stats.frames == 12 and [media.read_index(f) for f in out] == list(range(12))
+
+
+# -- 4. Profiling -------------------------------------------------------------------------------
+
+def load_profile_script(monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "profile_model.py"
+    spec = importlib.util.spec_from_file_location("profile_model", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "profile_model", module)  # its dataclass looks itself up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_profile_script_writes_consistent_tables(tmp_path, capsys, monkeypatch):
+    prof = load_profile_script(monkeypatch)
+    assert prof.family_of("aten::upsample_bilinear2d").startswith("resampling")  # not "linear"
+    assert prof.family_of("aten::mkldnn_convolution") == "convolution"
+    assert prof.family_of("aten::addmm") == "matmul" and prof.family_of("aten::add_") != "matmul"
+    summary = prof.run(prof.parse_args(["--model", "tiny", "--size", "32x16", "--iterations", "1",
+                                        "--warmup", "0", "--top", "5", "--out", str(tmp_path)]))
+    assert summary["padded"] == [32, 16] and summary["model"]["name"] == "tiny"
+    assert sum(f["share"] for f in summary["families"]) == pytest.approx(1.0, abs=1e-6)
+    top = [r["self_ms"] for r in summary["top"]]
+    assert len(top) == 5 and top == sorted(top, reverse=True)
+    stem = "profile_tiny_32x16_float32_cpu"
+    assert json.loads((tmp_path / f"{stem}.json").read_text())["top"] == summary["top"]
+    assert (tmp_path / f"{stem}_trace.json").stat().st_size > 0
+    assert "| op family |" in capsys.readouterr().out
