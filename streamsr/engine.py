@@ -228,8 +228,9 @@ class _Forward:
             out = self.graphs(self, x)
             if out is not None:
                 return out
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        # the frames arrive NHWC-permuted, i.e. already channels_last: make the layout the asked one
+        x = x.contiguous(memory_format=torch.channels_last if self.channels_last
+                         else torch.contiguous_format)
         fn = self.eager if (eager or self.compiled is None) else self.compiled
         try:
             with self.autocast():
@@ -286,7 +287,7 @@ class _Graphs:
 
     def __init__(self, channels_last: bool) -> None:
         # static inputs get the layout the eager call would give the model
-        self.memory_format = torch.channels_last if channels_last else torch.preserve_format
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, Tensor, Tensor]] = {}
         self.enabled = True
         self.replays = 0

@@ -364,24 +364,12 @@ def test_channels_last_reaches_weights_and_activations():
         assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug, reported: _Forward only converts to "
-                   "channels_last when asked and otherwise passes the NHWC-permuted uint8 frames' "
-                   "layout on, so the convs still run channels_last with channels_last=False")
 def test_channels_last_off_keeps_weights_and_activations_plain():
     weights, inputs = _convs_and_a_hooked_input(channels_last=False)
     assert all(w.is_contiguous() for w in weights)
     for x in inputs:
         assert x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
 
-
-def test_channels_last_off_keeps_the_weights_plain():
-    # the half of the test above that holds today
-    weights, _ = _convs_and_a_hooked_input(channels_last=False)
-    assert all(w.is_contiguous() for w in weights)
-    assert not all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
-
-
-# -- precision and compile ----------------------------------------------------------------------
 
 def test_bf16_autocast_on_cpu_is_close_to_fp32():
     torch.manual_seed(0)
