@@ -25,9 +25,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from streamsr.pack import Yuv420
 from streamsr.errors import ConfigError, OutputError
-from streamsr.video.space import SpaceGuard
+from streamsr.pack import Yuv420
 from streamsr.video.source import (
     FROM_RGB_FLAGS,
     IMAGE_EXTS,
@@ -43,6 +42,7 @@ from streamsr.video.source import (
     sws_matrix,
     sws_range,
 )
+from streamsr.video.space import SpaceGuard
 
 log = logging.getLogger(__name__)
 
