@@ -192,3 +192,18 @@ def test_import_mprnet_converts_an_official_checkpoint(tmp_path):
     trunk = loaded.trunk.state_dict()
     assert sorted(trunk) == sorted(state)
     assert all(torch.equal(trunk[k], v) for k, v in state.items())
+
+
+def test_top_level_options_work_without_click_82s_no_args_error():
+    """click 8.1 (allowed by pyproject) has no click.exceptions.NoArgsIsHelpError: naming it
+    in an `except` broke --help, --version and a bare `streamsr` there. Without the name,
+    they must still work, and a bad top-level option still be one line."""
+    code = ("import sys, runpy, click.exceptions as e; e.__dict__.pop('NoArgsIsHelpError', None); "
+            "sys.argv = ['streamsr'] + sys.argv[1:]; runpy.run_module('streamsr', run_name='__main__')")
+    # a bare `streamsr` prints the help and exits 0 (click 8.1) or 2 (click >= 8.2)
+    for args, rcs, text in ((["--help"], {0}, "Usage:"), (["--version"], {0}, "version"),
+                            ([], {0, 2}, "Usage:"), (["--bogus"], {2}, "streamsr: error: No such option")):
+        r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode in rcs, (args, r.stderr[-1000:])
+        assert text in r.stdout + r.stderr and "Traceback" not in r.stderr, (args, r.stderr[-1000:])

@@ -187,14 +187,16 @@ def test_reads_n_frames_with_source_clock(rtsp):
     assert src.stats.frames_decoded == n and src.stats.dropped == 0
 
 
-def test_duration_keeps_the_frames_before_it(rtsp, tmp_path):
-    """--duration 1.0 on a 25 fps feed: the frames at 0, 1/25, ... 24/25 s, as for a file."""
+@pytest.mark.parametrize("duration, n", [(1.0, 25), (0.4, 10)])
+def test_duration_keeps_the_frames_before_it(rtsp, tmp_path, duration, n):
+    """--duration 1.0 on a 25 fps feed: the frames at 0, 1/25, ... 24/25 s, as for a file.
+    (0.4 as a float is a hair above 2/5: the frame at exactly 0.4 s must still be left out.)"""
     rtsp.start()
-    stats = upscale(rtsp.url, tmp_path / "cam.mkv", model=media.BicubicX4(), duration=1.0,
+    stats = upscale(rtsp.url, tmp_path / "cam.mkv", model=media.BicubicX4(), duration=duration,
                     live_options=fast_options(drop="none"), **LIVE_FAST)
     frames, times = _decode(tmp_path / "cam.mkv")
-    assert len(frames) == stats.frames == 25 and stats.live["frames_decoded"] == 25
-    assert np.allclose(times, np.arange(25) / FPS, atol=0.002) and times[-1] < 1.0
+    assert len(frames) == stats.frames == n and stats.live["frames_decoded"] == n
+    assert np.allclose(times, np.arange(n) / FPS, atol=0.002) and times[-1] < duration
 
 
 def test_silent_source_times_out_with_source_error():

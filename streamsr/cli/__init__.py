@@ -29,10 +29,10 @@ class _Group(click.Group):
         # Top-level options (`streamsr --bogus`) are parsed here, before `invoke`: without this
         # click prints its multi-line Usage block. A bare `streamsr` still shows the help.
         debug = "--debug" in args
+        if not args:  # a bare `streamsr` shows the help (click >= 8.2 raises for it, 8.1 exits)
+            return super().make_context(info_name, args, parent=parent, **extra)
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
-        except click.exceptions.NoArgsIsHelpError:
-            raise
         except click.UsageError as exc:
             if debug or parent is not None:
                 raise

@@ -258,6 +258,8 @@ class LiveSource(Source):
         self._stop = threading.Event()
         self._queue = DropQueue(self.options.queue_size, self.options.drop, self._stop)
         self._thread: threading.Thread | None = None
+        self._status_thread: threading.Thread | None = None
+        self._status_lock = threading.Lock()
         # A pipeline that buffers frames itself sets this False and calls `fresh()` right
         # before inference, so the latency bound covers its own queue too.
         self.check_latency_on_iter = True
@@ -398,7 +400,8 @@ class LiveSource(Source):
                 # it was due one frame interval after its predecessor arrived, not then.
                 due = min(now, arrived + (pts - self._last_pts) * tb_out)
             arrived, self._last_frame_at = now, due
-            if self.duration is not None and pts * tb_out >= self.duration:
+            # half a tick of slack, as the file source: 0.2 s as a float is a hair above 1/5
+            if self.duration is not None and pts * tb_out >= Fraction(self.duration) - tb_out / 2:
                 self._duration_reached = True  # like a file: frames in [0, duration) only
                 return
             if frame.width != self.info.width or frame.height != self.info.height:
@@ -456,8 +459,9 @@ class LiveSource(Source):
             self._thread = threading.Thread(target=self._run, name="streamsr-live", daemon=True)
             self._thread.start()
             if self._status is not None:
-                threading.Thread(target=self._report_status, name="streamsr-live-status",
-                                 daemon=True).start()
+                self._status_thread = threading.Thread(
+                    target=self._report_status, name="streamsr-live-status", daemon=True)
+                self._status_thread.start()
         while True:
             item = self._queue.get(self._consumer_gone)
             self.stats.queue_depth = len(self._queue)
@@ -478,7 +482,10 @@ class LiveSource(Source):
         report, interval = self._status
         line = StatusLine(self.stats, interval)
         while not self._stop.wait(interval):
-            report(line.line())
+            with self._status_lock:  # close() takes it: no line after the run has ended
+                if self._stop.is_set():
+                    return
+                report(line.line())
 
     def stop_on(self, *events: threading.Event) -> None:
         """End iteration as soon as any of `events` is set, even while the feed is down."""
@@ -514,7 +521,8 @@ class LiveSource(Source):
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
+        with self._status_lock:  # waits for a status line being printed now
+            self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.options.read_timeout + 1.0)
             if self._thread.is_alive():
@@ -522,6 +530,9 @@ class LiveSource(Source):
         else:
             self._container.close()
         s = self.stats
+        if s.down_since is not None:  # stopped (or gave up) during an outage: it counts too
+            s.outages.append((s.down_since, time.monotonic()))
+            s.down_since = None
         s.dropped_queue = self._queue.evicted
         s.queue_depth = 0
         s.dropped_stop = max(0, s.frames_decoded - s.frames_delivered - s.dropped_queue
