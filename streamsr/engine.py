@@ -594,6 +594,9 @@ class Engine:
             except Exception as exc:
                 if not is_oom(exc):
                     raise
+            # graphs captured for the larger batch hold their memory pools: free them (the new
+            # size is captured when it first runs)
+            self.release_graphs()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             if part.shape[0] > 1:

@@ -234,7 +234,8 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
         source = open_live_source(src, live_options, duration=duration, frames=frames)
     else:
         # a >8-bit input into a >8-bit video output travels as 16-bit RGB end to end
-        deep = not is_image_output(dst) and component_bits(pix_fmt) > 8
+        # (file outputs only: image outputs are 8-bit PNGs, a push encodes from RGB24)
+        deep = not is_image_output(dst) and not is_push_url(dst) and component_bits(pix_fmt) > 8
         source = open_source(src, start=start, duration=duration, max_pixels=max_pixels, deep=deep,
                              decoder=decoder, gpu=gpu)
     with source:

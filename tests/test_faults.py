@@ -573,10 +573,11 @@ def test_15_full_file_system_stops_in_time(tmp_path, noisy_clip, monkeypatch):
 
     class Left:
         f_frsize = 1
+        f_blocks = budget
 
         def __init__(self) -> None:
             used = sum(p.stat().st_size for p in disk.iterdir())
-            self.f_bavail = max(0, budget - used)
+            self.f_bavail = self.f_bfree = max(0, budget - used)
 
     monkeypatch.setattr(space.os, "statvfs", lambda path: Left() if Path(path) == disk else real(path))
     written: list[int] = []

@@ -407,6 +407,26 @@ def test_push_to_server_and_read_back(tmp_path, scheme):
     assert times[-1] - times[0] >= 29 / FPS + 0.45, "the gap survives the push"
 
 
+def test_ten_bit_file_pushed_to_a_server(tmp_path):
+    """A 10-bit input with a 10-bit pix_fmt pushed live: the push encodes from 8-bit RGB (the
+    16-bit path is for file outputs), so this must work rather than fail on uint16 frames."""
+    src = media.make_10bit_clip(tmp_path / "in10.mkv", n=6)
+    port = free_port()
+    url = f"rtsp://127.0.0.1:{port}/live/x4.stream"  # a dot in the path: not taken for an image
+    result = tmp_path / "got.json"
+    listener = subprocess.Popen([sys.executable, "-c", LISTENER, url, str(result)])
+    try:
+        _wait_listening(port)
+        stats = upscale(src, url, model=media.BicubicX4(), device="cpu", pix_fmt="yuv420p10le",
+                        handle_signals=False)
+        listener.wait(10)
+    finally:
+        listener.kill()
+    got = json.loads(result.read_text())
+    assert stats.frames == 6 and len(got) == 6
+    assert all((w, h) == (4 * W, 4 * H) for w, h, _, _ in got)
+
+
 def test_push_repairs_packets_the_muxer_would_refuse():
     """libx265 under load can hand out a first packet whose dts is after its pts (see
     sink.repair_timestamps); a push must send it with timestamps the muxer accepts, not fail."""

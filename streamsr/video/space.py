@@ -11,15 +11,21 @@ for I/O buffers, copied audio up to the cut and the trailer. When it would not,
 the run stops there with a clear error and the file is finalised with every frame handed to
 the encoder.
 
-"Space left" is the smaller of the file system's free space for unprivileged users
-(`statvfs`) and the process's file-size limit (`RLIMIT_FSIZE`, as `ulimit -f` sets) minus the
-file's current size.
+"Space left" is the smaller of the file system's free space (`statvfs`: what unprivileged
+users may use, or all free blocks for root, who may also use the reserved share) and the
+process's file-size limit (`RLIMIT_FSIZE`, as `ulimit -f` sets) minus the file's current size.
+A file system that reports no sizes (some FUSE mounts) and outputs that are not regular files
+(a FIFO) are not guarded. Far from full, the guard looks again only after a quarter of the
+slack has been written or a second has passed, so a network file system is not asked (stat,
+statfs) for every frame.
 """
 
 from __future__ import annotations
 
 import os
 import resource
+import stat
+import time
 from pathlib import Path
 
 from streamsr.errors import OutputError
@@ -47,6 +53,9 @@ class SpaceGuard:
         self.video_packets = 0
         self.video_bytes = 0
         self.largest_video = 0
+        self.enabled = True
+        self._recheck_bytes = 0  # look again once this much has been muxed ...
+        self._recheck_time = 0.0  # ... or at this time (monotonic), whichever comes first
 
     def muxed(self, size: int, video: bool) -> None:
         """Call for every packet handed to the muxer."""
@@ -68,28 +77,45 @@ class SpaceGuard:
         held = max(0, self.bytes - on_disk)
         return int(flush + held + index + MARGIN)
 
-    def room(self, on_disk: int) -> int:
-        """Bytes this file can still grow by: disk space and the file-size limit, whichever is less."""
+    def room(self, on_disk: int) -> int | None:
+        """Bytes this file can still grow by: disk space and the file-size limit, whichever is
+        less; None when neither is known."""
         room = None
         try:
             st = os.statvfs(self.path.parent if str(self.path.parent) else ".")
-            room = st.f_bavail * st.f_frsize
+            if st.f_blocks > 0 and st.f_frsize > 0:  # all zeros: the file system does not say
+                free = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+                room = free * st.f_frsize
         except OSError:
             pass
         soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
         if soft != resource.RLIM_INFINITY:
             left = max(0, soft - on_disk)
             room = left if room is None else min(room, left)
-        return room if room is not None else 1 << 62
+        return room
 
     def check(self, in_flight: int, frames: int) -> None:
         """Raise OutputError before a frame that would leave too little room to finish the file."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if self.bytes < self._recheck_bytes and now < self._recheck_time:
+            return
         try:
-            on_disk = self.path.stat().st_size
+            st = self.path.stat()
         except OSError:
-            on_disk = 0
+            st = None
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            self.enabled = False  # a FIFO or a device: no file to finish
+            return
+        on_disk = st.st_size if st is not None else 0
         need = self.needed(in_flight + 1, on_disk)
         room = self.room(on_disk)
+        if room is None:
+            self.enabled = False
+            return
+        self._recheck_bytes = self.bytes + (room - need) // 4
+        self._recheck_time = now + 1.0
         if room < need:
             raise OutputError(
                 f"cannot write {self.path}: disk nearly full ({_human(room)} left, finishing the "
