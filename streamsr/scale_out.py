@@ -156,8 +156,15 @@ def _check_finished(src: Path, dst: Path, parts_dir: Path) -> None:
     index = read_keyframe_index(src)
     want = index.frames if index else None
     if want is not None and have < want:
-        raise OutputError(f"{dst} is incomplete ({have} of {want} frames), from a run without "
-                          f"--resume: pass --overwrite to start over")
+        # packets that never decode (a recording cut mid-GOP, damaged ones) give a finished run
+        # fewer frames than the index: only decoding the input tells those apart (rare, and
+        # far cheaper than upscaling again)
+        log.info("%s has %d of %d frames: counting the frames of %s that decode", dst, have,
+                 want, src)
+        decodable = _decodable_frames(src)
+        if have < decodable:
+            raise OutputError(f"{dst} is incomplete ({have} of {decodable} frames), from a run "
+                              f"without --resume: pass --overwrite to start over")
 
 
 def _video_geometry(src: Path) -> tuple[int, int, int]:
@@ -353,6 +360,20 @@ def upscale_parts(src: str | os.PathLike, dst: str | os.PathLike, *, resume: boo
                  output_bytes=dst.stat().st_size if env.main and dst.exists() else 0, output=label,
                  input_size=(plan.width, plan.height),
                  output_size=(plan.width * scale, plan.height * scale))
+
+
+def _decodable_frames(path: Path) -> int:
+    """Frames of the first video stream that decode (damaged packets skipped, decoder flushed)."""
+    n = 0
+    with open_input(str(path), {}) as c:
+        vs = c.streams.video[0]
+        vs.thread_type = "AUTO"
+        for packet in c.demux(vs):
+            try:
+                n += len(packet.decode())  # the empty end-of-stream packet flushes the decoder
+            except av.error.FFmpegError:
+                continue
+    return n
 
 
 def _count_frames(path: Path) -> int:

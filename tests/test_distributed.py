@@ -305,6 +305,20 @@ def test_resume_refuses_an_output_cut_off_by_a_run_without_resume(tmp_path):
         upscale_parts(src, tmp_path / "junk.mp4", resume=True, model=CountingX4(), **opts)
 
 
+def test_resume_accepts_a_plain_runs_complete_output_of_a_damaged_input(tmp_path):
+    # A plain run (no --resume) of an input with a packet that never decodes finishes with one
+    # frame fewer than the packet index: --resume must count decodable frames, not refuse it.
+    src = media.make_corrupt_packets(tmp_path / "in.mkv", n=12, bad=(5,))
+    out = tmp_path / "out.mkv"
+    assert upscale(src, out, model=media.BicubicX4(), device="cpu",
+                   encoder_preset="ultrafast").frames == 11
+    before = out.read_bytes()
+    again = CountingX4()
+    opts = dict(part_frames=6, device="cpu", encoder_preset="ultrafast", env=DistEnv())
+    assert upscale_parts(src, out, resume=True, model=again, **opts).frames == 11
+    assert again.seen == 0 and out.read_bytes() == before  # finished: nothing redone
+
+
 def test_resume_accepts_its_own_join_of_a_damaged_input(tmp_path):
     # Frames that do not decode are missing from every output; the join records its count so a
     # second --resume does not call its own output incomplete.
