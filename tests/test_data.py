@@ -203,6 +203,34 @@ def test_prepare_frames_from_video(tmp_path):
     assert again.images_skipped == 2
 
 
+def _pan_video(path, n: int, shift: int = 0):
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("ffv1", rate=240)
+        s.width, s.height, s.pix_fmt = 96, 80, "bgr0"
+        for f in _panning_frames(n):
+            for pkt in s.encode(av.VideoFrame.from_ndarray(np.roll(f, shift, axis=1), format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    return path
+
+
+def test_prepare_frames_keeps_two_clips_of_the_same_name_apart(tmp_path):
+    # cam1/clip.mkv and cam2/clip.mkv into one --dst: the second must not clear the first's pairs
+    a = _pan_video(tmp_path / "cam1" / "clip.mkv", 14)
+    b = _pan_video(tmp_path / "cam2" / "clip.mkv", 21, shift=5)
+    crop = CropSettings(64, 16, 4)
+    prepare_frames(a, tmp_path / "prep", average=7, settings=crop, val_fraction=0.0)
+    prepare_frames(b, tmp_path / "prep", average=7, settings=crop, val_fraction=0.0)
+    assert len(find_pairs(tmp_path / "prep" / "pairs")) == 2 + 3
+    again = prepare_frames(a, tmp_path / "prep", average=7, settings=crop, val_fraction=0.0)
+    assert again.images_skipped == 2 + 3  # every pair of both clips still there, nothing redone
+    assert len(find_pairs(tmp_path / "prep" / "pairs")) == 5
+
+
 def test_prepare_frames_resumes_groups_and_clears_pairs_of_other_settings(tmp_path, monkeypatch):
     import streamsr.data.prepare as prepare
 

@@ -22,6 +22,7 @@ the sequence's old pairs and their triplets first.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -380,11 +381,20 @@ def make_frame_pairs(source: str | os.PathLike, dst: str | os.PathLike, average:
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     dst = Path(dst)
-    seq = Path(source).stem or "frames"
-    state_path = dst / "pairs" / f".{seq}.json"
     want = {**_source_id(source), "average": average, "val_fraction": val_fraction,
             "max_pairs": max_pairs}
-    state = _read_json(state_path)
+    seq = Path(source).stem or "frames"
+    state = _read_json(dst / "pairs" / f".{seq}.json")
+    settings = state.get("settings") if state else None
+    recorded = settings.get("source") if isinstance(settings, dict) else None
+    if recorded is not None and recorded != want["source"]:
+        # another clip of the same name (cam1/clip.mp4, cam2/clip.mp4) owns this sequence: give
+        # this one its own, named after its path, instead of clearing the other's pairs
+        seq = f"{seq}_{hashlib.sha1(want['source'].encode()).hexdigest()[:8]}"
+        log.info("%s: a clip of the same name from %s is already in %s; this one is sequence %s",
+                 source, recorded, dst, seq)
+        state = _read_json(dst / "pairs" / f".{seq}.json")
+    state_path = dst / "pairs" / f".{seq}.json"
     if state and state.get("settings") == want and isinstance(state.get("pairs"), int):
         log.info("pairs from %s already made (%d); skipping decode", source, state["pairs"])
         return state["pairs"]
