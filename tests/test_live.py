@@ -218,6 +218,28 @@ def test_closed_port_gives_up_after_reconnect_max():
         LiveSource(url, fast_options(reconnect_max=2))
 
 
+def test_which_open_errors_are_permanent():
+    """A wrong URL or credentials fail at once; a busy camera (RTSP 453/454, HTTP 429) is retried."""
+    import errno
+
+    import av
+
+    from streamsr.video.live import _permanent
+
+    def err(cls, code=0, text="x"):
+        return cls(code, text)
+
+    for cls in (av.error.HTTPBadRequestError, av.error.HTTPUnauthorizedError,
+                av.error.HTTPForbiddenError, av.error.HTTPNotFoundError,
+                av.error.ProtocolNotFoundError):
+        assert _permanent(err(cls)), cls
+    assert _permanent(OSError(errno.EPROTONOSUPPORT, "461 Unsupported transport"))
+    for cls in (av.error.HTTPOtherClientError, av.error.HTTPTooManyRequestsError,
+                av.error.HTTPServerError, av.error.InvalidDataError):
+        assert not _permanent(err(cls)), cls
+    assert not _permanent(TimeoutError("no answer"))
+
+
 def test_unknown_protocol_fails_at_once():
     """srt:// is not in the FFmpeg that PyAV bundles: no retry can help, so no retries."""
     t0 = time.monotonic()

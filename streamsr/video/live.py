@@ -561,16 +561,23 @@ def live_progress(source: LiveSource, progress: Callable[[int, int | None], None
     return on_frame
 
 
+# 400 Bad Request, 401 Unauthorized, 403 Forbidden, 404 Not Found: a wrong URL or credentials.
+# Other 4xx answers are retried: 429 Too Many Requests, and RTSP's 453 Not Enough Bandwidth or
+# 454 Session Not Found, which a camera at its stream limit sends while an old session lingers.
+_PERMANENT_HTTP = tuple(getattr(av.error, name) for name in (
+    "HTTPBadRequestError", "HTTPUnauthorizedError", "HTTPForbiddenError", "HTTPNotFoundError")
+    if hasattr(av.error, name))
+
+
 def _permanent(exc: BaseException) -> bool:
     """Errors that retrying cannot fix: no such protocol in this FFmpeg, an RTSP server that
-    refuses the transport (461, which FFmpeg reports as EPROTONOSUPPORT), or a 4xx answer
-    (bad request, unauthorized, forbidden, not found; not 429 Too Many Requests)."""
+    refuses the transport (461, which FFmpeg reports as EPROTONOSUPPORT), or a 400/401/403/404
+    answer."""
     if isinstance(exc, av.error.ProtocolNotFoundError):
         return True
     if isinstance(exc, OSError) and exc.errno == errno.EPROTONOSUPPORT:
         return True
-    return (isinstance(exc, av.error.HTTPClientError)
-            and not isinstance(exc, av.error.HTTPTooManyRequestsError))
+    return isinstance(exc, _PERMANENT_HTTP)
 
 
 def _reason(exc: BaseException) -> str:
