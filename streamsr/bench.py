@@ -664,7 +664,7 @@ def _engine_config(cfg: BenchConfig, batch: int | None = None) -> EngineConfig:
 def _engine_info(engine: Engine) -> dict:
     return {"device": str(engine.device), "precision": str(engine.dtype).removeprefix("torch."),
             "batch": engine.batch, "channels_last": engine.config.channels_last,
-            "compile": engine.config.compile, "cuda_graphs": engine._forward.graphs is not None}
+            "compile": engine.config.compile, "cuda_graphs": engine._forward.graphs is not None and engine._forward.graphs.enabled}  # off if capture failed
 
 
 def _notes(model_info: dict, device: torch.device) -> list[str]:
