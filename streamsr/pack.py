@@ -42,32 +42,35 @@ class Yuv420:
         kr, kb = _COEFFICIENTS[matrix]
         return cls(kr, kb, colour_range == "pc")
 
+    @property
+    def luma_offset(self) -> float:
+        return 0.0 if self.full_range else 16.0
+
     def luma_scales(self) -> tuple[float, float, float]:
         """Code values of full R, G and B in luma (offset not included)."""
         span = 255.0 if self.full_range else 219.0
         return self.kr * span, (1.0 - self.kr - self.kb) * span, self.kb * span
 
-    def weights(self, device: torch.device) -> tuple[Tensor, Tensor, float]:
-        """(luma 1x3x1x1, chroma 2x3x1x1 per summed 2x2 block, luma offset) in code values.
+    def chroma_weights(self, device: torch.device) -> Tensor:
+        """Cb, Cr (2x3x1x1, code values) per summed 2x2 block of RGB, offset 128 not included.
 
         Made once per device (a host-to-GPU copy per batch could stall the CUDA pipeline).
         """
-        return _weights(self, torch.device(device))
+        return _chroma_weights(self, torch.device(device))
 
-    def _make_weights(self, device: torch.device) -> tuple[Tensor, Tensor, float]:
+    def _make_chroma_weights(self, device: torch.device) -> Tensor:
         kr, kb = self.kr, self.kb
         kg = 1.0 - kr - kb
-        y_span, c_span, y_off = (255.0, 255.0, 0.0) if self.full_range else (219.0, 224.0, 16.0)
-        luma = torch.tensor([kr, kg, kb]) * y_span
+        c_span = 255.0 if self.full_range else 224.0
         cb = torch.tensor([-kr, -kg, 1.0 - kb]) * (c_span / (2.0 * (1.0 - kb)))
         cr = torch.tensor([1.0 - kr, -kg, -kb]) * (c_span / (2.0 * (1.0 - kr)))
         chroma = torch.stack([cb, cr]) / 4.0  # applied to the sum of a 2x2 block: its mean
-        return luma.view(1, 3, 1, 1).to(device), chroma.view(2, 3, 1, 1).to(device), y_off
+        return chroma.view(2, 3, 1, 1).to(device)
 
 
 @functools.lru_cache(maxsize=32)
-def _weights(target: Yuv420, device: torch.device) -> tuple[Tensor, Tensor, float]:
-    return target._make_weights(device)
+def _chroma_weights(target: Yuv420, device: torch.device) -> Tensor:
+    return target._make_chroma_weights(device)
 
 
 def to_rgb24(y: Tensor) -> Tensor:
@@ -86,7 +89,7 @@ def to_yuv420p(y: Tensor, target: Yuv420) -> Tensor:
     n, c, h, w = y.shape
     if c != 3 or h % 2 or w % 2:
         raise ValueError(f"yuv420p needs 3-channel frames with even sides, got {tuple(y.shape)}")
-    _, chroma_w, y_off = target.weights(y.device)
+    chroma_w, y_off = target.chroma_weights(y.device), target.luma_offset
     y = y.clamp_(0.0, 1.0)
     out = torch.empty(n, h * w * 3 // 2, dtype=torch.uint8, device=y.device)
     # luma as three multiply-adds on the channel planes: unlike a 1x1 convolution they take the

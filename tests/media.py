@@ -206,28 +206,17 @@ def rgb_to_yuv(rgb: Sequence[int], matrix: str = "bt709", full_range: bool = Fal
     return round(16 + 219 * y), round(128 + 224 * cb), round(128 + 224 * cr)
 
 
-def make_color_clip(path, rgb=(200, 100, 50), matrix: str = "bt709", full_range: bool = False,
-                    n: int = 4, size=(64, 48), tag: bool = True) -> Path:
-    """A flat `rgb` colour stored as Y'CbCr computed here for `matrix`/range, tagged (or not)."""
+def _write_lossless(path, size: tuple[int, int], pix_fmt: str, frames: Iterable[av.VideoFrame],
+                    tags: dict[str, int] | None = None) -> Path:
+    """Encode ready-made Y'CbCr `frames` losslessly (libx264, qp 0), codec tags set as given."""
     w, h = size
-    yv, uv, vv = rgb_to_yuv(rgb, matrix, full_range)
     out = av.open(str(path), "w")
     vs = out.add_stream("libx264", rate=25)
-    vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+    vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt
     vs.codec_context.options = {"qp": "0", "preset": "ultrafast"}
-    if tag:
-        cc = vs.codec_context
-        cc.colorspace = _SPC[matrix]
-        cc.color_primaries = 1 if matrix == "bt709" else 6
-        cc.color_trc = 1 if matrix == "bt709" else 6
-        cc.color_range = 2 if full_range else 1
-    for i in range(n):
-        frame = av.VideoFrame(w, h, "yuv420p")
-        for plane, value in zip(frame.planes, (yv, uv, vv), strict=True):
-            plane.update(bytes([value]) * plane.buffer_size)
-        if tag:
-            frame.colorspace = _SPC[matrix]
-            frame.color_range = 2 if full_range else 1
+    for key, value in (tags or {}).items():
+        setattr(vs.codec_context, key, value)
+    for i, frame in enumerate(frames):
         frame.pts = i
         for packet in vs.encode(frame):
             out.mux(packet)
@@ -235,6 +224,27 @@ def make_color_clip(path, rgb=(200, 100, 50), matrix: str = "bt709", full_range:
         out.mux(packet)
     out.close()
     return Path(path)
+
+
+def make_color_clip(path, rgb=(200, 100, 50), matrix: str = "bt709", full_range: bool = False,
+                    n: int = 4, size=(64, 48), tag: bool = True) -> Path:
+    """A flat `rgb` colour stored as Y'CbCr computed here for `matrix`/range, tagged (or not)."""
+    w, h = size
+    yv, uv, vv = rgb_to_yuv(rgb, matrix, full_range)
+    tags = {"colorspace": _SPC[matrix], "color_primaries": 1 if matrix == "bt709" else 6,
+            "color_trc": 1 if matrix == "bt709" else 6, "color_range": 2 if full_range else 1}
+
+    def frames():
+        for _ in range(n):
+            frame = av.VideoFrame(w, h, "yuv420p")
+            for plane, value in zip(frame.planes, (yv, uv, vv), strict=True):
+                plane.update(bytes([value]) * plane.buffer_size)
+            if tag:
+                frame.colorspace = _SPC[matrix]
+                frame.color_range = 2 if full_range else 1
+            yield frame
+
+    return _write_lossless(path, size, "yuv420p", frames(), tags if tag else None)
 
 
 def make_10bit_clip(path, n: int = 6, size=(64, 48), codec: str = "libx264") -> Path:
@@ -254,21 +264,10 @@ def make_10bit_gradient_clip(path, n: int = 2, size=(64, 48)) -> Path:
     """Grey frames (neutral chroma) whose yuv420p10le luma is `gradient_luma10(i)`, stored
     losslessly (libx264, qp 0): values an 8-bit file cannot hold."""
     w, h = size
-    out = av.open(str(path), "w")
-    vs = out.add_stream("libx264", rate=25)
-    vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p10le"
-    vs.codec_context.options = {"qp": "0", "preset": "ultrafast"}
-    for i in range(n):
-        chroma = np.full((h // 2, w), 512, np.uint16)  # Cb then Cr rows, each h/2 x w/2
-        frame = av.VideoFrame.from_ndarray(np.concatenate([gradient_luma10(i, w, h), chroma]),
-                                           format="yuv420p10le")
-        frame.pts = i
-        for packet in vs.encode(frame):
-            out.mux(packet)
-    for packet in vs.encode(None):
-        out.mux(packet)
-    out.close()
-    return Path(path)
+    chroma = np.full((h // 2, w), 512, np.uint16)  # Cb then Cr rows, each h/2 x w/2
+    frames = (av.VideoFrame.from_ndarray(np.concatenate([gradient_luma10(i, w, h), chroma]),
+                                         format="yuv420p10le") for i in range(n))
+    return _write_lossless(path, size, "yuv420p10le", frames)
 
 
 def make_rotated_clip(path, rotation: int = 90, n: int = 5, size=(64, 48)) -> Path:

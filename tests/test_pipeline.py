@@ -386,67 +386,63 @@ class _StubEngine:
     busy_seconds, frames_done = 0.0, 0
 
 
-@pytest.mark.parametrize("one_thread_faster", [True, False])
-def test_cpu_threads_keep_the_faster_setting(monkeypatch, one_thread_faster):
+@pytest.fixture
+def two_threads(monkeypatch):
+    """2 torch threads, a 1 s measuring window, and `batch(seconds)`: the stub engine reports a
+    2-frame batch that took `seconds` to a fresh `_CpuThreads`. Yields (governor, batch)."""
     from streamsr.pipeline import _CpuThreads
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(_CpuThreads, "WINDOW", 1.0)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
-    try:
-        engine = _StubEngine()
-        gov = _CpuThreads(engine)
+    engine = _StubEngine()
+    gov = _CpuThreads(engine)
 
-        def batch(seconds):  # the engine reports a 2-frame batch that took `seconds`
-            engine.busy_seconds += seconds
-            engine.frames_done += 2
-            gov.tick()
-
-        batch(5.0)  # warm-up: not measured; one thread is measured first
-        assert torch.get_num_threads() == 1
-        batch(0.6)  # window not full yet
-        batch(0.6)  # 1.2 s for 4 frames (0.3 s each) with one thread: next, all threads
-        assert torch.get_num_threads() == 2
-        batch(0.5 if not one_thread_faster else 0.8)  # within 1.5x of one thread: keep measuring
-        assert torch.get_num_threads() == 2
-        batch(0.5 if not one_thread_faster else 0.8)
-        assert torch.get_num_threads() == (1 if one_thread_faster else 2)
-        batch(10.0)  # decided once: later batches change nothing
-        assert torch.get_num_threads() == (1 if one_thread_faster else 2)
-        assert not _CpuThreads(engine).enabled  # a second run in the process leaves it alone
-        gov.restore()
-        assert torch.get_num_threads() == 2
-        again = _CpuThreads(engine)
-        assert again.enabled  # free again once the first run ended
-        again.restore()
-    finally:
-        torch.set_num_threads(before)
-
-
-@pytest.mark.parametrize("two_threads", [0.05, 5.0])
-def test_cpu_threads_decide_after_one_batch_when_clear(monkeypatch, two_threads):
-    """A setting 1.5x slower or faster per frame than the first is decided on at once."""
-    from streamsr.pipeline import _CpuThreads
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(_CpuThreads, "WINDOW", 1.0)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        engine = _StubEngine()
-        gov = _CpuThreads(engine)
-        for seconds in (5.0, 0.6, 0.6):  # warm-up, then 0.3 s per frame with one thread
-            engine.busy_seconds += seconds
-            engine.frames_done += 2
-            gov.tick()
-        assert torch.get_num_threads() == 2 and gov.enabled
-        engine.busy_seconds += two_threads  # one 2-frame batch with both threads
+    def batch(seconds: float) -> None:
+        engine.busy_seconds += seconds
         engine.frames_done += 2
         gov.tick()
-        assert not gov.enabled  # decided after a single batch, far below the 1 s window
-        assert torch.get_num_threads() == (2 if two_threads < 0.6 else 1)
-        gov.restore()
+
+    try:
+        yield gov, batch
     finally:
+        gov.restore()
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("one_thread_faster", [True, False])
+def test_cpu_threads_keep_the_faster_setting(two_threads, one_thread_faster):
+    from streamsr.pipeline import _CpuThreads
+    gov, batch = two_threads
+    batch(5.0)  # warm-up: not measured; one thread is measured first
+    assert torch.get_num_threads() == 1
+    batch(0.6)  # window not full yet
+    batch(0.6)  # 1.2 s for 4 frames (0.3 s each) with one thread: next, all threads
+    assert torch.get_num_threads() == 2
+    batch(0.5 if not one_thread_faster else 0.8)  # within 1.5x of one thread: keep measuring
+    assert torch.get_num_threads() == 2
+    batch(0.5 if not one_thread_faster else 0.8)
+    assert torch.get_num_threads() == (1 if one_thread_faster else 2)
+    batch(10.0)  # decided once: later batches change nothing
+    assert torch.get_num_threads() == (1 if one_thread_faster else 2)
+    assert not _CpuThreads(_StubEngine()).enabled  # a second run in the process leaves it alone
+    gov.restore()
+    assert torch.get_num_threads() == 2
+    again = _CpuThreads(_StubEngine())
+    assert again.enabled  # free again once the first run ended
+    again.restore()
+
+
+@pytest.mark.parametrize("both", [0.05, 5.0])
+def test_cpu_threads_decide_after_one_batch_when_clear(two_threads, both):
+    """A setting 1.5x slower or faster per frame than the first is decided on at once."""
+    gov, batch = two_threads
+    for seconds in (5.0, 0.6, 0.6):  # warm-up, then 0.3 s per frame with one thread
+        batch(seconds)
+    assert torch.get_num_threads() == 2 and gov.enabled
+    batch(both)  # one 2-frame batch with both threads
+    assert not gov.enabled  # decided after a single batch, far below the 1 s window
+    assert torch.get_num_threads() == (2 if both < 0.6 else 1)
 
 
 def test_upscale_leaves_the_thread_count_as_it_found_it(tmp_path, monkeypatch):
