@@ -27,6 +27,7 @@ import math
 import os
 import random
 import re
+import resource
 import signal
 import threading
 import time
@@ -44,6 +45,7 @@ from tqdm import tqdm
 
 from streamsr.data.dataset import TripletDataset
 from streamsr.data.shake_dataset import ShakeDataset
+from streamsr.data.transforms import resize_bicubic
 from streamsr.errors import ConfigError, InputError, Interrupted, OutputError, WeightsError
 from streamsr.models import DeblurSR, count_parameters, get_config
 from streamsr.models.weights import import_mprnet, load_weights, model_config, save_model
@@ -289,7 +291,7 @@ def validate(model: nn.Module, data: TripletDataset, dev: torch.device, batch: i
     """Mean PSNR/SSIM of the SR output vs H and of the stage-3 LR image vs L (ranks share it)."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(5, dtype=torch.float64)  # psnr_sr, ssim_sr, psnr_lr, ssim_lr, count
+    sums = torch.zeros(6, dtype=torch.float64)  # psnr_sr, ssim_sr, psnr_lr, ssim_lr, count, bicubic
     idx = list(range(d.rank, len(data), d.world))
     for start in range(0, len(idx), batch):
         items = [data[i] for i in idx[start:start + batch]]
@@ -298,6 +300,9 @@ def validate(model: nn.Module, data: TripletDataset, dev: torch.device, batch: i
             out = model(lr_blur)
         sr, lr3 = out.hr.float().clamp(0, 1), out.stages[0].float().clamp(0, 1)
         sums[0] += psnr(sr, hr, reduction="none").sum().cpu()
+        # the baseline every margin is quoted against: bicubic x4 of the same blurry input
+        bic = resize_bicubic(lr_blur.float(), tuple(hr.shape[-2:])).clamp(0, 1)
+        sums[5] += psnr(bic, hr, reduction="none").sum().cpu()
         sums[2] += psnr(lr3, lr, reduction="none").sum().cpu()
         if min(lr.shape[-2:]) >= 11:
             sums[1] += ssim(sr, hr, reduction="none").sum().cpu()
@@ -309,7 +314,8 @@ def validate(model: nn.Module, data: TripletDataset, dev: torch.device, batch: i
         sums = sums.cpu()
     model.train(was_training)
     n = max(1.0, float(sums[4]))
-    res = {"val/psnr_sr": float(sums[0]) / n, "val/psnr_lr3": float(sums[2]) / n}
+    res = {"val/psnr_sr": float(sums[0]) / n, "val/psnr_lr3": float(sums[2]) / n,
+           "val/psnr_bicubic": float(sums[5]) / n, "val/margin_db": float(sums[0] - sums[5]) / n}
     if min(data[0][1].shape[-2:]) >= 11:
         res.update({"val/ssim_sr": float(sums[1]) / n, "val/ssim_lr3": float(sums[3]) / n})
     return res
@@ -410,7 +416,14 @@ class _Run:
                 "sampler": {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "batch": r.batch,
                             "world": self.d.world, "seed": r.seed},
                 "rng": _rng_state(), "recipe": r.to_dict(), "precision": self.precision,
-                "best": {"psnr": self.best_psnr, "step": self.best_step}}
+                "best": {"psnr": self.best_psnr, "step": self.best_step},
+                "cpu_s": self._cpu_s()}
+
+    def _cpu_s(self) -> float:
+        """CPU-seconds this run has used so far, across resumes (this process, its threads and
+        the data workers it has reaped): the x axis of learning curves on a shared machine."""
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return self.cpu_offset + time.process_time() + kids.ru_utime + kids.ru_stime
 
     def _checkpoint(self, epoch: int, batch_in_epoch: int, step: int) -> None:
         if self.d.main:
@@ -423,7 +436,7 @@ class _Run:
     def _validate(self, step: int, epoch: int) -> dict[str, float]:
         val = validate(self.model, self.val_ds, self.dev, self.recipe.val_batch, self.autocast, self.d)
         if self.d.main:
-            self.runlog.log(step, epoch, val)
+            self.runlog.log(step, epoch, {**val, "time/val_cpu_s": self._cpu_s()})
             log.info("step %d validation: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
             if self.best_psnr is None or val["val/psnr_sr"] > self.best_psnr:
                 self.best_psnr, self.best_step = val["val/psnr_sr"], step
@@ -480,6 +493,7 @@ class _Run:
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self.autocast == torch.float16)
         self.best_psnr: float | None = None
         self.best_step = 0
+        self.cpu_offset = 0.0
         epoch, start_batch, step = 0, 0, 0
         if saved is not None:
             self.model.load_state_dict(saved["model"])
@@ -493,6 +507,7 @@ class _Run:
                 log.warning("resuming with %d processes where the checkpoint had %d: the rest of "
                             "epoch %d is drawn in a different order", d.world, s["world"], epoch)
             self.best_psnr, self.best_step = saved["best"]["psnr"], saved["best"]["step"]
+            self.cpu_offset = float(saved.get("cpu_s", 0.0)) - self._cpu_s()
 
         if d.main:
             out.mkdir(parents=True, exist_ok=True)
@@ -550,7 +565,8 @@ class _Run:
                             rate = n_log / max(1e-9, time.time() - t_log)
                             entry = {"train/loss": vals[0], "train/loss_sr": vals[1],
                                      "train/loss_char": vals[2], "train/loss_edge": vals[3],
-                                     "train/lr": self.opt.param_groups[0]["lr"], "train/steps_per_s": rate}
+                                     "train/lr": self.opt.param_groups[0]["lr"], "train/steps_per_s": rate,
+                                     "time/cpu_s": self._cpu_s()}
                             if gnorm is not None:
                                 entry["train/grad_norm"] = float(gnorm)
                             self.runlog.log(step, epoch, entry)
