@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from streamsr.data.transforms import bicubic_uint8
 from streamsr.errors import InputError
-from streamsr.training.metrics import psnr, ssim
+from streamsr.training.metrics import psnr, rgb_to_y, ssim
 from streamsr.video.source import open_source
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,11 @@ class QualityReport:
     ssim: float
     bicubic_psnr: float | None = None
     bicubic_ssim: float | None = None
+    # Temporal consistency: PSNR between the frame-to-frame differences of this video and those of
+    # the reference (mean over consecutive pairs). A per-frame model that shimmers or flickers
+    # adds changes the reference does not have and scores lower; NaN with fewer than two frames.
+    temporal_psnr: float = math.nan
+    bicubic_temporal_psnr: float | None = None
     psnr_per_frame: list[float] = field(default_factory=list, repr=False)
     ssim_per_frame: list[float] = field(default_factory=list, repr=False)
 
@@ -57,6 +62,13 @@ class QualityReport:
     def ssim_margin(self) -> float | None:
         return None if self.bicubic_ssim is None else self.ssim - self.bicubic_ssim
 
+    @property
+    def temporal_margin(self) -> float | None:
+        """dB of temporal consistency over bicubic's: negative means more flicker than bicubic."""
+        if self.bicubic_temporal_psnr is None:
+            return None
+        return self.temporal_psnr - self.bicubic_temporal_psnr
+
     def to_dict(self, per_frame: bool = False) -> dict:
         """Plain data for JSON: the means, the margins, and optionally the per-frame values."""
         d = asdict(self)
@@ -65,6 +77,7 @@ class QualityReport:
             d.pop("ssim_per_frame")
         d["psnr_margin"] = self.psnr_margin
         d["ssim_margin"] = self.ssim_margin
+        d["temporal_margin"] = self.temporal_margin
         return d
 
 
@@ -76,6 +89,28 @@ def frame_scores(x: np.ndarray, y: np.ndarray, y_channel: bool = False) -> tuple
     """(PSNR, SSIM) of two uint8 HWC RGB frames; identical frames score 200 dB (the metric's cap)."""
     a, b = _tensor(x), _tensor(y)
     return float(psnr(a, b, y_channel=y_channel)), float(ssim(a, b, y_channel=y_channel))
+
+
+class _TemporalScore:
+    """PSNR between consecutive-frame differences of a video and of its reference, per pair."""
+
+    def __init__(self, y_channel: bool) -> None:
+        self.y_channel = y_channel
+        self.prev: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.values: list[float] = []
+
+    def add(self, frame: np.ndarray, ref: np.ndarray) -> None:
+        a, b = _tensor(frame), _tensor(ref)
+        if self.y_channel:
+            a, b = rgb_to_y(a), rgb_to_y(b)
+        if self.prev is not None:
+            da, db = a - self.prev[0], b - self.prev[1]
+            mse = float(((da - db) ** 2).mean())
+            self.values.append(10 * math.log10(1.0 / max(mse, 1e-20)))
+        self.prev = (a, b)
+
+    def mean(self) -> float:
+        return _mean(self.values)
 
 
 def _mean(values: list[float]) -> float:
@@ -108,6 +143,7 @@ def compare_videos(output: str, reference: str, input: str | None = None, *,
                                  f"is not the reference's {ref_i.width}x{ref_i.height}")
         names = [output, reference] + ([input] if input is not None else [])
         p_out, s_out, p_bic, s_bic = [], [], [], []
+        t_out, t_bic = _TemporalScore(y_channel), _TemporalScore(y_channel)
         iters = [iter(s) for s in sources]
         bar = tqdm(total=ref_i.frames, unit="frame", desc="compare", disable=not progress)
         n = 0
@@ -121,11 +157,13 @@ def compare_videos(output: str, reference: str, input: str | None = None, *,
             p, s = frame_scores(out, ref, y_channel)
             p_out.append(p)
             s_out.append(s)
+            t_out.add(out, ref)
             if input is not None:
                 up = bicubic_uint8(frames[2].rgb, (ref.shape[0], ref.shape[1]))
                 p, s = frame_scores(up, ref, y_channel)
                 p_bic.append(p)
                 s_bic.append(s)
+                t_bic.add(up, ref)
             n += 1
             bar.update()
         bar.close()
@@ -140,6 +178,8 @@ def compare_videos(output: str, reference: str, input: str | None = None, *,
         psnr=_mean(p_out), ssim=float(np.mean(s_out)),
         bicubic_psnr=_mean(p_bic) if p_bic else None,
         bicubic_ssim=float(np.mean(s_bic)) if s_bic else None,
+        temporal_psnr=t_out.mean(),
+        bicubic_temporal_psnr=t_bic.mean() if p_bic else None,
         psnr_per_frame=p_out, ssim_per_frame=s_out)
     log.info("%s vs %s: %d frames, PSNR %.3f dB, SSIM %.4f", output, reference, n, report.psnr,
              report.ssim)

@@ -98,3 +98,32 @@ def test_cli_eval_video(tmp_path):
     assert text.exit_code == 0 and "PSNR" in text.output and "bicubic" not in text.output
     bad = CliRunner().invoke(main, ["eval-video", out, "-r", str(tmp_path / "nope.mp4")])
     assert bad.exit_code == 2 and "error" in bad.output and "Traceback" not in bad.output
+
+
+def test_temporal_consistency_scores_flicker_not_a_static_error(tmp_path):
+    frames = _frames(4)
+    ref = _clip(tmp_path, "ref.mp4", frames)
+    # the same +10 error on every frame: frame-to-frame changes equal the reference's exactly
+    steady = compare_videos(_clip(tmp_path, "steady.mp4", [f + 10 for f in frames]), ref)
+    assert steady.temporal_psnr > 100
+    # +10, -10, +10, -10: every change is off by 20 code values -> MSE 400/255^2 per pair
+    flicker = compare_videos(
+        _clip(tmp_path, "flicker.mp4", [(f.astype(int) + (10 if i % 2 == 0 else -10)).astype(np.uint8) for i, f in enumerate(frames)]),
+        ref)
+    assert flicker.psnr == pytest.approx(steady.psnr, abs=1e-6)  # per-frame PSNR cannot tell them apart
+    assert flicker.temporal_psnr == pytest.approx(10 * math.log10(255**2 / 400), abs=1e-6)
+    assert flicker.bicubic_temporal_psnr is None and flicker.temporal_margin is None
+
+
+def test_temporal_margin_against_bicubic(tmp_path):
+    lr = _frames(3, 12, 16, seed=5)
+    hr = [bicubic_uint8(f, (48, 64)) for f in lr]
+    ref, inp = _clip(tmp_path, "ref.mp4", hr), _clip(tmp_path, "lr.mp4", lr)
+    shimmer = [np.clip(f.astype(int) + (6 if i == 1 else 0), 0, 255).astype(np.uint8)
+               for i, f in enumerate(hr)]
+    r = compare_videos(_clip(tmp_path, "out.mp4", shimmer), ref, inp)
+    assert r.bicubic_temporal_psnr > 100  # bicubic *is* the reference here
+    assert r.temporal_psnr < 40 and r.temporal_margin < -60
+    assert r.to_dict()["temporal_margin"] == pytest.approx(r.temporal_margin)
+    res = CliRunner().invoke(main, ["eval-video", r.output, "-r", ref, "-i", inp, "--no-progress"])
+    assert res.exit_code == 0 and "temporal" in res.output

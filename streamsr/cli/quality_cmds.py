@@ -6,7 +6,7 @@ import json
 
 import click
 
-from streamsr.cli import main
+from streamsr.cli import common_options, main, threads_option
 from streamsr.quality import compare_videos
 
 
@@ -19,11 +19,12 @@ from streamsr.quality import compare_videos
 @click.option("--y", "y_channel", is_flag=True, help="Score luma (BT.601 Y) instead of RGB.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--per-frame", is_flag=True, help="With --json: include per-frame values.")
-@click.option("--progress/--no-progress", default=True, show_default=True,
-              help="Progress bar on stderr.")
+@threads_option
+@common_options()
 def eval_video(output: str, reference: str, input_: str | None, y_channel: bool, as_json: bool,
                per_frame: bool, progress: bool) -> None:
-    """Mean per-frame PSNR/SSIM of OUTPUT against --reference, and of bicubic x4 of --input."""
+    """Mean per-frame PSNR/SSIM and temporal consistency of OUTPUT against --reference (and of
+    bicubic x4 of --input)."""
     r = compare_videos(output, reference, input_, y_channel=y_channel,
                        progress=progress and not as_json)
     if as_json:
@@ -31,7 +32,11 @@ def eval_video(output: str, reference: str, input_: str | None, y_channel: bool,
         return
     space = "Y" if y_channel else "RGB"
     click.echo(f"frames   {r.frames} ({r.width}x{r.height}), {space}")
-    click.echo(f"output   PSNR {r.psnr:7.3f} dB   SSIM {r.ssim:.4f}")
+    click.echo(f"output   PSNR {r.psnr:7.3f} dB   SSIM {r.ssim:.4f}   temporal {r.temporal_psnr:7.3f} dB")
     if r.bicubic_psnr is not None:
-        click.echo(f"bicubic  PSNR {r.bicubic_psnr:7.3f} dB   SSIM {r.bicubic_ssim:.4f}")
-        click.echo(f"margin   PSNR {r.psnr_margin:+7.3f} dB   SSIM {r.ssim_margin:+.4f}")
+        click.echo(f"bicubic  PSNR {r.bicubic_psnr:7.3f} dB   SSIM {r.bicubic_ssim:.4f}   "
+                   f"temporal {r.bicubic_temporal_psnr:7.3f} dB")
+        click.echo(f"margin   PSNR {r.psnr_margin:+7.3f} dB   SSIM {r.ssim_margin:+.4f}   "
+                   f"temporal {r.temporal_margin:+7.3f} dB")
+    click.echo("(temporal: PSNR of the frame-to-frame changes against the reference's; "
+               "lower means more flicker)")

@@ -7,6 +7,7 @@ the valid (un-padded) region and over channels.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -44,6 +45,18 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float64, de
     return g[:, None] * g[None, :]
 
 
+def _filter_valid_cpu(t: Tensor, g: Tensor) -> Tensor:
+    """The 'valid' part of filtering each plane of `t` (N, C, H, W) by g g^T (odd, symmetric)."""
+    import cv2
+
+    k = g.numpy()
+    r = len(k) // 2
+    planes = t.reshape(-1, *t.shape[-2:]).numpy()
+    out = [cv2.sepFilter2D(p, cv2.CV_64F, k, k, borderType=cv2.BORDER_REFLECT)[r:-r, r:-r]
+           for p in planes]
+    return torch.from_numpy(np.stack(out)).reshape(*t.shape[:-2], *out[0].shape)
+
+
 def ssim(x: Tensor, y: Tensor, data_range: float = 1.0, y_channel: bool = False,
          reduction: str = "mean") -> Tensor:
     """Structural similarity, per image or averaged; images smaller than 11x11 are refused."""
@@ -52,8 +65,10 @@ def ssim(x: Tensor, y: Tensor, data_range: float = 1.0, y_channel: bool = False,
         raise ValueError("SSIM needs images of at least 11x11 pixels")
     g = _gaussian_window(device=x.device).sum(0)  # the window is separable: g g^T
 
-    def filt(t: Tensor) -> Tensor:  # two 1-D passes as matmuls: same values, ~20x faster on CPU
-        t = t.unfold(-1, 11, 1) @ g
+    def filt(t: Tensor) -> Tensor:
+        if t.device.type == "cpu" and not t.requires_grad:  # OpenCV's separable filter: same float64 values, far faster
+            return _filter_valid_cpu(t, g)
+        t = t.unfold(-1, 11, 1) @ g  # two 1-D passes as matmuls
         return (t.transpose(-1, -2).contiguous().unfold(-1, 11, 1) @ g).transpose(-1, -2)
 
     mx, my = filt(x), filt(y)
