@@ -122,12 +122,16 @@ def _count_rest(it) -> int:
 
 
 def compare_videos(output: str, reference: str, input: str | None = None, *,
-                   y_channel: bool = False, progress: bool = False) -> QualityReport:
+                   y_channel: bool = False, progress: bool = False,
+                   frames: int | None = None) -> QualityReport:
     """Decode `output`, `reference` (and `input`) in lockstep and score every frame.
 
     The output must have the reference's size and frame count; the input must be exactly x4
     smaller with the same frame count. Anything else is an `InputError` that says what differs.
+    `frames`: score only the first N frames of each (e.g. an output made with `--frames N`).
     """
+    if frames is not None and frames < 1:
+        raise InputError(f"frames must be at least 1, got {frames}")
     sources = [open_source(output), open_source(reference)]
     try:
         if input is not None:
@@ -147,25 +151,27 @@ def compare_videos(output: str, reference: str, input: str | None = None, *,
         iters = [iter(s) for s in sources]
         bar = tqdm(total=ref_i.frames, unit="frame", desc="compare", disable=not progress)
         n = 0
-        for frames in zip_longest(*iters):
-            if any(f is None for f in frames):
+        for group in zip_longest(*iters):
+            if any(f is None for f in group):
                 counts = [n + (f is not None) + (_count_rest(it) if f is not None else 0)
-                          for f, it in zip(frames, iters, strict=True)]
+                          for f, it in zip(group, iters, strict=True)]
                 detail = ", ".join(f"{name}: {c}" for name, c in zip(names, counts, strict=True))
                 raise InputError(f"frame counts differ ({detail})")
-            out, ref = frames[0].rgb, frames[1].rgb
+            out, ref = group[0].rgb, group[1].rgb
             p, s = frame_scores(out, ref, y_channel)
             p_out.append(p)
             s_out.append(s)
             t_out.add(out, ref)
             if input is not None:
-                up = bicubic_uint8(frames[2].rgb, (ref.shape[0], ref.shape[1]))
+                up = bicubic_uint8(group[2].rgb, (ref.shape[0], ref.shape[1]))
                 p, s = frame_scores(up, ref, y_channel)
                 p_bic.append(p)
                 s_bic.append(s)
                 t_bic.add(up, ref)
             n += 1
             bar.update()
+            if frames is not None and n >= frames:
+                break
         bar.close()
         if n == 0:
             raise InputError(f"{reference} has no frames")

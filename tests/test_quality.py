@@ -127,3 +127,17 @@ def test_temporal_margin_against_bicubic(tmp_path):
     assert r.to_dict()["temporal_margin"] == pytest.approx(r.temporal_margin)
     res = CliRunner().invoke(main, ["eval-video", r.output, "-r", ref, "-i", inp, "--no-progress"])
     assert res.exit_code == 0 and "temporal" in res.output
+
+
+def test_frames_scores_only_the_first_n(tmp_path):
+    frames = _frames(4)
+    ref = _clip(tmp_path, "ref.mp4", frames)
+    # an output made with --frames 2: two frames, the second +10 off
+    out = _clip(tmp_path, "out.mp4", [frames[0], frames[1] + 10])
+    r = compare_videos(out, ref, frames=2)
+    assert r.frames == 2
+    assert r.psnr_per_frame[1] == pytest.approx(10 * math.log10(255**2 / 100), abs=1e-6)
+    with pytest.raises(InputError, match="frame counts differ"):
+        compare_videos(out, ref)  # without it the lengths must match
+    res = CliRunner().invoke(main, ["eval-video", out, "-r", ref, "--frames", "2", "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["frames"] == 2

@@ -17,16 +17,18 @@ from streamsr.quality import compare_videos
 @click.option("--input", "-i", "input_", type=click.Path(dir_okay=True), default=None,
               help="The low-resolution input: also score its bicubic x4 upscale (the margin).")
 @click.option("--y", "y_channel", is_flag=True, help="Score luma (BT.601 Y) instead of RGB.")
+@click.option("--frames", type=click.IntRange(min=1), default=None,
+              help="Score only the first N frames (an output made with --frames N).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--per-frame", is_flag=True, help="With --json: include per-frame values.")
 @threads_option
 @common_options()
-def eval_video(output: str, reference: str, input_: str | None, y_channel: bool, as_json: bool,
-               per_frame: bool, progress: bool) -> None:
+def eval_video(output: str, reference: str, input_: str | None, y_channel: bool,
+               frames: int | None, as_json: bool, per_frame: bool, progress: bool) -> None:
     """Mean per-frame PSNR/SSIM and temporal consistency of OUTPUT against --reference (and of
     bicubic x4 of --input)."""
     r = compare_videos(output, reference, input_, y_channel=y_channel,
-                       progress=progress and not as_json)
+                       progress=progress and not as_json, frames=frames)
     if as_json:
         click.echo(json.dumps(r.to_dict(per_frame=per_frame), sort_keys=True))
         return
