@@ -22,7 +22,7 @@ except ModuleNotFoundError:  # Python 3.10
 import streamsr
 from streamsr.cli import main
 from streamsr.models import LITE, PAPER, TINY, DeblurSR
-from streamsr.models.weights import load_model, save_model
+from streamsr.models.weights import load_model, load_weights, save_model
 
 KEYS_TSV = Path(__file__).parent / "data" / "mprnet_keys.tsv"
 
@@ -136,6 +136,26 @@ def test_info_bundled_lite_weights():
     assert str(bundled.name) in text.output and "untrained" not in text.output
 
 
+def test_info_builds_no_model_and_names_unusable_weights(tmp_path, monkeypatch):
+    # info printed known figures after building (and FLOP-counting) the real model: 8-13 s
+    import streamsr.models.deblur_sr as deblur_sr
+
+    monkeypatch.setattr(deblur_sr.DeblurSR, "__init__", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("info built a model")))
+    res = run("info", "--model", "paper", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["macs_per_input_pixel"] == 14_306_617
+    monkeypatch.undo()
+    path = tmp_path / "init.safetensors"
+    save_model(DeblurSR(TINY), path, {"trained": "trunk-only"})
+    res = run("info", "--model", str(path), "--json")
+    assert res.exit_code == 0, res.output
+    assert "cannot make a picture" in json.loads(res.output)["weights_problem"]
+    res = run("info", "--model", str(path))
+    assert "not usable for upscale" in res.output and "trunk-only" in res.output
+    assert json.loads(run("info", "--json").output)["weights_problem"] is None  # bundled lite
+
+
 def test_info_of_a_weights_file_rebuilds_its_config(tmp_path):
     # a config no name gives: info must read it from the file's metadata
     cfg = replace(TINY, sr_blocks=2, sr_feat=12, name="mine")
@@ -187,8 +207,9 @@ def test_import_mprnet_converts_an_official_checkpoint(tmp_path):
     # only aliases of the shared PReLU may be stored once under another name
     assert all(tuple(state[k].shape) == (1,) for k in unstored), unstored
     assert len(unstored) == sum(1 for v in state.values() if v.shape == (1,)) - 1
-    # and the file rebuilds the paper model with every one of the 316 tensors in place
-    loaded = load_model(out)
+    # and the file rebuilds the paper model with every one of the 316 tensors in place (as
+    # `train --init` loads it; `upscale` refuses it: its x4 head is untrained)
+    loaded = load_weights(DeblurSR(PAPER), out)
     trunk = loaded.trunk.state_dict()
     assert sorted(trunk) == sorted(state)
     assert all(torch.equal(trunk[k], v) for k, v in state.items())

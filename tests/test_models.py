@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from streamsr.models.weights import (
     import_mprnet,
     load_model,
     load_mprnet,
+    load_weights,
+    model_config,
     read_metadata,
     save_model,
 )
@@ -90,7 +93,7 @@ def test_official_checkpoint_loads_strict(tmp_path, prefix, wrap):
     out = tmp_path / "joint.safetensors"
     joint = import_mprnet(ckpt, out)
     assert torch.equal(joint.trunk.state_dict()[key], state[prefix + key])
-    reloaded = load_model(out)
+    reloaded = load_weights(DeblurSR(PAPER), out)  # what `streamsr train --init` does
     assert torch.equal(reloaded.trunk.state_dict()[key], state[prefix + key])
 
 
@@ -109,6 +112,84 @@ def test_corrupted_checkpoints_are_refused_with_names(tmp_path):
     torch.save({"state_dict": state}, extra)
     with pytest.raises(WeightsError, match="unexpected.*bogus.weight"):
         import_mprnet(extra)
+
+
+def test_imported_trunk_only_weights_are_refused_for_inference(tmp_path):
+    # import-mprnet's file has a random x4 head: upscaling with it gives flat grey frames
+    ckpt = tmp_path / "model_deblurring.pth"
+    random_official_checkpoint(ckpt)
+    out = tmp_path / "paper_init.safetensors"
+    import_mprnet(ckpt, out)
+    assert read_metadata(out)["trained"] == "trunk-only"
+    with pytest.raises(WeightsError, match=r"cannot make a picture.*trunk-only.*streamsr train") as e:
+        load_model(out)
+    assert "\n" not in str(e.value)
+    assert model_config(out) == PAPER  # still a valid starting point for `train --init`
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_weights_with_non_finite_values_are_refused(tmp_path, value):
+    torch.manual_seed(0)
+    model = DeblurSR(TINY)
+    with torch.no_grad():
+        model.reconstruct.out.weight[0, 0, 0, 0] = value
+    path = tmp_path / "broken.safetensors"
+    save_model(model, path)
+    with pytest.raises(WeightsError, match="1 NaN or infinite value"):
+        load_model(path)
+    with pytest.raises(WeightsError, match="NaN or infinite"):
+        load_weights(DeblurSR(TINY), path)  # `train --init` refuses them too
+
+
+@pytest.mark.parametrize("trunk,match", [({"kernel_size": 4}, "kernel_size must be odd"),
+                                         ({"reduction": 16}, "reduction 16 is larger than n_feat")])
+def test_config_that_builds_but_cannot_run_is_refused(tmp_path, trunk, match):
+    # both build on the meta device; before the check, the first frame raised a traceback
+    bad = replace(TINY, trunk=replace(TINY.trunk, **trunk))
+    with torch.device("meta"):
+        DeblurSR(bad)
+    path = tmp_path / "bad.safetensors"
+    save_model(DeblurSR(bad), path)
+    with pytest.raises(WeightsError, match=match):
+        load_model(path)
+
+
+def test_pytorch_files_given_as_weights_say_what_they_are(tmp_path):
+    pth = tmp_path / "model_deblurring.pth"
+    random_official_checkpoint(pth)
+    with pytest.raises(WeightsError, match=r"PyTorch checkpoint.*streamsr import-mprnet") as e:
+        load_model(pth)
+    assert "header" not in str(e.value)
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"w": torch.zeros(2)}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(WeightsError, match="PyTorch checkpoint"):
+        load_model(legacy)
+    # a training checkpoint: pointed at the run's weights when they exist, else at --resume
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "step-00000020.pt"
+    torch.save({"format": "streamsr-checkpoint-v1", "model": DeblurSR(TINY).state_dict()}, ckpt)
+    with pytest.raises(WeightsError, match=r"training checkpoint.*streamsr train --resume"):
+        load_model(ckpt)
+    save_model(DeblurSR(TINY), run / "best.safetensors")
+    with pytest.raises(WeightsError, match=r"training checkpoint.*use .*best\.safetensors"):
+        model_config(ckpt)  # what `train --init` reads first
+    with pytest.raises(WeightsError, match="training checkpoint"):
+        import_mprnet(ckpt)
+
+
+@pytest.mark.timeout(30)
+def test_fifo_weights_path_is_refused_without_opening(tmp_path):
+    fifo = tmp_path / "w.safetensors"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    for fn in (load_model, model_config, import_mprnet):
+        with pytest.raises(WeightsError, match="not a regular file"):
+            fn(fifo)
+
+
+def test_import_mprnet_seed_out_of_range_is_refused(tmp_path):
+    with pytest.raises(WeightsError, match="seed"):
+        import_mprnet(tmp_path / "x.pth", seed=2**64)
 
 
 def test_pickle_with_code_is_refused(tmp_path):
@@ -462,3 +543,21 @@ def test_macs_of_paper_model():
     trunk = macs_per_pixel(model.trunk, size)
     assert total - trunk == pytest.approx(after_trunk, rel=1e-12)
     assert round(total) == 14_306_617  # what `streamsr info --model paper` reports
+
+
+def test_known_figures_are_what_counting_gives():
+    # `streamsr info` prints these without building a model: each row recounted here
+    from streamsr.models.configs import CONFIGS
+    from streamsr.models.info import KNOWN, config_info, macs_per_pixel
+
+    assert set(KNOWN) == set(CONFIGS)
+    for name, (total, trunk, macs) in KNOWN.items():
+        with torch.device("meta"):
+            model = DeblurSR(CONFIGS[name])
+        assert count_parameters(model) == total, name
+        assert count_parameters(model.trunk) == trunk, name
+        assert macs_per_pixel(model) == macs, name
+        info = config_info(replace(CONFIGS[name], name="renamed"))  # figures do not need a name
+        assert (info["parameters"], info["macs_per_input_pixel"]) == (total, round(macs))
+    other = replace(TINY, sr_blocks=3)  # not a named config: counted on the meta device
+    assert config_info(other)["parameters"] == count_parameters(DeblurSR(other))

@@ -9,9 +9,15 @@ import click
 
 from streamsr.cli import main
 from streamsr.errors import OutputError
-from streamsr.models import DeblurSR
-from streamsr.models.info import model_info
-from streamsr.models.weights import BUNDLED, import_mprnet, load_model, model_config, read_metadata
+from streamsr.models.configs import CONFIGS
+from streamsr.models.info import config_info
+from streamsr.models.weights import (
+    BUNDLED,
+    import_mprnet,
+    model_config,
+    read_metadata,
+    weights_problem,
+)
 
 
 @main.command()
@@ -20,16 +26,16 @@ from streamsr.models.weights import BUNDLED, import_mprnet, load_model, model_co
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(model_name: str, as_json: bool) -> None:
     """Print a model's config, parameter count and MACs per input pixel."""
+    # known figures or a meta-device count: no model is built and no weights are loaded
     config = model_config(model_name)
-    path = Path(model_name) if Path(model_name).is_file() else BUNDLED.get(model_name)
+    path = BUNDLED.get(model_name) if model_name in CONFIGS else Path(model_name)
+    data = config_info(config)
+    data["weights"] = problem = None
     if path is not None and path.exists():
-        net = load_model(path)
-        weights = {"path": str(path), **{k: v for k, v in read_metadata(path).items() if k != "config"}}
-    else:
-        net = DeblurSR(config).eval()
-        weights = None
-    data = model_info(net)
-    data["weights"] = weights
+        problem = weights_problem(path)  # what `upscale --model` would refuse, said up front
+        data["weights"] = {"path": str(path),
+                           **{k: v for k, v in read_metadata(path).items() if k != "config"}}
+        data["weights_problem"] = problem
     if as_json:
         click.echo(json.dumps(data, indent=None, sort_keys=True))
         return
@@ -43,7 +49,10 @@ def info(model_name: str, as_json: bool) -> None:
                f"+{t['scale_orsnetfeats']}, {t['num_cab']} CABs per ORB, reduction {t['reduction']}")
     click.echo(f"head         {data['config']['sr_feat']} features, {data['config']['sr_blocks']} "
                f"residual blocks")
+    weights = data["weights"]
     click.echo(f"weights      {weights['path'] if weights else 'none (untrained config)'}")
+    if problem:
+        click.echo(f"             not usable for upscale: {problem}")
 
 
 @main.command("import-mprnet")

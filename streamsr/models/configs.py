@@ -87,6 +87,15 @@ def _check_limits(cfg: DeblurSRConfig) -> None:
         v = values[key]
         if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
             raise ConfigError(f"model config: {key} must be an integer in [{lo}, {hi}], got {v!r}")
+    # shapes the layers accept but the forward pass cannot (a traceback on the first frame)
+    if cfg.trunk.kernel_size % 2 == 0:
+        raise ConfigError(f"model config: kernel_size must be odd ('same' convolutions), got "
+                          f"{cfg.trunk.kernel_size}")
+    if cfg.trunk.reduction > cfg.trunk.n_feat:
+        raise ConfigError(f"model config: reduction {cfg.trunk.reduction} is larger than n_feat "
+                          f"{cfg.trunk.n_feat} (channel attention would have no channels)")
+    if not isinstance(cfg.bicubic_skip, bool) or not isinstance(cfg.name, str):
+        raise ConfigError("model config: bicubic_skip must be true/false and name a string")
 
 
 # The paper's model: MPRNet deblurring trunk (n_feat 96) + GFN-style reconstruction (64 wide).

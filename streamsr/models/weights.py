@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
+import zipfile
 from pathlib import Path
 
 import torch
@@ -55,14 +57,80 @@ def save_model(model: DeblurSR, path: str | os.PathLike, metadata: dict[str, str
     os.replace(tmp, path)
 
 
+def _regular_file(path: str | os.PathLike, what: str = "weights file") -> Path:
+    """`path` if it is a regular file; a FIFO, device or folder is refused before it is opened
+    (reading a FIFO would wait for a writer forever)."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise WeightsError(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise WeightsError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise WeightsError(f"{path} is a directory, not a {what}")
+    if not stat.S_ISREG(st.st_mode):
+        raise WeightsError(f"{path} is not a regular file (a FIFO, socket or device); give a "
+                           f"{what}")
+    return path
+
+
+def identify(path: str | os.PathLike) -> str | None:
+    """What a file that is not safetensors is, from its first bytes (nothing is unpickled):
+    'checkpoint' (a streamsr training checkpoint), 'torch' (a PyTorch .pth/.pt, zip or legacy
+    pickle) or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head[:1] == b"\x80":  # a pickle protocol marker: a legacy (non-zip) torch.save
+            return "torch"
+        if head != b"PK\x03\x04" or not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as z:
+            pickles = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            if not pickles:
+                return None
+            info = z.getinfo(pickles[0])
+            if info.file_size <= (64 << 20):
+                # the checkpoint's format marker is a plain string inside the pickle
+                if b"streamsr-checkpoint-v1" in z.read(info):
+                    return "checkpoint"
+            return "torch"
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError):
+        return None
+
+
+def _not_weights_hint(path: Path) -> str | None:
+    """A one-line explanation for a PyTorch file given where streamsr weights are expected."""
+    kind = identify(path)
+    if kind == "checkpoint":
+        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        made = [str(run / n) for n in ("best.safetensors", "model.safetensors") if (run / n).is_file()]
+        use = (f"use {' or '.join(made)}" if made else
+               f"its run has no weights file yet: continue it with `streamsr train --resume "
+               f"--data DATA --out {run}`, which writes {run / 'best.safetensors'} at each "
+               f"validation and {run / 'model.safetensors'} at the end")
+        return f"{path} is a streamsr training checkpoint (for `streamsr train --resume`), not a safetensors weights file; {use}"
+    if kind == "torch":
+        return (f"{path} is a PyTorch checkpoint (.pth), not a safetensors weights file; an official "
+                f"MPRNet deblurring checkpoint converts with `streamsr import-mprnet {path} "
+                f"OUT.safetensors` (a starting point for `streamsr train --init OUT.safetensors`: "
+                f"its new x4 head is untrained)")
+    return None
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The metadata of a streamsr weights file (config JSON, provenance)."""
+    path = _regular_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except FileNotFoundError:
         raise WeightsError(f"weights file not found: {path}") from None
     except Exception as exc:  # safetensors raises its own error types for malformed headers
+        hint = _not_weights_hint(path)
+        if hint:
+            raise WeightsError(hint) from None
         raise WeightsError(f"{path} is not a safetensors weights file ({_short(exc)})") from None
 
 
@@ -103,12 +171,31 @@ def load_weights(model: DeblurSR, path: str | os.PathLike) -> DeblurSR:
         if key not in state and target in state:
             state[key] = state[target]
     check_state_dict(model, state, str(path))
+    check_finite(state, str(path))
     model.load_state_dict(state, strict=True)
     return model
 
 
+def check_finite(state: dict[str, Tensor], source: str) -> None:
+    """Refuse weights holding NaN or infinite values: they can only give garbage frames."""
+    for key, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise WeightsError(f"{source} holds {bad} NaN or infinite value(s) (first in {key}): "
+                               f"broken weights, e.g. from a training run that diverged")
+
+
+# Metadata `trained` values of files that cannot make a picture yet (head never trained).
+UNTRAINED = {"trunk-only": "an imported MPRNet trunk whose x4 head is untrained"}
+
+
 def _build_for_file(config_json: str, path: Path) -> DeblurSR:
     """The model of a file's config, built only if the file can fill it (no hostile allocations)."""
+    return DeblurSR(_check_file(config_json, path))
+
+
+def _check_file(config_json: str, path: Path) -> DeblurSRConfig:
+    """A file's config, once a meta-device model of it (shapes only) matches the file."""
     try:
         cfg = DeblurSRConfig.from_json(config_json)
         with torch.device("meta"):  # shapes only: nothing is allocated
@@ -130,7 +217,36 @@ def _build_for_file(config_json: str, path: Path) -> DeblurSR:
     if need > 2 * have + (1 << 20):
         raise WeightsError(f"{path} does not match its own config: the {cfg.name!r} config needs "
                            f"{need / 1e6:.1f} MB of weights but the file holds {have / 1e6:.1f} MB")
-    return DeblurSR(cfg)
+    return cfg
+
+
+def _check_usable(path: Path, meta: dict[str, str]) -> None:
+    """Refuse a file that is not streamsr weights or whose weights cannot make a picture."""
+    if meta.get("format") != FORMAT or "config" not in meta:
+        raise WeightsError(f"{path} is not a streamsr weights file (no streamsr config in its "
+                           f"metadata); official MPRNet checkpoints go through `streamsr import-mprnet`")
+    why = UNTRAINED.get(meta.get("trained", ""))
+    if why:
+        raise WeightsError(f"{path} cannot make a picture: it holds {why} (trained: "
+                           f"{meta['trained']}); fine-tune it first with `streamsr train --recipe "
+                           f"train/paper_gopro.toml --data DATA --init {path}` and use the run's "
+                           f"model.safetensors")
+
+
+def weights_problem(path: str | os.PathLike) -> str | None:
+    """Why `load_model(path)` would refuse a weights file whose metadata reads (None: usable).
+
+    Checks what loading checks (untrained head, shapes, NaN/inf) without building the model.
+    """
+    path = Path(path)
+    try:
+        meta = read_metadata(path)
+        _check_usable(path, meta)
+        _check_file(meta["config"], path)
+        check_finite(_read_tensors(path), str(path))
+    except WeightsError as exc:
+        return str(exc)
+    return None
 
 
 def load_model(model: str | os.PathLike = "lite", device: str | torch.device = "cpu") -> DeblurSR:
@@ -156,9 +272,7 @@ def load_model(model: str | os.PathLike = "lite", device: str | torch.device = "
         if path.is_dir():
             raise WeightsError(f"{path} is a directory, not a weights file")
     meta = read_metadata(path)
-    if meta.get("format") != FORMAT or "config" not in meta:
-        raise WeightsError(f"{path} is not a streamsr weights file (no streamsr config in its "
-                           f"metadata); official MPRNet checkpoints go through `streamsr import-mprnet`")
+    _check_usable(Path(path), meta)
     net = _build_for_file(meta["config"], Path(path))
     load_weights(net, path)
     return net.to(device).eval()
@@ -169,7 +283,7 @@ def model_config(model: str | os.PathLike) -> DeblurSRConfig:
     name = str(model)
     if name in CONFIGS:
         return get_config(name)
-    if not Path(name).is_file():
+    if not Path(name).exists():
         raise WeightsError(f"no model named {name!r} and no such weights file "
                            f"(names: {sorted(CONFIGS)})")
     meta = read_metadata(name)
@@ -183,6 +297,10 @@ def read_mprnet_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
 
     Read with `weights_only=True`: a pickle that tries to build arbitrary objects is refused.
     """
+    path = _regular_file(path, "checkpoint")
+    if identify(path) == "checkpoint":
+        raise WeightsError(f"{path} is a streamsr training checkpoint, not an official MPRNet "
+                           f"checkpoint; continue its run with `streamsr train --resume`")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -204,6 +322,8 @@ def import_mprnet(checkpoint: str | os.PathLike, out: str | os.PathLike | None =
     The head (refinement CABs, fusion, reconstruction) is freshly initialised with `seed`: the
     file is a starting point for `streamsr train --init ...`, as in the paper's transfer learning.
     """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise WeightsError(f"seed must be a whole number in [0, 2^32), got {seed!r}")
     state = read_mprnet_checkpoint(checkpoint)
     torch.manual_seed(seed)
     model = DeblurSR(PAPER)
