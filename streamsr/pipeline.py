@@ -35,6 +35,8 @@ from streamsr.video.source import (
     Frame,
     Source,
     VideoSource,
+    check_frames,
+    check_window,
     component_bits,
     open_source,
 )
@@ -217,6 +219,8 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
 
     t0 = time.monotonic()
     src, dst = str(src), str(dst)
+    check_window(start, duration)  # before anything is opened: nan or 1e308 never reach FFmpeg
+    check_frames(frames)
     encode = EncodeOptions(codec=codec, crf=crf, preset=encoder_preset, pix_fmt=pix_fmt,
                            bitrate=bitrate, options=dict(encoder_options or {}))
     if not is_image_output(dst) or is_push_url(dst):
@@ -274,7 +278,8 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
             finally:
                 stopped_early = stop.signum is not None or run.failed
                 try:
-                    sink.close(trim=stopped_early or source.truncated)
+                    # a part of the input (--frames) keeps the audio of that part only
+                    sink.close(trim=stopped_early or source.truncated or run.cut)
                 except StreamsrError:
                     if run.error is None and stop.signum is None:
                         raise
@@ -405,6 +410,7 @@ class _Run:
         self.failed = False
         self.total = source.info.frames
         self.max_frames: int | None = None  # stop after this many input frames (files)
+        self.cut = False  # max_frames stopped the run before the input's end
         self.live = False  # live: run partial batches instead of waiting for a full one
         self.fresh: Callable[[Frame], bool] | None = None  # live: False drops a too-old frame
 
@@ -417,10 +423,12 @@ class _Run:
     # -- decode thread ----------------------------------------------------------------------
     def _decode(self) -> None:
         try:
-            for taken, frame in enumerate(self.source, 1):
+            frames = iter(self.source)
+            for taken, frame in enumerate(frames, 1):
                 if self.stop_request.is_set() or not _put(self.frames_in, frame, self.abort, self.stop_request):
                     break
                 if self.max_frames is not None and taken >= self.max_frames:
+                    self.cut = self._more(frames)
                     break
         except StreamsrError as exc:  # the input went bad: finish the frames decoded so far first
             if self.error is None:
@@ -430,6 +438,14 @@ class _Run:
             self._fail(exc)
         finally:
             _put(self.frames_in, _END, self.abort)
+
+    @staticmethod
+    def _more(frames: Iterator[Frame]) -> bool:
+        """Whether the input has a frame after the ones taken (one more frame is decoded)."""
+        try:
+            return next(frames, None) is not None
+        except StreamsrError:  # damage after the last frame taken: that part is cut too
+            return True
 
     # -- encode thread ----------------------------------------------------------------------
     def _encode(self) -> None:
@@ -444,7 +460,8 @@ class _Run:
                 if item is _END:
                     return
                 rgb, frame = item
-                self.sink.write(rgb, frame.pts, frame.time_base, name=frame.name)
+                self.sink.write(rgb, frame.pts, frame.time_base, name=frame.name,
+                                duration=frame.duration)
                 if self.progress is not None:
                     self.progress(self.sink.frames_written, self.total)
         except BaseException as exc:  # noqa: BLE001

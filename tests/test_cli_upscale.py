@@ -305,3 +305,17 @@ def test_resume_and_part_frames_via_the_cli(tmp_path, monkeypatch):
     have = len(media.decode_all(short)[0])
     _one_line_error(_invoke(*args[:2], short, *args[3:]), f"incomplete ({have} of 24 frames)",
                     "--overwrite")
+
+
+@pytest.mark.parametrize("option, words", [
+    (["--start", "5"], "no video frames at or after --start 5 s"),
+    (["--start", "nan"], "--start must be a finite number of seconds"),
+    (["--start", "1e308"], "--start must be 0 or more seconds and at most"),
+    (["--duration", "nan"], "--duration must be a finite number of seconds"),
+])
+def test_a_start_past_the_end_or_a_nan_window_is_one_line_and_no_file(tmp_path, clip,
+                                                                      tiny_weights, option, words):
+    out = tmp_path / "out.mp4"
+    result = _invoke("upscale", clip, out, "--model", tiny_weights, "--device", "cpu", *option)
+    _one_line_error(result, words)
+    assert not out.exists()

@@ -8,6 +8,7 @@ back through FFmpeg's own RTSP listen mode in a separate process.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import media
 import numpy as np
 import pytest
@@ -167,6 +169,16 @@ def test_missing_rtsp_server_fails_where_required(monkeypatch):
 def test_bad_live_options_are_config_errors(bad):
     with pytest.raises(ConfigError):
         LiveOptions(**bad).validate()
+
+
+@pytest.mark.parametrize("bad, words", [
+    (dict(duration=float("nan")), "--duration must be a finite number"),
+    (dict(duration=0.0), "--duration must be more than 0"),
+    (dict(frames=0), "--frames must be a whole number"),
+])
+def test_impossible_duration_or_frames_are_refused_before_connecting(bad, words):
+    with pytest.raises(ConfigError, match=words):  # no server: the check comes first
+        LiveSource(f"rtsp://127.0.0.1:{free_port()}/none", fast_options(), **bad)
 
 
 # -- sources against the real server -------------------------------------------------------
@@ -327,6 +339,49 @@ def test_udp_mpegts_input(tmp_path):
     assert np.allclose(np.diff(times), 1 / FPS, atol=0.002), "the sender's 25 fps clock"
 
 
+_UDP_AV_SENDER = """
+import sys, time
+import av, numpy as np
+url, seconds = sys.argv[1], float(sys.argv[2])
+with av.open(url, "w", format="mpegts") as out:
+    v = out.add_stream("libx264", rate=25, options={"tune": "zerolatency", "preset": "ultrafast",
+                                                    "g": "5", "bf": "0"})
+    v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+    a = out.add_stream("mp2", rate=48000)
+    a.layout = "stereo"
+    t0, done = time.monotonic(), 0
+    for i in range(int(seconds * 25)):  # paced like a camera: 25 fps, 1920 samples a frame
+        f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 200, np.uint8), format="rgb24")
+        f.pts = i
+        for p in v.encode(f):
+            out.mux(p)
+        s = av.AudioFrame.from_ndarray(np.zeros((1, 2 * 1920), np.int16), format="s16",
+                                       layout="stereo")
+        s.sample_rate, s.pts = 48000, done
+        done += 1920
+        for p in a.encode(s):
+            out.mux(p)
+        time.sleep(max(0.0, t0 + (i + 1) / 25 - time.monotonic()))
+"""
+
+
+def test_live_audio_is_not_carried_and_says_so_once(tmp_path, caplog):
+    """A camera feed with audio: live mode writes video only, and one warning says so."""
+    url = f"udp://127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
+    sender = subprocess.Popen([sys.executable, "-c", _UDP_AV_SENDER, url + "?pkt_size=1316", "8"])
+    try:
+        with caplog.at_level(logging.WARNING, logger="streamsr"):
+            stats = upscale(url, tmp_path / "cam", model=media.BicubicX4(), frames=10,
+                            live_options=fast_options(drop="none"), **LIVE_FAST)
+    finally:
+        sender.kill()
+        sender.wait()
+    said = [r.getMessage() for r in caplog.records if "audio" in r.getMessage()]
+    assert len(said) == 1 and "mp2" in said[0] and "no audio" in said[0], said
+    with av.open(str(tmp_path / "cam.mkv")) as c:
+        assert not c.streams.audio and stats.frames == 10
+
+
 def test_no_live_reads_a_url_like_a_file(rtsp, tmp_path):
     rtsp.start(color=BLUE)
     stats = upscale(rtsp.url, tmp_path / "plain.mkv", model=media.BicubicX4(), live=False,
@@ -343,7 +398,7 @@ class _MemorySink:
     def __init__(self, path: str) -> None:
         self.path, self.frames_written, self.pts, self.closed = path, 0, [], False
 
-    def write(self, rgb, pts, time_base, name=None) -> None:
+    def write(self, rgb, pts, time_base, name=None, duration=None) -> None:
         self.pts.append(pts)
         self.frames_written += 1
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -453,3 +454,49 @@ def test_upscale_leaves_the_thread_count_as_it_found_it(tmp_path, monkeypatch):
     src = media.make_index_clip(tmp_path / "in.mp4", n=4)
     _run(src, tmp_path / "out.mp4")
     assert torch.get_num_threads() == before
+
+
+# -- a part of the input, impossible windows, sparse timestamps (issue 16) ------------------------
+
+def _audio_times(path) -> list[float]:
+    with av.open(str(path)) as c:
+        return [float(p.pts * p.time_base) for p in c.demux(audio=0) if p.size]
+
+
+def test_frames_keeps_only_the_audio_of_that_part(tmp_path):
+    src = media.make_av_clip(tmp_path / "in.mp4", n=50, subtitles=False)  # 2 s of video and audio
+    stats = _run(src, tmp_path / "part.mp4", frames=10)  # the first 0.4 s
+    assert stats.frames == 10 and len(media.frame_times(tmp_path / "part.mp4")) == 10
+    audio = _audio_times(tmp_path / "part.mp4")
+    assert audio and 0.3 < max(audio) <= 0.4 + 1e-6, max(audio)
+    # --frames as large as the input is not a part: all of the audio stays
+    _run(src, tmp_path / "all.mp4", frames=50)
+    assert media.packets(tmp_path / "all.mp4") == media.packets(src)
+
+
+@pytest.mark.parametrize("options, error, words", [
+    (dict(start=5.0), InputError, r"no video frames at or after --start 5 s \(its video lasts 0.48 s\)"),
+    (dict(start=float("nan")), ConfigError, r"--start must be a finite number of seconds, got nan"),
+    (dict(start=1e308), ConfigError, r"--start must be 0 or more seconds and at most 1e\+09"),
+    (dict(duration=float("nan")), ConfigError, r"--duration must be a finite number"),
+    (dict(duration=float("inf")), ConfigError, r"--duration must be a finite number"),
+    (dict(frames=0), ConfigError, r"--frames must be a whole number of frames, 1 or more"),
+    (dict(frames=2.5), ConfigError, r"--frames must be a whole number"),
+])
+def test_a_window_without_frames_fails_in_one_line_and_writes_nothing(tmp_path, options, error,
+                                                                      words):
+    src = media.make_index_clip(tmp_path / "in.mp4", n=12)
+    with pytest.raises(error, match=words) as err:
+        _run(src, tmp_path / "out.mp4", **options)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_sparse_frames_hours_apart_keep_their_times_and_length(tmp_path):
+    tb = Fraction(1, 1000)
+    src = media.write_clip(tmp_path / "sparse.mp4", [media.index_frame(i) for i in range(3)],
+                           pts=[0, 3_600_000, 7_200_000], time_base=tb)
+    _run(src, tmp_path / "out.mp4")
+    assert media.frame_times(tmp_path / "out.mp4") == pytest.approx([0, 3600, 7200], abs=1e-3)
+    with av.open(str(src)) as a, av.open(str(tmp_path / "out.mp4")) as b:
+        assert b.duration / 1e6 == pytest.approx(a.duration / 1e6, abs=0.01)  # 7200.04 s

@@ -438,3 +438,217 @@ def test_disk_full_is_an_output_error_and_the_partial_file_plays(tmp_path):
     assert "cannot write" in proc.stdout
     frames, _, _ = media.decode_all(tmp_path / "full.mkv")
     assert len(frames) > 10
+
+
+# -- which stream, which part, which way up (issue 16) -----------------------------------------
+
+def _mp4_atoms(data: bytes, start: int, end: int) -> list[tuple[bytes, int, int]]:
+    out = []
+    while start < end:
+        size, kind = int.from_bytes(data[start:start + 4], "big"), data[start + 4:start + 8]
+        out.append((kind, start, size))
+        start += size
+    return out
+
+
+def _cover(out: av.container.OutputContainer, size: tuple[int, int] = (32, 32)):
+    """An attached picture (cover art) stream holding one grey JPEG."""
+    cover = out.add_stream("mjpeg", rate=1)
+    cover.width, cover.height, cover.pix_fmt = *size, "yuvj420p"
+    cover.disposition = av.stream.Disposition.attached_pic
+    pic = np.full((size[1], size[0], 3), 128, np.uint8)
+    frame = av.VideoFrame.from_ndarray(pic, format="rgb24").reformat(format="yuvj420p")
+    frame.pts = 0
+    return cover, [*cover.encode(frame), *cover.encode(None)]
+
+
+def make_cover_first_mp4(path: Path, n: int = 10) -> Path:
+    """An MP4 whose stream #0 is a 32x32 cover picture and #1 the 64x48 video, as files from
+    taggers that put the tags (moov/udta, which holds the cover) before the tracks."""
+    out = av.open(str(path), "w")
+    cover, packets = _cover(out)
+    vs = out.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
+    vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+    for p in packets:
+        out.mux(p)
+    for i in range(n):
+        f = av.VideoFrame.from_ndarray(media.index_frame(i), format="rgb24")
+        f.pts = i
+        for p in vs.encode(f):
+            out.mux(p)
+    for p in vs.encode(None):
+        out.mux(p)
+    out.close()
+    # FFmpeg writes the tags after the tracks; move them first (moov sits after mdat, so no
+    # chunk offset changes)
+    data = path.read_bytes()
+    (_, mo, ms), = [a for a in _mp4_atoms(data, 0, len(data)) if a[0] == b"moov"]
+    kids = sorted(_mp4_atoms(data, mo + 8, mo + ms), key=lambda a: a[0] != b"udta")
+    path.write_bytes(data[:mo + 8] + b"".join(data[o:o + s] for _, o, s in kids) + data[mo + ms:])
+    with av.open(str(path)) as c:  # the fixture is what it claims to be
+        s0, s1 = c.streams.video[0], c.streams.video[1]
+        assert s0.disposition & av.stream.Disposition.attached_pic and s0.codec_context.width == 32
+        assert s1.codec_context.width == 64 and s1.frames == n
+    return path
+
+
+def make_thumbnail_first_mkv(path: Path, n: int = 10) -> Path:
+    """An MKV whose first video track is a one-frame 32x32 thumbnail (no dispositions at all)
+    and whose second is the 64x48 video."""
+    out = av.open(str(path), "w")
+    thumb = out.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
+    thumb.width, thumb.height, thumb.pix_fmt = 32, 32, "yuv420p"
+    vs = out.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
+    vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+    f = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 128, np.uint8), format="rgb24")
+    f.pts = 0
+    for p in [*thumb.encode(f), *thumb.encode(None)]:
+        out.mux(p)
+    for i in range(n):
+        f = av.VideoFrame.from_ndarray(media.index_frame(i), format="rgb24")
+        f.pts = i
+        for p in vs.encode(f):
+            out.mux(p)
+    for p in vs.encode(None):
+        out.mux(p)
+    out.close()
+    return path
+
+
+@pytest.fixture
+def cover_first(tmp_path) -> list[Path]:
+    return [make_cover_first_mp4(tmp_path / "cover.mp4"),
+            make_thumbnail_first_mkv(tmp_path / "thumb.mkv")]
+
+
+def test_the_main_video_stream_is_taken_not_a_cover_picture(cover_first, caplog):
+    from streamsr.video.split import read_keyframe_index
+
+    for path in cover_first:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="streamsr"):
+            with open_source(path) as src:
+                got = [media.read_index(f.rgb) for f in src]
+                assert (src.info.width, src.info.height) == (64, 48)
+        assert got == list(range(10))
+        said = [r.getMessage() for r in caplog.records if "video stream #1" in r.getMessage()]
+        assert len(said) == 1 and "64x48" in said[0] and "#0" in said[0], said
+        assert read_keyframe_index(path).frames == 10  # the parts of --resume index it too
+
+
+def test_a_file_with_only_a_cover_picture_has_no_video(tmp_path):
+    path = tmp_path / "song.m4a"
+    out = av.open(str(path), "w", format="mp4")
+    cover, packets = _cover(out)
+    audio = out.add_stream("aac", rate=48000)
+    audio.layout = "stereo"
+    for p in packets:
+        out.mux(p)
+    media._write_tone(out, audio, 0.5)
+    out.close()
+    with pytest.raises(InputError, match=r"no video stream \(only audio streams and an attached pic"):
+        open_source(path)
+
+
+@pytest.mark.parametrize("orientation", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_an_image_input_is_turned_upright_by_its_exif_orientation(tmp_path, orientation):
+    from PIL import Image, ImageOps
+
+    stored = media.index_frame(37, 64, 48)  # as the camera stored it: 64 wide, 48 high
+    path = tmp_path / f"photo{orientation}.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(path, quality=98, exif=exif)
+    with Image.open(path) as im:  # Pillow's reading of the same file is the expectation
+        upright = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    with open_source(path) as src:
+        (frame,) = list(src)
+        assert (src.info.height, src.info.width) == upright.shape[:2]
+    assert frame.rgb.shape == upright.shape
+    assert np.abs(frame.rgb.astype(int) - upright).mean() < 1.0
+    if orientation == 6:  # a portrait photo: 48 wide, 64 high, the picture turned clockwise
+        assert frame.rgb.shape == (64, 48, 3)
+        assert media.read_index(np.rot90(frame.rgb, 1)) == 37
+
+
+@pytest.mark.parametrize("start, duration", [
+    (float("nan"), None), (float("inf"), None), (1e308, None), (-1.0, None), ("5", None),
+    (None, float("nan")), (None, float("inf")), (None, 0.0), (None, -2.0), (None, 1e308)])
+def test_start_and_duration_no_input_can_have_are_refused_in_one_line(tmp_path, start, duration):
+    clip = media.make_index_clip(tmp_path / "idx.mp4", n=3)
+    images = media.write_images(tmp_path / "imgs", n=2)
+    for path in (clip, images[0].parent):
+        with pytest.raises(ConfigError, match=r"^--(start|duration) must be") as err:
+            open_source(path, start=start, duration=duration)
+        assert "\n" not in str(err.value)
+
+
+def test_start_past_the_end_is_an_input_error(tmp_path):
+    path = media.make_index_clip(tmp_path / "idx.mp4", n=12)  # 0.48 s
+    for start in (5.0, 0.48):
+        with pytest.raises(InputError, match=rf"no video frames at or after --start {start:g} s "
+                                             r"\(its video lasts 0.48 s\)"):
+            open_source(path, start=start)
+    with open_source(path, start=0.44) as src:  # the last frame is still there
+        assert [media.read_index(f.rgb) for f in src] == [11]
+
+
+def make_long_audio_clip(path: Path, n: int = 25, audio_seconds: float = 3.0) -> Path:
+    """`n` index frames at 25 fps (1 s) with an AAC tone that goes on for `audio_seconds`."""
+    out = av.open(str(path), "w")
+    vs = out.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
+    vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+    audio = out.add_stream("aac", rate=48000)
+    audio.layout = "stereo"
+    for i in range(n):
+        f = av.VideoFrame.from_ndarray(media.index_frame(i), format="rgb24")
+        f.pts = i
+        for p in vs.encode(f):
+            out.mux(p)
+    for p in vs.encode(None):
+        out.mux(p)
+    media._write_tone(out, audio, audio_seconds)
+    out.close()
+    return path
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".mkv"])
+def test_audio_longer_than_the_video_is_kept_whole_and_not_called_truncated(tmp_path, ext, caplog):
+    src = make_long_audio_clip(tmp_path / f"long{ext}")
+    with caplog.at_level(logging.INFO, logger="streamsr"):
+        sink = _copy(src, tmp_path / f"out{ext}", encode=FAST)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert sink.frames_written == 25
+    assert media.packets(tmp_path / f"out{ext}") == media.packets(src)  # every audio packet
+    said = [r.getMessage() for r in caplog.records if "past the last video frame" in r.getMessage()]
+    assert len(said) == 1 and "kept whole" in said[0], said
+    with open_source(src) as s:
+        assert len(list(s)) == 25 and not s.truncated
+
+
+def test_a_truncated_file_with_audio_is_still_called_truncated(tmp_path):
+    src = media.make_av_clip(tmp_path / "av.mkv", n=50, subtitles=False)
+    data = src.read_bytes()
+    src.write_bytes(data[:int(len(data) * 0.6)])
+    with open_source(src) as s:
+        got = len(list(s))
+        assert s.truncated and 0 < got < 50
+
+
+def test_sparse_frames_keep_their_times_and_the_last_frame_its_duration(tmp_path):
+    """Frames an hour apart: the output's timestamps and its length are the input's (the
+    muxer's default for the last frame, one average frame time, would add 40 minutes)."""
+    from fractions import Fraction
+
+    tb = Fraction(1, 1000)
+    src = media.write_clip(tmp_path / "sparse.mp4", [media.index_frame(i) for i in range(3)],
+                           pts=[0, 3_600_000, 7_200_000], time_base=tb)
+    with av.open(str(src)) as c:
+        length = c.duration / 1e6  # 7200.04: the last frame shows for 1/25 s
+    with open_source(src) as s, open_sink(tmp_path / "out.mp4", s.info, encode=FAST) as sink:
+        for f in s:
+            sink.write(np.repeat(np.repeat(f.rgb, 4, 0), 4, 1), f.pts, f.time_base,
+                       duration=f.duration)
+    assert media.frame_times(tmp_path / "out.mp4") == pytest.approx([0, 3600, 7200], abs=1e-3)
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert c.duration / 1e6 == pytest.approx(length, abs=0.01)

@@ -37,8 +37,11 @@ from streamsr.video.source import (
     Frame,
     Source,
     VideoInfo,
+    check_frames,
+    check_window,
     effective_matrix,
     effective_range,
+    main_video_stream,
     sws_matrix,
     sws_range,
 )
@@ -252,6 +255,8 @@ class LiveSource(Source):
         self.uri = str(uri)
         self.options = options or LiveOptions()
         self.options.validate()
+        check_window(None, duration)
+        check_frames(frames)
         self.duration = duration
         self.max_frames = frames
         self.stats = LiveStats(queue_size=self.options.queue_size)
@@ -267,7 +272,8 @@ class LiveSource(Source):
         self._closed = False
         self._status: tuple[Callable[[str], None], float] | None = None
         self._container = self._connect(first=True)
-        stream = self._container.streams.video[0]
+        stream = main_video_stream(self._container)
+        self._say_audio_is_dropped(self._container)
         self._pending: list[av.VideoFrame] = []
         if not (stream.codec_context.width and stream.codec_context.height):
             self._pending = self._first_frame(self._container)  # the header had no frame size
@@ -286,10 +292,10 @@ class LiveSource(Source):
         opts = ffmpeg_options(self.uri, self.options)
         container = av.open(self.uri, options=opts,
                             timeout=(self.options.open_timeout, self.options.read_timeout))
-        if not container.streams.video:
+        stream = main_video_stream(container)
+        if stream is None:
             container.close()
             raise SourceError(f"{redact(self.uri)}: the stream has no video")
-        stream = container.streams.video[0]
         stream.thread_type = "AUTO" if not self.options.low_delay else "SLICE"
         return container
 
@@ -340,7 +346,7 @@ class LiveSource(Source):
     def _first_frame(self, container: av.container.InputContainer) -> list[av.VideoFrame]:
         """Decode up to the first frame, for streams whose header does not give the frame size."""
         try:
-            frame = next(container.decode(container.streams.video[0]), None)
+            frame = next(container.decode(main_video_stream(container)), None)
         except (av.FFmpegError, OSError) as exc:
             container.close()
             raise SourceError(f"{redact(self.uri)}: no frame arrived: {_reason(exc)}") from None
@@ -348,6 +354,15 @@ class LiveSource(Source):
             container.close()
             raise SourceError(f"{redact(self.uri)}: the stream ended before its first frame")
         return [frame]
+
+    def _say_audio_is_dropped(self, container: av.container.InputContainer) -> None:
+        """One warning when the feed has audio: live runs write video only (the frames are
+        re-timed onto the output clock across drops and reconnects; the audio is not)."""
+        audio = [s for s in container.streams.audio]
+        if audio:
+            codecs = ", ".join(s.codec_context.name if s.codec_context else "?" for s in audio)
+            log.warning("live: %s has %d audio stream(s) (%s); live mode writes video only, so "
+                        "the output has no audio", redact(self.uri), len(audio), codecs)
 
     def _video_info(self, stream: av.video.stream.VideoStream) -> VideoInfo:
         cc = stream.codec_context
@@ -374,7 +389,7 @@ class LiveSource(Source):
 
     def _read_session(self, container: av.container.InputContainer) -> None:
         """Decode one connection into the queue, re-timing its pts onto the output clock."""
-        stream = container.streams.video[0]
+        stream = main_video_stream(container)
         tb_in = Fraction(stream.time_base or self.info.time_base)
         tb_out = self.info.time_base
         anchor: tuple[int, int] | None = None  # (input pts, output pts) of this session

@@ -123,13 +123,13 @@ class SegmentSink(Sink):
         log.info("segment: writing %s", name)
 
     def write(self, rgb: np.ndarray, pts: int | None, time_base: Fraction,
-              name: str | None = None) -> None:
+              name: str | None = None, duration: int | None = None) -> None:
         """Write one frame; starts a new file once the current one spans `segment_time`."""
         if pts is None:
             pts = 0 if self._last_pts is None else self._last_pts + 1
         if self._sink is None or (pts - self._start_pts) * time_base >= self.segment_time:
             self._roll(pts)
-        self._sink.write(rgb, pts - self._start_pts, time_base)
+        self._sink.write(rgb, pts - self._start_pts, time_base, duration=duration)
         self._last_pts = pts
         self.frames_written += 1
 
@@ -249,7 +249,7 @@ class PushSink(Sink):
         return self._bytes
 
     def write(self, rgb: np.ndarray, pts: int | None, time_base: Fraction,
-              name: str | None = None) -> None:
+              name: str | None = None, duration: int | None = None) -> None:
         """Encode and send one RGB frame at `pts` (in `time_base`)."""
         if self._container is None and not self._retry():
             self.frames_lost += 1

@@ -269,7 +269,9 @@ class Sink:
     frames_written: int = 0
     path: Path
 
-    def write(self, rgb: np.ndarray, pts: int | None, time_base: Fraction, name: str | None = None) -> None:
+    def write(self, rgb: np.ndarray, pts: int | None, time_base: Fraction, name: str | None = None,
+              duration: int | None = None) -> None:
+        """One frame at `pts`, shown for `duration` (both in `time_base` units; None: unknown)."""
         raise NotImplementedError
 
     def close(self, trim: bool = False) -> None:
@@ -298,6 +300,7 @@ class _CopiedStreams:
         self.container = None
         self.pending: av.Packet | None = None
         self.last_video_time = -math.inf
+        self.audio_end: float | None = None  # end of the last audio packet muxed (input time)
         self.chapters: list = []
         self.metadata: dict[str, str] = {}
         self.packets: Iterator[av.Packet] = iter(())
@@ -406,6 +409,9 @@ class _CopiedStreams:
 
     def _mux(self, packet: av.Packet) -> None:
         out_stream, how, extra = self.map[packet.stream.index]
+        if packet.stream.type == "audio":
+            end = self._time(packet) + float((packet.duration or 0) * packet.time_base)
+            self.audio_end = end if self.audio_end is None else max(self.audio_end, end)
         shift = round(self.start / packet.time_base) if self.start else 0
         if how == "encode":
             for frame in packet.decode():
@@ -434,9 +440,15 @@ class _CopiedStreams:
             self.guard.muxed(packet.size, video=False)
         self.out.mux(packet)
 
-    def finish(self, until: float) -> None:
-        """Mux what is left (up to `until`) and flush re-encoders."""
+    def finish(self, until: float, video_end: float | None = None) -> None:
+        """Mux what is left (up to `until`) and flush re-encoders. Audio that goes on well past
+        `video_end` (input time) is kept whole, and said once: players hold the last picture."""
         self.pump(until)
+        if (video_end is not None and self.audio_end is not None
+                and self.audio_end > video_end + 0.5):
+            log.info("the audio runs %.2f s past the last video frame (%.2f s): kept whole; "
+                     "players show the last picture until it ends", self.audio_end - video_end,
+                     video_end - (self.start or 0.0))
         for out_stream, how, _ in self.map.values():
             if how == "encode":
                 for p in out_stream.encode(None):
@@ -479,6 +491,11 @@ class VideoSink(Sink):
         self._last_pts: int | None = None
         self._timestamps = TimestampRepair()  # encoder packets the muxer would refuse
         self._last_time = -math.inf
+        # pts -> duration of the frames in the encoder: muxers give a packet without one the
+        # stream's average frame time, which for a sparse input (frames an hour apart) makes
+        # the last frame last an hour instead of the input's own duration
+        self._durations: dict[int, int] = {}
+        self._last_duration: float | None = None  # seconds the last written frame shows
         self._copies: _CopiedStreams | None = None
         codec = check_encoder(encode)
         check_output_path(path, overwrite)
@@ -582,8 +599,10 @@ class VideoSink(Sink):
         """The yuv420p target `write` also accepts planes for (8-bit 4:2:0 output, known matrix)."""
         return self._yuv420
 
-    def write(self, rgb: np.ndarray, pts: int | None, time_base: Fraction, name: str | None = None) -> None:
-        """Encode one x4 frame at input timestamp `pts` (units of `time_base`).
+    def write(self, rgb: np.ndarray, pts: int | None, time_base: Fraction, name: str | None = None,
+              duration: int | None = None) -> None:
+        """Encode one x4 frame at input timestamp `pts` (units of `time_base`), shown for the
+        input frame's `duration` (same units; None: the muxer's default).
 
         `rgb` is uint8 (H, W, 3) RGB, uint16 (H, W, 3) RGB (rgb48, for high-bit-depth outputs),
         or uint8 (3H/2, W) yuv420p planes already in this output's `yuv420` matrix and range
@@ -619,6 +638,10 @@ class VideoSink(Sink):
         frame.time_base = self.tb
         self._last_pts = out_pts
         self._last_time = float(pts * self.tb)
+        self._last_duration = None
+        if duration is not None and duration > 0:
+            self._durations[out_pts] = max(1, round(duration * time_base / self.tb))
+            self._last_duration = float(duration * time_base)
         try:
             for packet in self.vstream.encode(frame):
                 self._mux_video(packet)
@@ -628,6 +651,10 @@ class VideoSink(Sink):
 
     def _mux_video(self, packet: av.Packet | None) -> None:
         """Mux one encoded video packet (None: the end, release a held one), copies in time order."""
+        if packet is not None and packet.pts is not None:
+            duration = self._durations.pop(packet.pts, None)
+            if duration is not None and not packet.duration:
+                packet.duration = duration
         repair = self._timestamps
         before = repair.repaired
         ready = repair.flush() if packet is None else repair.push(packet, packet.pts, packet.dts)
@@ -662,9 +689,10 @@ class VideoSink(Sink):
                 self._mux_video(packet)
             self._mux_video(None)
             if self._copies is not None:
-                frame = float(1 / self.info.fps) if self.info.fps else 0.04
+                frame = (self._last_duration if self._last_duration is not None
+                         else float(1 / self.info.fps) if self.info.fps else 0.04)
                 until = self._last_time + frame if trim else math.inf
-                self._copies.finish(until)
+                self._copies.finish(until, video_end=self._last_time + frame)
         except (OSError, av.error.FFmpegError) as exc:
             error = exc
         finally:
@@ -717,7 +745,8 @@ class ImageSink(Sink):
         else:
             check_output_path(path, overwrite)
 
-    def write(self, rgb: np.ndarray, pts: int | None, time_base: Fraction, name: str | None = None) -> None:
+    def write(self, rgb: np.ndarray, pts: int | None, time_base: Fraction, name: str | None = None,
+              duration: int | None = None) -> None:
         """Write one frame as PNG (named after the input image when there is one)."""
         import cv2
 

@@ -16,6 +16,8 @@ the same conversion; without a usable GPU it decodes in software after one warni
 from __future__ import annotations
 
 import logging
+import math
+import operator
 import os
 import re
 import time
@@ -39,6 +41,9 @@ log = logging.getLogger(__name__)
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 DEFAULT_MAX_PIXELS = 7680 * 4320  # an 8K frame; its x4 output is already 530 Mpx
 IMAGE_TIME_BASE = Fraction(1, 25)  # image sequences play at 25 fps when written as video
+# --start/--duration above this are refused: about 31 years, longer than any real input, and
+# small enough that seconds / time base stays inside FFmpeg's 64-bit timestamps
+MAX_SECONDS = 1e9
 # "software": FFmpeg's decoders on the CPU (frame threads); "cuda": NVDEC, falling back to
 # software with a warning; "auto": NVDEC when it works, software quietly otherwise
 DECODERS = ("auto", "software", "cuda")
@@ -99,6 +104,7 @@ class Frame:
     index: int  # 0-based decode order index
     wallclock: float  # time.monotonic() when decoded (live latency)
     name: str | None = None  # file stem, for image-folder inputs
+    duration: int | None = None  # how long it shows (time_base units), when the input says
 
 
 def component_bits(pix_fmt: str) -> int:
@@ -156,6 +162,71 @@ class Source:
 
 def _natural_key(path: Path) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+
+
+def check_window(start: float | None, duration: float | None) -> None:
+    """Refuse a --start/--duration no input can have: not a number, infinite, negative (a
+    duration of 0), or past MAX_SECONDS. Raises ConfigError (one line) instead of letting nan
+    or 1e308 reach FFmpeg's seek as a timestamp it cannot hold."""
+    for name, value, low in (("--start", start, "0 or more"), ("--duration", duration, "more than 0")):
+        if value is None:
+            continue
+        try:
+            if isinstance(value, (bool, str, bytes)):
+                raise TypeError
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{name} must be a finite number of seconds, got {value!r}")
+        if number < 0 or (name == "--duration" and number == 0) or number > MAX_SECONDS:
+            raise ConfigError(f"{name} must be {low} seconds and at most {MAX_SECONDS:g}, "
+                              f"got {value!r}")
+
+
+def check_frames(frames: int | None) -> None:
+    """Refuse a --frames limit that is not a positive whole number."""
+    if frames is None:
+        return
+    try:
+        whole = None if isinstance(frames, bool) else operator.index(frames)  # int, numpy ints
+    except TypeError:
+        whole = None
+    if whole is None or whole < 1:
+        raise ConfigError(f"--frames must be a whole number of frames, 1 or more, got {frames!r}")
+
+
+_NOT_MOVING = av.stream.Disposition.attached_pic | av.stream.Disposition.timed_thumbnails
+
+
+def _stream_pixels(s) -> int:
+    cc = s.codec_context
+    return (cc.width or 0) * (cc.height or 0) if cc is not None else 0
+
+
+def main_video_stream(container: av.container.InputContainer):
+    """The video stream to upscale, or None: never an attached picture (cover art) or a
+    thumbnail track; among the others the default-disposition one, then the largest picture,
+    then the first. A cover image can come first in a file (MP4 with its tags before the
+    tracks); picking streams.video[0] would upscale the cover."""
+    moving = [s for s in container.streams.video if not s.disposition & _NOT_MOVING]
+    if not moving:
+        return None
+    default = av.stream.Disposition.default
+    return min(moving, key=lambda s: (not s.disposition & default, -_stream_pixels(s), s.index))
+
+
+def _describe_streams(container: av.container.InputContainer, chosen) -> str:
+    """'#0 (attached picture, 32x32)' etc. for the video streams not taken."""
+    out = []
+    for s in container.streams.video:
+        if s is chosen:
+            continue
+        cc = s.codec_context
+        kind = "attached picture" if s.disposition & _NOT_MOVING else "video"
+        size = f"{cc.width}x{cc.height}" if cc is not None else "?"
+        out.append(f"#{s.index} ({kind}, {size})")
+    return ", ".join(out)
 
 
 def _check_pixels(uri: str, width: int, height: int, max_pixels: int | None) -> None:
@@ -262,7 +333,8 @@ class VideoSource(Source):
             container = open_input(uri, options)  # an unreadable input fails here, as usual
             self._software(decoder, f"no CUDA device ({ffmpeg_reason(exc, logs)})")
             return container
-        cc = container.streams.video[0].codec_context if container.streams.video else None
+        main = main_video_stream(container)
+        cc = main.codec_context if main is not None else None
         if cc is not None and cc.is_hwaccel:
             self.decoder = "cuda"
             log.info("%s: decoding %s with NVDEC (CUDA)", uri, cc.name)
@@ -278,11 +350,23 @@ class VideoSource(Source):
 
     def _setup(self, start, duration, max_pixels, is_live) -> None:
         c = self.container
-        if not c.streams.video:
-            kinds = sorted({s.type for s in c.streams})
+        check_window(start, duration)
+        vs = main_video_stream(c)
+        if vs is None:
+            kinds = sorted({s.type for s in c.streams if s.type != "video"})
             what = f"only {', '.join(kinds)} streams" if kinds else "no streams"
+            if c.streams.video:
+                what += " and an attached picture (cover art)"
             raise InputError(f"{self.uri} has no video stream ({what})")
-        self.stream = vs = c.streams.video[0]
+        self.stream = vs
+        if len(c.streams.video) > 1:
+            log.info("%s: upscaling video stream #%d (%dx%d); not the other video streams: %s",
+                     self.uri, vs.index, vs.codec_context.width if vs.codec_context else 0,
+                     vs.codec_context.height if vs.codec_context else 0, _describe_streams(c, vs))
+        # audio is demuxed alongside (not decoded) so that the end of the file is known: video
+        # that stops before the audio does is shorter, not truncated
+        self._audio = tuple(s for s in c.streams.audio)
+        self._data_end: float | None = None  # latest audio packet time seen (input seconds)
         cc = vs.codec_context
         if cc is None:
             raise InputError(f"{self.uri}: FFmpeg has no decoder for its video stream (unknown "
@@ -294,10 +378,6 @@ class VideoSource(Source):
         self.time_base = vs.time_base or Fraction(1, 90000)
         first = vs.start_time if vs.start_time is not None else 0
         self._t0 = float(first * self.time_base)
-        if start is not None and start < 0:
-            raise InputError(f"--start must be >= 0 seconds, got {start}")
-        if duration is not None and duration <= 0:
-            raise InputError(f"--duration must be > 0 seconds, got {duration}")
         self._start = self._t0 + start if start else None
         self._end = (self._start or self._t0) + duration if duration else None
         self.window = (self._start, self._end)
@@ -311,9 +391,9 @@ class VideoSource(Source):
         self._first = next(self._frames, None)  # proves the file decodes; gives tags and rotation
         if self._start is not None and not is_live:
             self._seek_earlier_if_past_start()
+        self._skip_to_window()
         if self._first is None:
-            raise InputError(f"{self.uri}: no decodable video frames"
-                             + (" in the requested --start/--duration window" if self._start or self._end else ""))
+            raise InputError(self._no_frames_message())
         f = self._first
         _check_pixels(self.uri, f.width, f.height, max_pixels)  # headers can understate it
         color = ColorInfo(PRIMARIES.get(f.color_primaries or cc.color_primaries),
@@ -371,18 +451,58 @@ class VideoSource(Source):
             self._frames = self._decode()
             self._first = next(self._frames, None)
 
+    def _skip_to_window(self) -> None:
+        """Decode past the frames before --start, so that `_first` is the first frame the run
+        keeps; None when the window holds no frame (a --start past the end of the video)."""
+        eps = float(self.time_base) / 2
+        f = self._first
+        while f is not None:
+            pts = f.pts if f.pts is not None else f.dts
+            if pts is None:  # no timestamp to judge by: __iter__ decides
+                break
+            t = float(pts * self.time_base)
+            if self._end is not None and t >= self._end - eps:
+                f = None
+                break
+            if self._start is None or t >= self._start - eps:
+                break
+            f = next(self._frames, None)
+        self._first = f
+
+    def _no_frames_message(self) -> str:
+        if self._start is None and self._end is None:
+            return f"{self.uri}: no decodable video frames"
+        c, tb = self.container, self.time_base
+        length = (float(self.stream.duration * tb) if self.stream.duration
+                  else c.duration / 1_000_000 if c.duration else None)
+        lasts = f" (its video lasts {length:.2f} s)" if length else ""
+        if self._start is not None:
+            return (f"{self.uri}: no video frames at or after --start "
+                    f"{self._start - self._t0:g} s{lasts}")
+        return f"{self.uri}: no decodable video frames in the requested --duration{lasts}"
+
     def _warn_once(self, key: str, message: str, *args) -> None:
         if key not in self._warned:
             self._warned.add(key)
             log.warning(message, *args)
 
     def _packets(self) -> Iterator[av.Packet]:
-        """Demux the video stream; a read error mid-file is retried (resync), at EOF it ends."""
+        """Demux the video stream; a read error mid-file is retried (resync), at EOF it ends.
+
+        Audio packets are read too (FFmpeg reads them either way) only to note where the file's
+        audio ends, for `_check_complete`."""
         errors = 0
+        video = self.stream.index
         while True:
             try:
-                for packet in self.container.demux(self.stream):
+                for packet in self.container.demux(self.stream, *self._audio):
                     errors = 0
+                    if packet.stream_index != video:
+                        if packet.pts is not None and packet.time_base is not None:
+                            t = float(packet.pts * packet.time_base)
+                            if self._data_end is None or t > self._data_end:
+                                self._data_end = t
+                        continue
                     yield packet
                 return
             except av.error.EOFError:
@@ -452,7 +572,8 @@ class VideoSource(Source):
             rgb = f.to_ndarray(format=self._rgb_format, src_colorspace=self._matrix,
                                src_color_range=self._range, dst_color_range=ColorRange.JPEG,
                                interpolation=TO_RGB_FLAGS)
-            yield Frame(np.ascontiguousarray(rgb), pts, self.time_base, index, time.monotonic())
+            yield Frame(np.ascontiguousarray(rgb), pts, self.time_base, index, time.monotonic(),
+                        duration=f.duration or None)
             index += 1
         self._check_complete(last_time, index)
 
@@ -484,7 +605,14 @@ class VideoSource(Source):
             return
         frame = 1 / float(self._fps) if self._fps else 0.1
         expected_end = self._t0 + self._file_duration
-        if last_time + frame < expected_end - max(0.5, 3 * frame):
+        slack = max(0.5, 3 * frame)
+        if last_time + frame < expected_end - slack:
+            if self._data_end is not None and self._data_end >= expected_end - slack:
+                # the audio goes on to the end the header gives: the video is shorter, not cut
+                log.debug("%s: the video ends at %.2f s and the audio runs on to %.2f s (not "
+                         "truncated)", self.uri, last_time + frame - self._t0,
+                         self._file_duration)
+                return
             self.truncated = True
             self._warn_once("demux", "%s: input ends at %.2f s but its header says %.2f s "
                             "(truncated or damaged); kept the %d frames that decode", self.uri,
@@ -494,8 +622,37 @@ class VideoSource(Source):
         self.container.close()
 
 
+# EXIF orientation (1-8) -> the numpy steps that show the picture upright, as
+# PIL.ImageOps.exif_transpose does: 2 mirror, 3 turn 180, 4 flip, 5 transpose, 6 turn 90
+# clockwise, 7 transverse, 8 turn 90 counter-clockwise
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def exif_orientation(path: Path) -> int:
+    """The EXIF orientation tag of an image file (1, upright, when it has none)."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            if im.format == "PNG" and "exif" not in im.info:
+                return 1  # Pillow would decode the whole PNG looking for a late eXIf chunk
+            value = im.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - no Pillow, not an image Pillow knows, damaged EXIF
+        return 1
+    return value if isinstance(value, int) and value in _ORIENT else 1
+
+
 def _read_image(path: Path) -> np.ndarray | None:
-    """An image file as RGB uint8 (16-bit scaled down, alpha dropped, grey expanded)."""
+    """An image file as RGB uint8 (16-bit scaled down, alpha dropped, grey expanded), turned
+    upright by its EXIF orientation (a portrait photo from a phone is stored on its side)."""
     import cv2
 
     try:
@@ -515,6 +672,9 @@ def _read_image(path: Path) -> np.ndarray | None:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     else:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    orientation = exif_orientation(path)
+    if orientation != 1:  # IMREAD_UNCHANGED keeps the pixels as stored, ignoring EXIF
+        img = _ORIENT[orientation](img)
     return np.ascontiguousarray(img)
 
 
@@ -546,6 +706,7 @@ class ImageSource(Source):
     def __init__(self, uri: str, paths: list[Path], *, start: float | None = None,
                  duration: float | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.uri = uri
+        check_window(start, duration)
         tb = IMAGE_TIME_BASE
         first = int(round((start or 0) / tb))
         last = first + int(round(duration / tb)) if duration else None

@@ -24,7 +24,7 @@ from pathlib import Path
 import av
 
 from streamsr.errors import InputError, OutputError
-from streamsr.video.source import open_input
+from streamsr.video.source import main_video_stream, open_input
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,9 @@ def read_keyframe_index(path: str | os.PathLike) -> KeyframeIndex | None:
     except av.error.FFmpegError as exc:
         raise InputError(f"cannot open {path}: {exc}") from None
     with container:
-        if not container.streams.video:
+        vs = main_video_stream(container)  # the stream the parts decode (not a cover picture)
+        if vs is None:
             raise InputError(f"{path} has no video stream")
-        vs = container.streams.video[0]
         tb = vs.time_base or Fraction(1, 90000)
         start_time = vs.start_time  # read while the container is open (PyAV frees it on close)
         frames: list[tuple[int, bool]] = []
