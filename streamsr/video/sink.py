@@ -642,6 +642,8 @@ class VideoSink(Sink):
         if duration is not None and duration > 0:
             self._durations[out_pts] = max(1, round(duration * time_base / self.tb))
             self._last_duration = float(duration * time_base)
+            if len(self._durations) > 1024:  # an encoder that renumbers pts: stay bounded
+                del self._durations[next(iter(self._durations))]
         try:
             for packet in self.vstream.encode(frame):
                 self._mux_video(packet)
