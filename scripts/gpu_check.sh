@@ -8,7 +8,7 @@
 # own timeout, cut to the time left in the whole budget (GPU_CHECK_BUDGET seconds, default 540),
 # and a failing step never stops the next one. Run from anywhere; it works in the project root.
 #
-# On the device (after carrying .whl, see ../shared/device/README.md):
+# On the device (no network there: wheels it lacks, e.g. PyAV's, travel in the git-ignored .whl/):
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 #     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit; bash scripts/gpu_check.sh
 # Rehearsal on a CPU machine (same steps, cpu + tiny model + tiny sizes):
