@@ -103,9 +103,14 @@ def test_small_patch_geometry_and_too_small_images(gopro_small, tmp_path):
     summary = prepare_gopro(gopro_small, tmp_path / "p", CropSettings(64, 32, 4))
     assert summary.triplets == 7 * ((300 - 64) // 32 + 1) * ((200 - 64) // 32 + 1)  # 7 * 8 * 5
     assert len(list((tmp_path / "p" / "train" / "lr").iterdir())) == 6 * 40
-    # an image smaller than a patch gives no triplet but still counts as done
-    summary = prepare_gopro(gopro_small, tmp_path / "q", CropSettings(256, 128, 4))
-    assert summary.triplets == 0 and summary.images_done == 7
+    # images smaller than a patch give no triplet; when no image gives one, the run is an error
+    # (it reported success with nothing to train on) and leaves the folder reusable
+    with pytest.raises(InputError, match=r"no triplets made: none of the 7 images is at least "
+                                         r"256x256 pixels \(.* is 300x200\); pass a smaller --patch"):
+        prepare_gopro(gopro_small, tmp_path / "q", CropSettings(256, 128, 4))
+    assert not (tmp_path / "q" / "prepare.json").exists()
+    again = prepare_gopro(gopro_small, tmp_path / "q", CropSettings(64, 32, 4))
+    assert again.triplets == 7 * 40 and again.images_done == 7
 
 
 def test_prepare_resumes_and_skips_finished_images(gopro_small, tmp_path):
@@ -352,3 +357,50 @@ def test_pair_folder_uses_gopro_test_split(gopro_small):
     assert len(pf) == 1
     blur, sharp, key = pf[0]
     assert key == "GOPR0003_rocket_000001" and blur.shape == sharp.shape == (200, 300, 3)
+
+
+def test_prepare_frames_smaller_than_the_patch_is_an_error_and_keeps_the_pairs(tmp_path):
+    # 48x32 frames, --patch 64: it made nothing and reported success
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        cv2.imwrite(str(clip / f"{i:03d}.png"), rng.integers(0, 256, (32, 48, 3), dtype=np.uint8))
+    dst = tmp_path / "prep"
+    with pytest.raises(InputError, match=r"no triplets made.*64x64 pixels.*is 48x32.*pairs.*kept"):
+        prepare_frames(clip, dst, average=3, settings=CropSettings(64, 32, 4), val_fraction=0.0)
+    assert len(list((dst / "pairs" / "train" / "clip" / "sharp").iterdir())) == 2
+    summary = prepare_frames(clip, dst, average=3, settings=CropSettings(32, 16, 4), val_fraction=0.0)
+    assert summary.triplets == 2 * 2  # two pairs, 2 x 1 crops of 32 px at stride 16 in 48x32
+
+
+def test_prepare_frames_refuses_absurd_average_and_max_pairs(tmp_path):
+    for kw in ({"average": 257}, {"average": 5, "max_pairs": 0}):
+        with pytest.raises(ConfigError):
+            prepare_frames(tmp_path, tmp_path / "x", **kw)
+
+
+def test_prepare_synthetic_mixed_sizes_with_a_crop_larger_than_some_images(tmp_path, caplog):
+    # --size 256 on a folder with a 200x150 photo crashed with a ValueError traceback
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "big.png"), skdata.astronaut()[:, :, ::-1])  # 512x512
+    cv2.imwrite(str(photos / "small.png"), skdata.coffee()[:150, :200, ::-1])
+    dst = tmp_path / "prep"
+    with caplog.at_level("WARNING"):
+        summary = prepare_synthetic(photos, dst, CropSettings(64, 64, 4), val_fraction=0.0,
+                                    size=256)
+    assert summary.triplets == 16 and summary.images_done == 1  # 4 x 4 crops of the big photo
+    assert "1 of 2 images are smaller than the --size 256 crop" in caplog.text
+    assert "small.png is 200x150" in caplog.text
+    with pytest.raises(InputError, match=r"every image .* smaller than the --size 600 crop"):
+        prepare_synthetic(photos, tmp_path / "p2", CropSettings(64, 64, 4), size=600)
+
+
+@pytest.mark.parametrize("kw,flag", [({"seed": -1}, "--seed"), ({"seed": 2**32}, "--seed"),
+                                     ({"max_shift": float("nan")}, "--max-shift"),
+                                     ({"noise_sigma": -1.0}, "--noise"), ({"exposures": 0}, "--exposures"),
+                                     ({"jpeg_quality": 101}, "--jpeg"), ({"size": 0}, "--size")])
+def test_prepare_synthetic_refuses_bad_options_before_reading(tmp_path, kw, flag):
+    with pytest.raises(ConfigError, match=flag):
+        prepare_synthetic(tmp_path / "none", tmp_path / "p", CropSettings(64, 64, 4), **kw)

@@ -58,3 +58,45 @@ def test_default_model_beats_bicubic_on_sample(clip, tmp_path):
     assert report.psnr - report.bicubic_psnr >= MIN_PSNR_MARGIN[clip], report
     if clip == "handheld":
         assert report.ssim > report.bicubic_ssim + 0.005, report
+
+
+def test_package_weights_needs_an_explicit_destination_and_never_overwrites(tmp_path):
+    # it wrote into the installed package's default weights by default, without asking
+    import subprocess
+
+    bundled_before = BUNDLED["lite"].read_bytes()
+    script = [sys.executable, str(ROOT / "train" / "package_weights.py"), str(BUNDLED["lite"]),
+              "--recipe", "x"]
+    r = subprocess.run(script, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--out" in r.stderr
+    existing = tmp_path / "lite.safetensors"
+    existing.write_bytes(b"keep me")
+    r = subprocess.run(script + ["--out", str(existing)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "exists; pass --overwrite" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert existing.read_bytes() == b"keep me"
+    assert BUNDLED["lite"].read_bytes() == bundled_before
+
+
+def test_export_photos_without_scikit_image_names_the_extra_that_installs_it(tmp_path):
+    # the first documented training step needed scikit-image, which only the test extra had
+    import subprocess
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(r.split(">")[0].strip() == "scikit-image" for r in extras["train"])
+    block = ("import sys, runpy\n"
+             "class Block:\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        if name.split('.')[0] == 'skimage':\n"
+             "            raise ImportError('not installed')\n"
+             "sys.meta_path.insert(0, Block())\n"
+             f"sys.argv = ['export_photos.py', {str(tmp_path / 'photos')!r}]\n"
+             f"runpy.run_path({str(ROOT / 'train' / 'export_photos.py')!r}, run_name='__main__')\n")
+    r = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "'.[train]'" in r.stderr
+    assert not (tmp_path / "photos").exists()

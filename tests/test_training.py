@@ -22,7 +22,7 @@ from skimage import data as skdata
 
 from streamsr.data.dataset import TripletDataset
 from streamsr.data.prepare import CropSettings, prepare_gopro
-from streamsr.errors import ConfigError, Interrupted, OutputError, WeightsError
+from streamsr.errors import ConfigError, InputError, Interrupted, OutputError, WeightsError
 from streamsr.models import TINY, DeblurSR
 from streamsr.models.weights import load_model
 from streamsr.training.losses import joint_loss
@@ -334,3 +334,116 @@ def test_cuda_bf16_training_steps(prepared, tmp_path):
     state = torch.load(list_checkpoints(tmp_path / "gpu")[-1], weights_only=True)
     assert state["recipe"]["precision"] == "auto"
     assert state["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+
+
+# --- hostile recipes, diverging runs, the wrong data folder ------------------------------------
+
+@pytest.mark.parametrize("text,key", [
+    ("lr = nan", "lr"), ("lr = inf", "lr"), ("grad_clip = nan", "grad_clip"),
+    ("alpha = -inf", "alpha"), ("edge_weight = nan", "edge_weight"),
+    ("weight_decay = inf", "weight_decay"), ("shake_max_shift = nan", "shake_max_shift"),
+    ("shake_max_noise = inf", "shake_max_noise"), ("betas = [nan, 0.9]", "betas"),
+    ("seed = 4294967296", "seed"), ("seed = -1", "seed"), ("seed = 99999999999999999", "seed"),
+    ("batch = 100000000", "batch"), ("samples_per_epoch = 9000000000", "samples_per_epoch"),
+    ("epochs = 1000000000", "epochs"), ("lr = 5.0", "lr"), ("val_split = \"../../etc\"", "val_split"),
+    ("name = \"a\\nb\"", "name"),
+])
+def test_recipe_values_must_be_finite_and_in_range(tmp_path, text, key):
+    # each was accepted (or crashed later: numpy's seed range) and trained on
+    (tmp_path / "r.toml").write_text(f'model = "tiny"\n{text}\n')
+    with pytest.raises(ConfigError, match=key) as e:
+        load_recipe(tmp_path / "r.toml")
+    assert "\n" not in str(e.value) and str(tmp_path / "r.toml") in str(e.value)
+
+
+def test_overrides_and_python_recipes_are_checked_the_same(tmp_path):
+    for bad in ["lr=inf", "lr=nan", "grad_clip=inf", "seed=-3", "seed=4294967296", "keep_last=0"]:
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            apply_overrides(RECIPE, [bad])
+    with pytest.raises(ConfigError, match="batch"):
+        Recipe(batch="8")  # wrong type from Python, not only from TOML
+    with pytest.raises(ConfigError, match="lr"):
+        Recipe(lr=float("inf"))
+    assert apply_overrides(RECIPE, ["seed=4294967295"]).seed == 2**32 - 1  # numpy's largest
+
+
+@pytest.mark.timeout(30)
+def test_recipe_path_that_is_a_fifo_is_refused_not_read(tmp_path):
+    fifo = tmp_path / "recipe.toml"
+    os.mkfifo(fifo)  # reading it would wait for a writer forever
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_recipe(fifo)
+    r = subprocess.run([sys.executable, "-m", "streamsr", "train", "--recipe", str(fifo), "--data",
+                        str(tmp_path), "--out", str(tmp_path / "run")], capture_output=True,
+                       text=True, timeout=25, cwd=tmp_path)
+    assert r.returncode == 2 and "not a regular file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_diverging_run_stops_and_keeps_only_finite_checkpoints(prepared, tmp_path):
+    # lr 0.1 without clipping really diverges on this data within a few steps (no injection)
+    recipe = replace(RECIPE, lr=0.1, lr_min=1e-5, grad_clip=0.0, checkpoint_every=1, log_every=5,
+                     max_steps=40)
+    out = tmp_path / "run"
+    losses: list[tuple[int, float]] = []
+    with pytest.raises(Exception) as e:
+        train(prepared, out, recipe, on_step=lambda s, v: losses.append((s, v)))
+    from streamsr.training.trainer import DivergedError
+
+    assert isinstance(e.value, DivergedError), e.value
+    msg = str(e.value)
+    assert "\n" not in msg and "diverged" in msg
+    first_bad = next(s for s, v in losses if not math.isfinite(v))
+    assert f"at step {first_bad}" in msg
+    saved = list_checkpoints(out)
+    assert saved, "the checkpoints before the divergence are kept"
+    assert str(saved[-1]) in msg
+    for path in saved:  # every file left is usable: no NaN reached the disk
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        assert state["step"] < first_bad
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (out / "model.safetensors").exists()
+    best = out / "best.safetensors"
+    if best.exists():
+        assert all(torch.isfinite(v).all() for v in _weights(best).values())
+    # and --resume from the last good checkpoint does not hide it: it diverges again, one line
+    with pytest.raises(DivergedError):
+        train(prepared, out, None, resume=True)
+
+
+def test_photos_recipe_on_a_prepared_folder_and_the_reverse_are_refused(prepared, tmp_path):
+    photos = replace(RECIPE, data="photos", patch=8)
+    with pytest.raises(ConfigError, match=r"`streamsr prepare` folder.*data=prepared"):
+        train(prepared, tmp_path / "a", photos)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "astro.png"), cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR))
+    with pytest.raises(InputError, match=r"folder of images.*data=photos.*prepare synthetic"):
+        train(folder, tmp_path / "b", RECIPE)
+    pairs = tmp_path / "GOPRO" / "train" / "S0"
+    for kind in ("blur", "sharp"):
+        (pairs / kind).mkdir(parents=True)
+        cv2.imwrite(str(pairs / kind / "1.png"), skdata.astronaut())
+    with pytest.raises(ConfigError, match="blurry/sharp image pairs"):
+        train(tmp_path / "GOPRO", tmp_path / "c", photos)
+    with pytest.raises(InputError, match="prepare gopro"):
+        train(tmp_path / "GOPRO", tmp_path / "d", RECIPE)
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel") and os.geteuid() == 0,
+                    reason="needs a folder this user cannot write in")
+def test_default_out_in_a_read_only_working_directory_is_one_line(prepared, tmp_path):
+    if os.geteuid() == 0:
+        cwd = Path("/sys/kernel")  # refused by the kernel even for root
+    else:
+        cwd = tmp_path / "ro"
+        cwd.mkdir()
+        cwd.chmod(0o555)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('model = "tiny"\nbatch = 3\nmax_steps = 1\nnum_workers = 0\npatch = 8\n')
+    r = subprocess.run([sys.executable, "-m", "streamsr", "train", "--recipe", str(recipe),
+                        "--data", str(prepared), "--no-progress"], capture_output=True, text=True,
+                       timeout=120, cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("streamsr: error:")]
+    assert len(lines) == 1 and "run folder runs/train" in lines[0], r.stderr

@@ -21,9 +21,16 @@ TRAINING_PHOTOS = (
 )
 
 
+INSTALL_HINT = ("train/export_photos.py needs scikit-image, which the `train` extra installs: "
+                "pip install -e '.[train]' in a checkout (pip install 'streamsr[train]' otherwise)")
+
+
 def training_images() -> dict[str, np.ndarray]:
     """name -> RGB uint8 image; the stereo motorcycle pair counts as two photographs."""
-    from skimage import data
+    try:
+        from skimage import data
+    except ImportError:
+        raise SystemExit(f"export_photos: error: {INSTALL_HINT}") from None
 
     out = {name: getattr(data, name)() for name in TRAINING_PHOTOS}
     left, right, _ = data.stereo_motorcycle()
@@ -40,10 +47,11 @@ def training_images() -> dict[str, np.ndarray]:
 
 
 def export(dst: str | Path) -> list[Path]:
+    images = training_images()  # first: a missing scikit-image leaves no empty folder
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, img in sorted(training_images().items()):
+    for name, img in sorted(images.items()):
         path = dst / f"{name}.png"
         cv2.imwrite(str(path), img[:, :, ::-1])
         paths.append(path)

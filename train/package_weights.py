@@ -1,12 +1,13 @@
-"""Turn a finished `lite` run into the bundled default weights, measuring them on the samples.
+"""Turn a finished `lite` run into a weights file with provenance, measuring it on the samples.
 
     python train/package_weights.py runs/lite/model.safetensors --recipe train/lite_synthetic.toml \
-        --note "900 steps, 2 CPU cores"
+        --note "900 steps, 2 CPU cores" --out lite_candidate.safetensors
 
-Writes `streamsr/weights/lite.safetensors` (weights + config + provenance in the metadata) and
-prints the per-sample quality table for `streamsr/weights/README.md`: each bundled sample run
-through the real pipeline (decode -> model -> encode -> decode) against its ground truth, next to
-a bicubic x4 upscale of the same input.
+Writes `--out` (weights + config + provenance in the metadata; required: nothing is written to
+a default place) and prints the per-sample quality table for `streamsr/weights/README.md`: each
+bundled sample run through the real pipeline (decode -> model -> encode -> decode) against its
+ground truth, next to a bicubic x4 upscale of the same input. Replacing the default weights is
+explicit: `--out streamsr/weights/lite.safetensors --overwrite` in a checkout.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
 import streamsr
-from streamsr.models.weights import BUNDLED, read_metadata, save_model
+from streamsr.models.weights import read_metadata, save_model
 from streamsr.quality import compare_videos
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,9 +49,20 @@ def main() -> None:
     ap.add_argument("weights", help="the run's model.safetensors")
     ap.add_argument("--recipe", required=True, help="the recipe(s) that made it, for the record")
     ap.add_argument("--note", default="", help="steps, time, hardware: free text for the record")
-    ap.add_argument("--out", default=str(BUNDLED["lite"]))
+    ap.add_argument("--out", required=True,
+                    help="file to write (a checkout's default weights: "
+                         "streamsr/weights/lite.safetensors, with --overwrite)")
+    ap.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = ap.parse_args()
-    model = streamsr.load_model(args.weights)
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:  # checked before the minutes of measuring
+        sys.exit(f"package_weights: error: {out} exists; pass --overwrite to replace it")
+    if out.is_dir() or not out.parent.is_dir():
+        sys.exit(f"package_weights: error: {out} is a folder or its folder does not exist")
+    try:
+        model = streamsr.load_model(args.weights)
+    except streamsr.StreamsrError as exc:
+        sys.exit(f"package_weights: error: {exc}")
     quality = measure(args.weights)
     meta = {k: v for k, v in read_metadata(args.weights).items() if k not in ("format", "config")}
     meta.update({"recipe": args.recipe, "note": args.note,
@@ -57,8 +70,8 @@ def main() -> None:
                                "(train/export_photos.py), shaken on the fly",
                  "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
                  "sample_quality": json.dumps(quality, sort_keys=True)})
-    save_model(model, args.out, meta)
-    print(f"wrote {args.out}")
+    save_model(model, out, meta)
+    print(f"wrote {out}")
     print("| sample | streamsr PSNR / SSIM | bicubic PSNR / SSIM | margin |")
     print("|---|---|---|---|")
     for clip, q in quality.items():

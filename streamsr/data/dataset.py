@@ -15,14 +15,31 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from streamsr.data.gopro import ImagePair, find_pairs, read_pair, read_rgb
-from streamsr.data.prepare import KINDS, read_index, read_settings
+from streamsr.data.gopro import IMAGE_EXTS, ImagePair, find_pairs, read_pair, read_rgb
+from streamsr.data.prepare import KINDS, SETTINGS, CropSettings, read_index, read_settings
 from streamsr.errors import ConfigError, InputError
 
 
 def to_tensor(img: np.ndarray) -> Tensor:
     """uint8 RGB HWC -> float CHW in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+
+
+def _prepared_settings(root: Path) -> CropSettings:
+    """`read_settings`, with a pointer to the right command when `root` holds photos or pairs."""
+    if root.is_dir() and not (root / SETTINGS).exists():
+        if any(b.is_dir() and (b.parent / "sharp").is_dir() for b in root.rglob("blur")):
+            raise InputError(f"{root} holds blurry/sharp image pairs, not triplets: make them "
+                             f"with `streamsr prepare gopro --src {root} --dst DIR` and train on "
+                             f"DIR")
+        photos = next((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS), None)
+        if photos is not None:
+            raise InputError(f"{root} is a folder of images, not a `streamsr prepare` folder (no "
+                             f"{SETTINGS}): the recipe's data = 'prepared' reads triplets; for "
+                             f"sharp photos use a photos recipe (train/lite_synthetic.toml, or "
+                             f"--set data=photos --set patch=48), or make triplets with "
+                             f"`streamsr prepare synthetic --images {root} --dst DIR`")
+    return read_settings(root)
 
 
 class TripletDataset(Dataset):
@@ -37,7 +54,7 @@ class TripletDataset(Dataset):
     def __init__(self, root: str | os.PathLike, split: str = "train", patch: int = 0,
                  augment: bool = False, seed: int = 0, limit: int = 0) -> None:
         self.root = Path(root)
-        self.settings = read_settings(self.root)
+        self.settings = _prepared_settings(self.root)
         self.scale = self.settings.scale
         self.names = [n for r in read_index(self.root) if r["split"] == split for n in r["triplets"]]
         if not self.names:

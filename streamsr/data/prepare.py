@@ -241,9 +241,38 @@ def write_triplets(pairs: Sequence[ImagePair], dst: str | os.PathLike,
     for (split, _), rec in done.items():
         summary.per_split[split] = summary.per_split.get(split, 0) + len(rec["triplets"])
     summary.triplets = sum(summary.per_split.values())
+    if summary.triplets == 0:
+        _no_triplets(pairs, dst, settings)
     log.info("prepared %s: %d images now, %d skipped, %d triplets (%s)", dst, summary.images_done,
              summary.images_skipped, summary.triplets, summary.per_split)
     return summary
+
+
+def _no_triplets(pairs: Sequence[ImagePair], dst: Path, settings: CropSettings) -> None:
+    """Refuse a prepare run that made nothing: training on it could only fail later.
+
+    The index and prepare.json it wrote are removed (they record only empty images), so a run
+    with a smaller --patch can use the same --dst; pairs made under DST/pairs are kept for it.
+    """
+    for name in (INDEX, SETTINGS):
+        (dst / name).unlink(missing_ok=True)
+    for folder in sorted(dst.glob("*/*"), reverse=True):  # the empty <split>/<kind> folders
+        if folder.name in KINDS and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            if not any(folder.parent.iterdir()):
+                folder.parent.rmdir()
+    example = ""
+    if pairs:
+        try:
+            h, w = read_rgb(pairs[0].sharp).shape[:2]
+            example = f" ({pairs[0].sharp.name} is {w}x{h})"
+        except InputError:
+            pass
+    kept = (f"; the blurry/sharp pairs in {dst / 'pairs'} are kept and a re-run reuses them"
+            if (dst / "pairs").is_dir() else "")
+    raise InputError(f"no triplets made: none of the {len(pairs)} images is at least "
+                     f"{settings.patch}x{settings.patch} pixels{example}; pass a smaller --patch "
+                     f"(HR pixels, a multiple of {settings.scale}){kept}")
 
 
 # --- GOPRO --------------------------------------------------------------------------------------
@@ -375,9 +404,11 @@ def make_frame_pairs(source: str | os.PathLike, dst: str | os.PathLike, average:
     written atomically); other settings first remove this sequence's pairs and their triplets,
     so pairs made two ways are never mixed and no held-out pair stays in the training split.
     """
-    if average < 3 or average % 2 == 0:
-        raise ConfigError(f"--average must be an odd number >= 3 (the sharp frame is the middle "
-                          f"one), got {average}")
+    if average < 3 or average % 2 == 0 or average > 255:
+        raise ConfigError(f"--average must be an odd number in [3, 255] (the sharp frame is the "
+                          f"middle one; every frame of a group is held in memory), got {average}")
+    if max_pairs is not None and max_pairs < 1:
+        raise ConfigError(f"--max-pairs must be at least 1, got {max_pairs}")
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     dst = Path(dst)
@@ -493,10 +524,12 @@ def make_synthetic_pairs(images: str | os.PathLike, dst: str | os.PathLike, vari
     """
     if synth is None:
         from streamsr.data.synthetic import synthetic_pair as synth
-    if variants < 1:
-        raise ConfigError("--variants must be at least 1")
+    _check_synthetic_options(variants, seed, val_fraction, opts)
     folder, dst = Path(images), Path(dst)
     files = _still_images(folder)
+    size = opts.get("size")
+    need = (size, size) if isinstance(size, int) else size  # (h, w) of the random crop, or None
+    small: list[str] = []
     n = 0
     for i, f in enumerate(tqdm(files, desc="synthesise", unit="img", disable=not progress)):
         split = "test" if held_out(i, len(files), val_fraction) else "train"
@@ -511,6 +544,9 @@ def make_synthetic_pairs(images: str | os.PathLike, dst: str | os.PathLike, vari
                 continue
             if img is None:
                 img = read_rgb(f)
+                if need and (img.shape[0] < need[0] or img.shape[1] < need[1]):
+                    small.append(f"{f.relative_to(folder)} is {img.shape[1]}x{img.shape[0]}")
+                    break
                 for d in dirs.values():
                     d.mkdir(parents=True, exist_ok=True)
             rng = np.random.default_rng([seed, zlib.crc32(str(rel).encode()), v])
@@ -518,7 +554,42 @@ def make_synthetic_pairs(images: str | os.PathLike, dst: str | os.PathLike, vari
             write_rgb(dirs["sharp"] / name, sharp)
             write_rgb(dirs["blur"] / name, blur)  # written last: its presence marks the pair done
             n += 1
+    if small and n == 0:
+        raise InputError(f"every image in {folder} is smaller than the --size {size} crop "
+                         f"(first: {small[0]}); pass a smaller --size")
+    if small:
+        log.warning("%d of %d images are smaller than the --size %s crop and were skipped "
+                    "(first: %s)", len(small), len(files), size, small[0])
     return n
+
+
+def _check_synthetic_options(variants: int, seed: int, val_fraction: float, opts: dict) -> None:
+    """Refuse option values that would crash deep inside (numpy's seed range) or make nonsense."""
+    def number(key: str, v, lo: float, hi: float) -> None:
+        if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                or not lo <= v <= hi):
+            raise ConfigError(f"--{key} must be a number in [{lo:g}, {hi:g}], got {v!r}")
+
+    if isinstance(variants, bool) or not isinstance(variants, int) or not 1 <= variants <= 10_000:
+        raise ConfigError(f"--variants must be a whole number in [1, 10000], got {variants!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed must be a whole number in [0, 2^32), got {seed!r}")
+    if not (isinstance(val_fraction, (int, float)) and 0 <= val_fraction < 1):
+        raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction!r}")
+    size = opts.get("size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ConfigError(f"--size must be a whole number of pixels >= 1, got {size!r}")
+    for key, flag, hi in (("max_shift", "max-shift", 1e3), ("max_angle", "max-angle", 90.0),
+                          ("noise_sigma", "noise", 255.0)):
+        if key in opts:
+            number(flag, opts[key], 0.0, hi)
+    if "exposures" in opts:
+        e = opts["exposures"]
+        if isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= 1000:
+            raise ConfigError(f"--exposures must be a whole number in [1, 1000], got {e!r}")
+    q = opts.get("jpeg_quality")
+    if q is not None and (isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= 100):
+        raise ConfigError(f"--jpeg must be a quality in [1, 100], got {q!r}")
 
 
 def prepare_synthetic(images: str | os.PathLike, dst: str | os.PathLike,

@@ -19,10 +19,28 @@ from torch.utils.data import Dataset
 
 from streamsr.data.dataset import to_tensor
 from streamsr.data.gopro import read_rgb
-from streamsr.data.prepare import _still_images, held_out
+from streamsr.data.prepare import INDEX, SETTINGS, _still_images, held_out
 from streamsr.data.synthetic import camera_pair, h264_roundtrip, synthetic_pair
 from streamsr.data.transforms import bicubic_uint8, srgb_to_linear
-from streamsr.errors import InputError
+from streamsr.errors import ConfigError, InputError
+
+
+def _refuse_non_photo_folder(root: Path) -> None:
+    """A `streamsr prepare` folder or a blurry/sharp pair tree is not a folder of sharp photos:
+    shaking its (already small or blurry) images would train on the wrong data and still look
+    like a good run."""
+    for marker in (SETTINGS, INDEX):
+        if (root / marker).is_file():
+            raise ConfigError(f"{root} is a `streamsr prepare` folder (it has {marker}), not a "
+                              f"folder of sharp photos as the recipe's data = 'photos' reads; train "
+                              f"on it with --set data=prepared, or point --data at your photos")
+    if root.is_dir():
+        for blur in root.rglob("blur"):
+            if blur.is_dir() and (blur.parent / "sharp").is_dir():
+                raise ConfigError(f"{root} holds blurry/sharp image pairs ({blur.parent}/blur, "
+                                  f"sharp), not only sharp photos; make triplets with `streamsr "
+                                  f"prepare gopro --src {root} --dst DIR` and train on DIR with "
+                                  f"data = 'prepared'")
 
 
 class ShakeDataset(Dataset):
@@ -40,6 +58,7 @@ class ShakeDataset(Dataset):
                  max_shift: float = 24.0, max_angle: float = 0.6, exposures: int = 13,
                  max_noise: float = 2.0, augment: bool = True, camera_motion: float = 0.0,
                  codec: float = 0.0, crf: tuple[int, int] = (10, 28)) -> None:
+        _refuse_non_photo_folder(Path(images))
         files = _still_images(Path(images))
         hr = patch * scale
         self.images = []

@@ -9,6 +9,7 @@ The shared PReLU appears under many state_dict names but is one tensor; files st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,11 +18,11 @@ import zipfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from streamsr.errors import WeightsError
+from streamsr.errors import OutputError, WeightsError
 from streamsr.models.configs import CONFIGS, PAPER, DeblurSRConfig, get_config
 from streamsr.models.deblur_sr import DeblurSR
 from streamsr.models.mprnet import MPRNet
@@ -53,8 +54,14 @@ def save_model(model: DeblurSR, path: str | os.PathLike, metadata: dict[str, str
     meta = {"format": FORMAT, "config": model.config.to_json(), **(metadata or {})}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    except (OSError, SafetensorError) as exc:  # safetensors reports I/O errors as its own type
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else _short(exc)
+        raise OutputError(f"cannot write weights {path}: {why}") from None
 
 
 def _regular_file(path: str | os.PathLike, what: str = "weights file") -> Path:

@@ -7,7 +7,10 @@ default.
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import stat
 import sys
 import types
 import typing
@@ -69,6 +72,7 @@ class Recipe:
     keep_last: int = 3  # step/epoch checkpoints kept (the best weights are kept apart)
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.model not in CONFIGS:
             raise ConfigError(f"recipe model {self.model!r} is not one of {sorted(CONFIGS)}")
         if self.data not in ("prepared", "photos"):
@@ -77,24 +81,30 @@ class Recipe:
             raise ConfigError("recipe data = 'photos' needs a patch size (LR pixels)")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"recipe precision {self.precision!r} is not one of {PRECISIONS}")
-        positive = ("epochs", "batch", "log_every", "checkpoint_every", "keep_last", "val_batch")
-        for key in positive:
-            if getattr(self, key) < 1:
-                raise ConfigError(f"recipe {key} must be at least 1, got {getattr(self, key)}")
-        for key in ("max_steps", "patch", "val_max", "num_workers", "val_every", "grad_clip",
-                    "weight_decay", "alpha", "edge_weight"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"recipe {key} must not be negative, got {getattr(self, key)}")
-        if not 0 < self.lr_min <= self.lr:
+        for key, (lo, hi) in _INT_RANGES.items():
+            v = getattr(self, key)
+            if not lo <= v <= hi:
+                raise ConfigError(f"recipe {key} must be a whole number in [{lo}, {hi}], got {v}")
+        for key, (lo, hi, open_low) in _FLOAT_RANGES.items():
+            v = getattr(self, key)
+            if not (lo < v <= hi if open_low else lo <= v <= hi):
+                raise ConfigError(f"recipe {key} must be a finite number in {'(' if open_low else '['}"
+                                  f"{lo:g}, {hi:g}], got {v}")
+        if not self.lr_min <= self.lr:
             raise ConfigError(f"recipe needs 0 < lr_min <= lr, got lr={self.lr} lr_min={self.lr_min}")
-        for key in ("shake_camera_motion", "shake_codec"):
-            if not 0 <= getattr(self, key) <= 1:
-                raise ConfigError(f"recipe {key} is a fraction in [0, 1], got {getattr(self, key)}")
         lo, hi = self.shake_crf
         if not (0 <= lo <= hi <= 51 and lo == int(lo) and hi == int(hi)):
             raise ConfigError(f"recipe shake_crf must be two whole numbers 0 <= low <= high <= 51, got {list(self.shake_crf)}")
         if not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError(f"recipe betas must be in [0, 1), got {self.betas}")
+            raise ConfigError(f"recipe betas must be in [0, 1), got {list(self.betas)}")
+        if len(self.name) > 200 or not self.name.isprintable():
+            raise ConfigError(f"recipe name must be printable text of at most 200 characters, "
+                              f"got {self.name[:40]!r}")
+        for key in ("train_split", "val_split"):  # folder names inside --data
+            v = getattr(self, key)
+            if not _SPLIT_RE.match(v) or v in (".", ".."):
+                raise ConfigError(f"recipe {key} must be a folder name (letters, digits, . _ -), "
+                                  f"got {v!r}")
 
     def to_dict(self) -> dict:
         """Plain values (tuples as lists), as stored in checkpoints and TOML."""
@@ -114,6 +124,44 @@ class Recipe:
 
 
 _HINTS = typing.get_type_hints(Recipe)
+
+# Ranges every recipe value must lie in: far beyond any real run, narrow enough that a typo or a
+# hostile file cannot overflow a seed, allocate a billion-entry sample order or train with an
+# infinite learning rate. Seeds go to numpy, which takes 0 <= seed < 2^32.
+_INT_RANGES = {"epochs": (1, 100_000), "max_steps": (0, 10**9), "batch": (1, 4096),
+               "samples_per_epoch": (1, 10**7), "patch": (0, 4096), "val_max": (0, 10**7),
+               "val_batch": (1, 4096), "num_workers": (0, 256), "seed": (0, 2**32 - 1),
+               "log_every": (1, 10**9), "val_every": (0, 10**9), "checkpoint_every": (1, 10**9),
+               "keep_last": (1, 10_000)}
+# (low, high, low excluded); NaN fails every comparison, so it is refused with the infinities
+_FLOAT_RANGES = {"lr": (0.0, 1.0, True), "lr_min": (0.0, 1.0, True), "weight_decay": (0.0, 1.0, False),
+                 "grad_clip": (0.0, 1e6, False), "alpha": (0.0, 1e3, False),
+                 "edge_weight": (0.0, 1e3, False), "shake_max_shift": (0.0, 1e3, False),
+                 "shake_max_noise": (0.0, 255.0, False), "shake_camera_motion": (0.0, 1.0, False),
+                 "shake_codec": (0.0, 1.0, False)}
+_SPLIT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _check_types(recipe: Recipe) -> None:
+    """Every field of the type its annotation says (a Recipe built in Python is checked too)."""
+    for f in fields(recipe):
+        v, hint = getattr(recipe, f.name), _HINTS[f.name]
+        if typing.get_origin(hint) is tuple:
+            n = len(typing.get_args(hint))
+            ok = (isinstance(v, tuple) and len(v) == n
+                  and all(_is_number(x) and math.isfinite(x) for x in v))
+        elif hint is float:
+            ok = _is_number(v)
+        elif hint is int:
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        else:
+            ok = isinstance(v, hint)
+        if not ok:
+            raise ConfigError(f"recipe {f.name} = {v!r} is not a valid {_type_name(hint)}")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _coerce(key: str, value, source: str):
@@ -160,18 +208,30 @@ def recipe_from_dict(data: dict, source: str = "recipe") -> Recipe:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown recipe key(s) {unknown}; known keys: {sorted(known)}")
-    return Recipe(**{k: _coerce(k, v, source) for k, v in data.items()})
+    values = {k: _coerce(k, v, source) for k, v in data.items()}
+    try:
+        return Recipe(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
     """Read a flat TOML recipe."""
     path = Path(path)
     try:
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):  # a FIFO would block the read forever
+            raise ConfigError(f"recipe {path} is not a regular file "
+                              f"({'a folder' if stat.S_ISDIR(mode) else 'a FIFO, socket or device'})")
+        if path.stat().st_size > (1 << 20):
+            raise ConfigError(f"recipe {path} is larger than 1 MB: not a recipe")
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"recipe not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read recipe {path}: {exc.strerror}") from None
     nested = [k for k, v in data.items() if isinstance(v, dict)]
     if nested:
         raise ConfigError(f"{path}: recipes are flat; unexpected table(s) {nested}")
@@ -209,7 +269,12 @@ def apply_overrides(recipe: Recipe, overrides: list[str] | tuple[str, ...]) -> R
         if key not in _HINTS:
             raise ConfigError(f"--set {text}: unknown recipe key {key!r}; known keys: {sorted(_HINTS)}")
         changes[key] = _coerce(key, value, f"--set {text}")
-    return replace(recipe, **changes) if changes else recipe
+    if not changes:
+        return recipe
+    try:
+        return replace(recipe, **changes)
+    except ConfigError as exc:
+        raise ConfigError(f"--set {' '.join(overrides)}: {exc}") from None
 
 
 __all__ = ["Recipe", "apply_overrides", "load_recipe", "parse_override", "recipe_from_dict"]

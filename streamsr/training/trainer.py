@@ -46,7 +46,14 @@ from tqdm import tqdm
 from streamsr.data.dataset import TripletDataset
 from streamsr.data.shake_dataset import ShakeDataset
 from streamsr.data.transforms import resize_bicubic
-from streamsr.errors import ConfigError, InputError, Interrupted, OutputError, WeightsError
+from streamsr.errors import (
+    ConfigError,
+    InputError,
+    Interrupted,
+    OutputError,
+    StreamsrError,
+    WeightsError,
+)
 from streamsr.models import DeblurSR, count_parameters, get_config
 from streamsr.models.weights import import_mprnet, load_weights, model_config, save_model
 from streamsr.training.losses import joint_loss
@@ -60,6 +67,15 @@ _CKPT_RE = re.compile(r"^step-(\d{8})\.pt$")
 # Recipe values that may change when a run resumes: they do not alter what is computed.
 RESUMABLE_CHANGES = {"name", "log_every", "val_every", "checkpoint_every", "keep_last",
                      "num_workers", "val_batch"}
+
+
+class DivergedError(StreamsrError):
+    """The loss or the weights stopped being finite numbers: the run stops without saving them."""
+
+
+# fp16 runs: the gradient scaler skips a step whose loss or gradients overflowed and lowers its
+# scale, so a few non-finite steps in a row are normal; this many in a row is divergence.
+FP16_NONFINITE_STEPS = 20
 
 
 @dataclass
@@ -389,6 +405,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, recipe: Recipe | None
                           f"choose another --out")
     try:
         recipe = _resolve_recipe(recipe, overrides, saved)
+        if d.main:  # before any data is read: an unwritable --out fails in a second, not later
+            _make_run_folder(out)
         if saved is not None and (init or init_mprnet):
             log.warning("--init/--init-mprnet ignored: resuming from %s", saved_path)
             init = init_mprnet = None
@@ -397,6 +415,16 @@ def train(data: str | os.PathLike, out: str | os.PathLike, recipe: Recipe | None
     finally:
         if started:
             dist.destroy_process_group()
+
+
+def _make_run_folder(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the run folder {out}: {exc.strerror}; pass --out "
+                          f"a writable folder") from None
+    if not os.access(out, os.W_OK):
+        raise OutputError(f"the run folder {out} is not writable; pass --out a writable folder")
 
 
 class _Run:
@@ -425,7 +453,45 @@ class _Run:
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
         return self.cpu_offset + time.process_time() + kids.ru_utime + kids.ru_stime
 
+    def _watch(self, step: int, loss: torch.Tensor, gnorm: torch.Tensor | None) -> None:
+        """Record, on the device (no sync), whether this step's loss and gradients are finite."""
+        ok = torch.isfinite(loss.detach().float())
+        if gnorm is not None and not self.scaler.is_enabled():
+            ok = ok & torch.isfinite(gnorm.detach().float())
+        self._bad_run = torch.where(ok, torch.zeros_like(self._bad_run), self._bad_run + 1)
+        self._bad_max = torch.maximum(self._bad_max, self._bad_run)
+        self._bad_first = torch.where(~ok & (self._bad_first == 0),
+                                      torch.full_like(self._bad_first, step), self._bad_first)
+
+    def _check_finite(self, step: int, weights: bool = False) -> None:
+        """Stop with one line once the run has diverged (every rank calls this at the same step).
+
+        Called before anything is saved (checkpoint, best weights) and at each log step, so a
+        NaN never reaches a file: the checkpoints on disk stay the last good ones.
+        """
+        flags = torch.stack([self._bad_first, self._bad_max])
+        if weights:
+            bad_w = sum((~torch.isfinite(p.detach())).sum() for p in self.model.parameters())
+            flags = torch.cat([flags, bad_w.reshape(1).to(flags)])
+        if self.d.world > 1:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        values = flags.tolist()
+        first, worst = values[0], values[1]
+        bad_weights = values[2] if weights else 0
+        limit = FP16_NONFINITE_STEPS if self.scaler.is_enabled() else 0
+        if worst <= limit and not bad_weights:
+            return
+        r = self.recipe
+        what = (f"the loss or gradients stopped being finite numbers at step {first}"
+                if worst > limit else f"{bad_weights} weights became NaN or infinite by step {step}")
+        good = list_checkpoints(self.out)
+        kept = (f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was written")
+        raise DivergedError(f"training diverged: {what} (lr {r.lr:g}, grad_clip {r.grad_clip:g}, "
+                            f"precision {self.precision}); stopped without saving them, {kept}; "
+                            f"start again with a lower lr or gradient clipping")
+
     def _checkpoint(self, epoch: int, batch_in_epoch: int, step: int) -> None:
+        self._check_finite(step, weights=True)
         if self.d.main:
             path = save_checkpoint(self._state(epoch, batch_in_epoch, step), self.out, step,
                                    self.recipe.keep_last)
@@ -434,6 +500,7 @@ class _Run:
             dist.barrier()
 
     def _validate(self, step: int, epoch: int) -> dict[str, float]:
+        self._check_finite(step, weights=True)
         val = validate(self.model, self.val_ds, self.dev, self.recipe.val_batch, self.autocast, self.d)
         if self.d.main:
             self.runlog.log(step, epoch, {**val, "time/val_cpu_s": self._cpu_s()})
@@ -493,6 +560,10 @@ class _Run:
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self.autocast == torch.float16)
         self.best_psnr: float | None = None
         self.best_step = 0
+        # divergence watch (device scalars, read only at check points): first non-finite step,
+        # current and longest run of consecutive non-finite steps
+        self._bad_first, self._bad_run, self._bad_max = (
+            torch.zeros((), dtype=torch.int64, device=dev) for _ in range(3))
         self.cpu_offset = 0.0
         epoch, start_batch, step = 0, 0, 0
         if saved is not None:
@@ -510,9 +581,12 @@ class _Run:
             self.cpu_offset = float(saved.get("cpu_s", 0.0)) - self._cpu_s()
 
         if d.main:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "recipe.toml").write_text(r.to_toml(), encoding="utf-8")
-            self.runlog = RunLog(out, step if saved is not None else None)
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "recipe.toml").write_text(r.to_toml(), encoding="utf-8")
+                self.runlog = RunLog(out, step if saved is not None else None)
+            except OSError as exc:
+                raise OutputError(f"cannot write to the run folder {out}: {exc.strerror}") from None
             log.info("training %s (%d parameters) on %s x%d, %d triplets, %d steps/epoch, %d steps",
                      r.model, count_parameters(self.model), dev, d.world, len(self.train_ds),
                      steps_per_epoch, total)
@@ -549,10 +623,12 @@ class _Run:
                     batch_in_epoch += 1
                     n_log += 1
                     bar.update()
+                    self._watch(step, terms.total, gnorm)
                     if self.on_step is not None:  # reading the loss waits for the GPU: only on demand
                         self.on_step(step, float(terms.total.detach()))
 
                     if step % r.log_every == 0 or step == total:
+                        self._check_finite(step)
                         vals = torch.stack([terms.total, terms.sr, terms.char, terms.edge]).detach().double()
                         if d.world > 1:
                             vals = vals.to(dev)
