@@ -447,3 +447,18 @@ def test_default_out_in_a_read_only_working_directory_is_one_line(prepared, tmp_
     assert "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("streamsr: error:")]
     assert len(lines) == 1 and "run folder runs/train" in lines[0], r.stderr
+
+
+def test_bad_device_and_incomplete_checkpoint_are_one_line_errors(prepared, reference_run, tmp_path):
+    with pytest.raises(ConfigError, match="unknown device 'bogus'"):
+        train(prepared, tmp_path / "a", RECIPE, device="bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            train(prepared, tmp_path / "b", RECIPE, device="cuda")
+    # a checkpoint with the right format marker but parts missing (KeyError traceback before)
+    run = tmp_path / "planted"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"format": "streamsr-checkpoint-v1", "model": {}},
+               run / "checkpoints" / "step-00000004.pt")
+    with pytest.raises(WeightsError, match="unreadable"):
+        train(prepared, run, None, resume=True)

@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "streamsr-checkpoint-v1"
 _CKPT_RE = re.compile(r"^step-(\d{8})\.pt$")
+_CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "scaler", "rng", "sampler", "step", "best",
+                    "recipe"}
 # Recipe values that may change when a run resumes: they do not alter what is computed.
 RESUMABLE_CHANGES = {"name", "log_every", "val_every", "checkpoint_every", "keep_last",
                      "num_workers", "val_batch"}
@@ -107,6 +109,10 @@ class _Dist:
 
 def _init_distributed(device: str | None) -> tuple[_Dist, torch.device, bool]:
     """Join the torchrun process group when there is one; pick this process's device."""
+    if device is not None:
+        from streamsr.engine import resolve_device
+
+        resolve_device(device)  # a bogus name or a missing GPU: one line, not torch's traceback
     world = int(os.environ.get("WORLD_SIZE", "1"))
     d = _Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
     use_cuda = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
@@ -251,6 +257,9 @@ def load_latest_checkpoint(out: str | os.PathLike) -> tuple[dict, Path]:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
                 raise ValueError("not a streamsr checkpoint")
+            missing = sorted(_CHECKPOINT_KEYS - set(state))
+            if missing or not isinstance(state["recipe"], dict):
+                raise ValueError(f"incomplete checkpoint (missing {missing or ['recipe']})")
             return state, path
         except Exception as exc:  # truncated zip, bad pickle, wrong content: try the one before
             log.warning("checkpoint %s is unreadable (%s); falling back to the previous one",
@@ -567,17 +576,23 @@ class _Run:
         self.cpu_offset = 0.0
         epoch, start_batch, step = 0, 0, 0
         if saved is not None:
-            self.model.load_state_dict(saved["model"])
-            self.opt.load_state_dict(saved["optimizer"])
-            self.sched.load_state_dict(saved["scheduler"])
-            self.scaler.load_state_dict(saved["scaler"])
-            _set_rng_state(saved["rng"])
-            s = saved["sampler"]
-            epoch, start_batch, step = s["epoch"], s["batch_in_epoch"], saved["step"]
+            try:
+                self.model.load_state_dict(saved["model"])
+                self.opt.load_state_dict(saved["optimizer"])
+                self.sched.load_state_dict(saved["scheduler"])
+                self.scaler.load_state_dict(saved["scaler"])
+                _set_rng_state(saved["rng"])
+                s = saved["sampler"]
+                epoch, start_batch, step = int(s["epoch"]), int(s["batch_in_epoch"]), int(saved["step"])
+                best = saved["best"]
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+                raise WeightsError(f"the checkpoint of {out} is damaged or from another program "
+                                   f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
+                                   ) from None
             if s["world"] != d.world and start_batch:
                 log.warning("resuming with %d processes where the checkpoint had %d: the rest of "
                             "epoch %d is drawn in a different order", d.world, s["world"], epoch)
-            self.best_psnr, self.best_step = saved["best"]["psnr"], saved["best"]["step"]
+            self.best_psnr, self.best_step = best["psnr"], best["step"]
             self.cpu_offset = float(saved.get("cpu_s", 0.0)) - self._cpu_s()
 
         if d.main:
