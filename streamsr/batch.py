@@ -11,6 +11,7 @@ the failures are reported together at the end.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -22,8 +23,12 @@ from torch import nn
 
 from streamsr.distributed import DistEnv, ProcessGroup, device_for, dist_env
 from streamsr.errors import InputError, Interrupted, OutputError, StreamsrError
+from streamsr.lock import OutputLock, lock_path_for
 from streamsr.pipeline import resolve_model
 from streamsr.pipeline import upscale as pipeline_upscale
+from streamsr.scale_out import output_size_of
+from streamsr.video.finished import check_finished, video_geometry
+from streamsr.video.output_paths import output_name
 from streamsr.video.source import IMAGE_EXTS
 
 log = logging.getLogger(__name__)
@@ -115,7 +120,15 @@ def _plan(src_dir: Path, out_dir: Path, resume: bool, overwrite: bool) -> list[t
     if len(set(outs)) != len(outs):
         dup = next(o for o in outs if outs.count(o) > 1)
         return OutputError(f"two inputs would both be written to {dup}; rename one of them")
-    existing = [o for o in outs if o.exists()]
+    inputs = {v.resolve() for v in videos}
+    for video, out in pairs:
+        for path in (out, temp_for(out)):
+            if path.resolve() in inputs or (path.exists() and any(
+                    os.path.samefile(path, v) for v in videos)):
+                return OutputError(f"the output of {video} ({path}) would be written over an input; "
+                                   f"give an output folder outside the input folder's files")
+    # a temporary name left by a killed run is a file of the run too
+    existing = [p for o in outs for p in (o, temp_for(o)) if p.exists()]
     if existing and not (resume or overwrite):
         return OutputError(f"{len(existing)} outputs exist already ({existing[0]}, ...): pass --resume "
                            f"to skip them or --overwrite to replace them")
@@ -142,25 +155,37 @@ def upscale_folder(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, re
     """
     t0 = time.monotonic()
     env = env or dist_env()
-    src_dir, out_dir = Path(src_dir), Path(out_dir)
+    src_dir, out_dir = Path(src_dir), Path(output_name(out_dir))
     dev = device_for(env, device) if env.distributed else device
     for key in ("live", "live_options", "status", "status_interval", "segment_time"):
         options.pop(key, None)
-    with ProcessGroup(env, dev) as group:
+    with ProcessGroup(env, dev) as group, contextlib.ExitStack() as held:
         if env.main:
             plan = _plan(src_dir, out_dir, resume, overwrite)
+            if not isinstance(plan, BaseException):
+                try:  # one run per output folder at a time (rank 0 holds it for all ranks)
+                    held.enter_context(OutputLock(lock_path_for(out_dir, folder=True), out_dir))
+                except StreamsrError as exc:
+                    plan = exc
         else:
             plan = None
         plan = group.broadcast(plan)
         if isinstance(plan, BaseException):
             raise plan
         module = resolve_model(model)
+        out_size = output_size_of(module, options)
         mine = plan[env.rank::env.world_size]
         result = _RankResult()
         skipped = 0
         for video, out in mine:
             if out.exists() and not overwrite:
-                skipped += 1  # finished by an earlier run (resume)
+                try:  # finished by an earlier run (resume), if it really is this input's output
+                    check_finished(video, out, out_size(*video_geometry(video)[:2]))
+                except StreamsrError as exc:
+                    log.error("%s: %s", video, exc)
+                    result.failed.append((str(video), str(exc)))
+                    continue
+                skipped += 1
                 log.info("skipping %s: %s is finished", video, out)
                 continue
             tmp = temp_for(out)

@@ -614,8 +614,10 @@ class Engine:
                                   f"use a tile size (e.g. --tile 256) or a smaller model") from None
             smaller = max(MIN_TILE, (tile or max(key)) // 2 // ALIGN * ALIGN)
             if tile and smaller >= tile:
+                hint = ("a smaller model, or free memory" if self.device.type == "cpu"
+                        else "--device cpu or a smaller model")
                 raise ConfigError(f"out of memory even with {tile}-px tiles on {self.device}; "
-                                  "try --device cpu or a smaller model") from None
+                                  f"try {hint}; the frames done so far are kept") from None
             self._tile[key] = smaller
             self._tiles_per_call[key] = 1
             log.warning("out of memory on one %dx%d frame: retrying with %d-px tiles", w, h, smaller)

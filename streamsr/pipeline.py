@@ -11,6 +11,7 @@ finalise the output and raise `Interrupted`; any other error also finalises what
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import queue
@@ -27,6 +28,7 @@ from torch import nn
 from streamsr.data.transforms import resize_bicubic
 from streamsr.errors import ConfigError, Interrupted, StreamsrError
 from streamsr.video.live import LiveOptions, is_network_uri, live_progress, open_live_source
+from streamsr.video.output_paths import check_input_name, check_not_input, output_name
 from streamsr.video.segments import is_push_url, live_output_label, open_live_sink
 from streamsr.video.sink import EncodeOptions, Sink, check_encoder, is_image_output, open_sink
 from streamsr.video.source import (
@@ -193,7 +195,8 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
             handle_signals: bool = True, live: bool | None = None,
             live_options: LiveOptions | None = None, frames: int | None = None,
             segment_time: float | None = None, status: Callable[[str], None] | None = None,
-            status_interval: float = 5.0, **aliases) -> Stats:
+            status_interval: float = 5.0, input_size: tuple[int, int] | None = None,
+            **aliases) -> Stats:
     """Upscale a video file, image or image folder x4 into `dst` (video file, image or PNG folder).
 
     `model`: "lite" (bundled), "paper", a weights path, or an `nn.Module` (float NCHW [0,1] in,
@@ -208,6 +211,9 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
     `decoder`: "software", "cuda" (NVDEC; software after a warning when unavailable) or "auto"
     (NVDEC when the model runs on a GPU and NVDEC works there); files only, live input and
     images decode in software. `cuda_graphs`: see `EngineConfig`.
+
+    `input_size` (W, H): frames of other sizes are scaled to it before the model, as frames
+    whose size differs from the first one's are (a part of a longer video: its first frame's).
     """
     if "side_by_side" in aliases:
         side_by_side_view = bool(aliases.pop("side_by_side"))
@@ -219,15 +225,16 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
 
     t0 = time.monotonic()
     src, dst = str(src), str(dst)
+    check_input_name(src)
+    if not is_push_url(dst):
+        dst = output_name(dst)  # file:NAME is NAME; other FFmpeg protocols are refused
     check_window(start, duration)  # before anything is opened: nan or 1e308 never reach FFmpeg
     check_frames(frames)
     encode = EncodeOptions(codec=codec, crf=crf, preset=encoder_preset, pix_fmt=pix_fmt,
                            bitrate=bitrate, options=dict(encoder_options or {}))
     if not is_image_output(dst) or is_push_url(dst):
         check_encoder(encode)  # fail on a bad codec/pix_fmt before any heavy work
-    if os.path.abspath(src) == os.path.abspath(dst) or (
-            os.path.exists(src) and os.path.exists(dst) and os.path.samefile(src, dst)):
-        raise ConfigError("input and output are the same file")  # also via a symlink/hard link
+    check_not_input(src, dst)  # also via file:, a symlink, a hard link or an HLS segment
     live_mode = is_network_uri(src) if live is None else live
     decoder, gpu = _decoder_for(decoder, device)
     if live_mode:
@@ -247,6 +254,10 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
                                                             batch=batch, tile=tile, compile=compile,
                                                             cuda_graphs=cuda_graphs))
         info = source.info
+        if input_size is not None and (info.width, info.height) != tuple(input_size):
+            # the source scales every frame whose size differs from its info's
+            source.info = info = dataclasses.replace(info, width=input_size[0],
+                                                     height=input_size[1])
         n_batch = engine.plan(info.height, info.width)
         # audio, subtitles, chapters and tags come from the input file itself
         copy_from = src if isinstance(source, VideoSource) and not info.is_live else None
@@ -284,6 +295,8 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
                     if run.error is None and stop.signum is None:
                         raise
                     log.error("output could not be finalised cleanly")
+                if run.error is not None and sink.frames_written == 0:
+                    sink.discard()  # failed before its first frame: no file rather than an empty one
         if live_mode:  # stop the reader first: frames it left queued are counted as dropped
             source.close()
         seconds = time.monotonic() - t0

@@ -13,6 +13,7 @@ folder of videos, parts, or the plain single-process pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -26,16 +27,24 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import torch
 from torch import nn
 
 from streamsr import errors
 from streamsr.distributed import DistEnv, ProcessGroup, device_for, dist_env
 from streamsr.errors import ConfigError, InputError, Interrupted, OutputError, StreamsrError
+from streamsr.output_size import OutputSize
 from streamsr.pipeline import Stats, resolve_model
 from streamsr.pipeline import upscale as pipeline_upscale
-from streamsr.video.source import open_input
+from streamsr.lock import OutputLock, lock_path_for
+from streamsr.video.finished import check_finished, count_frames, video_geometry
+from streamsr.video.output_paths import (
+    check_input_name,
+    check_not_input,
+    check_output_name,
+    output_name,
+    side_format,
+)
 from streamsr.video.split import (
     KeyframeIndex,
     Segment,
@@ -56,8 +65,8 @@ _MP4_CODECS = {"libx264", "libx265", "h264_nvenc", "hevc_nvenc", "av1_nvenc", "l
                "libaom-av1", "librav1e", "libvpx-vp9", "h264_qsv", "hevc_qsv", "mpeg4", "h264_vaapi",
                "hevc_vaapi"}
 # Options that change what a part contains (a resumed run must use the same ones).
-_CONTENT_OPTIONS = ("precision", "tile", "codec", "crf", "encoder_preset", "pix_fmt", "bitrate",
-                    "encoder_options", "side_by_side_view")
+_CONTENT_OPTIONS = ("precision", "backend", "tile", "codec", "crf", "encoder_preset", "pix_fmt", "bitrate",
+                    "encoder_options", "side_by_side_view", "outscale", "size")
 
 
 def parts_dir_for(dst: str | os.PathLike) -> Path:
@@ -137,74 +146,33 @@ def _write_manifest(parts_dir: Path, manifest: dict) -> None:
         raise OutputError(f"cannot write {parts_dir}: {exc.strerror or exc}") from None
 
 
-def _check_finished(src: Path, dst: Path, parts_dir: Path) -> None:
-    """Refuse to call an existing `dst` finished when it has fewer frames than `src`.
-
-    A run without --resume writes straight to the final name and finalises what it has on
-    Ctrl-C, so an existing output can be cut off. Counting packets (no decoding) tells. Our own
-    join of a damaged input may hold fewer frames than the index; `_join` then records its count
-    in the manifest, which is kept for exactly this check.
-    """
-    try:
-        have = _count_frames(dst)
-    except (av.error.FFmpegError, IndexError):  # not a video (or no video stream): not ours
-        raise OutputError(f"{dst} exists but is not a finished video: pass --overwrite to start "
-                          f"over") from None
-    manifest = _read_manifest(parts_dir / MANIFEST)
-    if manifest and manifest.get("joined") == have and manifest.get("input") == _input_id(src):
-        return
-    index = read_keyframe_index(src)
-    want = index.frames if index else None
-    if want is not None and have < want:
-        # packets that never decode (a recording cut mid-GOP, damaged ones) give a finished run
-        # fewer frames than the index: only decoding the input tells those apart (rare, and
-        # far cheaper than upscaling again)
-        log.info("%s has %d of %d frames: counting the frames of %s that decode", dst, have,
-                 want, src)
-        decodable = _decodable_frames(src)
-        if have < decodable:
-            raise OutputError(f"{dst} is incomplete ({have} of {decodable} frames), from a run "
-                              f"without --resume: pass --overwrite to start over")
-
-
-def _video_geometry(src: Path) -> tuple[int, int, int]:
-    """(width, height, rotation) of the first video stream (rotation from its first frame)."""
-    try:
-        container = open_input(str(src), {})
-    except av.error.FFmpegError:
-        raise InputError(f"{src} is not a video file FFmpeg can read") from None
-    with container as c:
-        if not c.streams.video:
-            raise InputError(f"{src} has no video stream")
-        vs = c.streams.video[0]
-        rotation = 0
-        try:
-            for f in c.decode(vs):
-                rotation = int(round(f.rotation or 0))
-                break
-        except av.error.FFmpegError:
-            pass
-        return vs.codec_context.width, vs.codec_context.height, rotation
-
-
 def _prepare(src: Path, dst: Path, *, world: int, resume: bool, overwrite: bool,
-             part_frames: int, settings: dict) -> PartsPlan:
-    """Rank 0: check paths, reuse or make the plan and the parts folder, share out the work."""
+             part_frames: int, settings: dict,
+             out_size: Callable[[int, int], tuple[int, int]]) -> PartsPlan:
+    """Rank 0 (holding the output's lock): check paths, reuse or make the plan and the parts
+    folder, share out the work. `out_size(w, h)`: the output frame size of a w x h input."""
+    check_input_name(src)
+    check_output_name(dst)
     if not src.exists():
         raise InputError(f"input not found: {src}")
     if not src.is_file():
         raise InputError(f"{src} is not a regular file")
-    if src.resolve() == dst.resolve():
-        raise ConfigError("input and output are the same file")
+    check_not_input(src, dst)
+    if side_format(dst):
+        raise ConfigError(f"{dst.name}: --resume and torchrun join parts into one file; an "
+                          f"{side_format(dst).upper()} output (with its own segment files) runs "
+                          f"without them")
     parts_dir = parts_dir_for(dst)
     if not dst.parent.is_dir():
         raise OutputError(f"cannot write {dst}: folder {dst.parent} does not exist")
     if src.stat().st_size == 0:
         raise InputError(f"{src} is empty (0 bytes)")
-    width, height, rotation = _video_geometry(src)
+    width, height, rotation = video_geometry(src)
     if dst.exists():
         if resume and not overwrite:
-            _check_finished(src, dst, parts_dir)
+            recorded = (_read_manifest(parts_dir / MANIFEST) or {}) if parts_dir.is_dir() else {}
+            check_finished(src, dst, out_size(width, height),
+                           recorded=recorded.get("joined") if recorded.get("input") == _input_id(src) else None)
             log.info("%s exists: already finished", dst)
             return PartsPlan(parts_dir, "", Fraction(1), None, [], [[] for _ in range(world)],
                              width, height, rotation, finished=True)
@@ -216,13 +184,20 @@ def _prepare(src: Path, dst: Path, *, world: int, resume: bool, overwrite: bool,
         manifest = _read_manifest(parts_dir / MANIFEST)
         if manifest is None and parts_dir.is_dir() and any(parts_dir.iterdir()):
             raise OutputError(f"{parts_dir} exists and is not a streamsr parts folder; move it away")
-        if manifest is not None and resume:
-            if manifest.get("input") != want["input"] or manifest.get("settings") != settings:
-                what = "input" if manifest.get("input") != want["input"] else "settings"
-                raise ConfigError(f"the parts in {parts_dir} were made from another {what}; run "
-                                  f"without --resume to start over (or delete that folder)")
+        same = manifest is not None and (manifest.get("input"), manifest.get("settings")) == (
+            want["input"], settings)
+        if manifest is not None and resume and same:
             log.info("resuming from %s", parts_dir)
         elif manifest is not None:
+            # the parts of another run are work and files of their own: as an output, they
+            # are replaced only with --overwrite
+            if not overwrite:
+                if not resume:
+                    raise OutputError(f"{parts_dir} holds the parts of an unfinished run: pass "
+                                      f"--resume to finish it or --overwrite to start over")
+                what = "input" if manifest.get("input") != want["input"] else "settings"
+                raise ConfigError(f"the parts in {parts_dir} were made from another {what}; pass "
+                                  f"--overwrite to start over (or delete that folder)")
             log.info("starting over: removing the old parts in %s", parts_dir)
             shutil.rmtree(parts_dir)
             manifest = None
@@ -248,6 +223,18 @@ def _prepare(src: Path, dst: Path, *, world: int, resume: bool, overwrite: bool,
         log.info("%d of %d parts already finished", len(plan.segments) - len(todo), len(plan.segments))
     plan.assignments = assign_contiguous(todo, world) if todo else [[] for _ in range(world)]
     return plan
+
+
+def output_size_of(module: nn.Module, options: dict) -> Callable[[int, int], tuple[int, int]]:
+    """(w, h) of an input frame -> the output frame size `module` with `options` (--outscale,
+    --size) writes."""
+    scale = int(getattr(getattr(module, "config", None), "scale", None) or getattr(module, "scale", 4))
+    resize = OutputSize.from_options(options.get("outscale"), options.get("size"))
+
+    def out_size(w: int, h: int) -> tuple[int, int]:
+        return resize.for_input(w, h, scale) if resize is not None else (w * scale, h * scale)
+
+    return out_size
 
 
 def _settings(module: nn.Module, options: dict) -> dict:
@@ -285,15 +272,18 @@ def upscale_parts(src: str | os.PathLike, dst: str | os.PathLike, *, resume: boo
     """
     t0 = time.monotonic()
     env = env or dist_env()
-    src, dst = Path(src), Path(dst)
+    src, dst = Path(src), Path(output_name(dst))
     dev = device_for(env, device)
     module = resolve_model(model)
-    with ProcessGroup(env, dev) as group:
+    out_size = output_size_of(module, options)
+    with ProcessGroup(env, dev) as group, contextlib.ExitStack() as held:
         plan: PartsPlan | BaseException
         if env.main:
-            try:
+            try:  # one job per output at a time: held until the join is done
+                held.enter_context(OutputLock(lock_path_for(dst), dst))
                 plan = _prepare(src, dst, world=env.world_size, resume=resume, overwrite=overwrite,
-                                part_frames=part_frames, settings=_settings(module, options))
+                                part_frames=part_frames, settings=_settings(module, options),
+                                out_size=out_size)
             except StreamsrError as exc:
                 plan = exc
         else:
@@ -318,8 +308,11 @@ def upscale_parts(src: str | os.PathLike, dst: str | os.PathLike, *, resume: boo
                     progress(base + done, total)
 
             try:
+                # every part at the size of the video's first frame (the join stream-copies
+                # them into one track), as a single run scales frames of another size
                 stats = pipeline_upscale(src, tmp, model=module, device=dev, start=start,
                                          duration=duration, overwrite=True,
+                                         input_size=(plan.width, plan.height),
                                          progress=part_progress if progress else None, **options)
             except Interrupted:
                 tmp.unlink(missing_ok=True)
@@ -348,37 +341,17 @@ def upscale_parts(src: str | os.PathLike, dst: str | os.PathLike, *, resume: boo
             if record is not None:
                 _raise_remote(rank, record)
         if plan.finished:
-            written = _count_frames(dst) if env.main else 0
+            written = count_frames(dst) if env.main else 0
         elif env.main:
             written = _join(src, dst, plan, keep_parts)  # the other ranks may leave meanwhile
         else:
             written = done_frames
     seconds = time.monotonic() - t0
     label = str(dst) if env.main else f"rank {env.rank}: {len(mine)} parts of {dst}"
-    scale = int(getattr(getattr(module, "config", None), "scale", None) or getattr(module, "scale", 4))
     return Stats(frames=written, seconds=seconds, fps=written / seconds if seconds > 0 else 0.0,
                  output_bytes=dst.stat().st_size if env.main and dst.exists() else 0, output=label,
                  input_size=(plan.width, plan.height),
-                 output_size=(plan.width * scale, plan.height * scale))
-
-
-def _decodable_frames(path: Path) -> int:
-    """Frames of the first video stream that decode (damaged packets skipped, decoder flushed)."""
-    n = 0
-    with open_input(str(path), {}) as c:
-        vs = c.streams.video[0]
-        vs.thread_type = "AUTO"
-        for packet in c.demux(vs):
-            try:
-                n += len(packet.decode())  # the empty end-of-stream packet flushes the decoder
-            except av.error.FFmpegError:
-                continue
-    return n
-
-
-def _count_frames(path: Path) -> int:
-    with av.open(str(path)) as c:
-        return sum(1 for p in c.demux(c.streams.video[0]) if p.size)
+                 output_size=out_size(plan.width, plan.height))
 
 
 def _join(src: Path, dst: Path, plan: PartsPlan, keep_parts: bool) -> int:
@@ -416,12 +389,16 @@ def upscale_job(src: str | os.PathLike, dst: str | os.PathLike, *, resume: bool 
     """
     from streamsr.batch import is_video_folder, upscale_folder
     from streamsr.video.live import is_network_uri
+    from streamsr.video.segments import is_push_url
     from streamsr.video.sink import is_image_output
     from streamsr.video.source import IMAGE_EXTS
 
     env = dist_env()
     if not env.main:
         progress = None
+    check_input_name(src)  # a name too long to exist: one line, not an OSError from is_dir()
+    if not is_push_url(str(dst)):
+        dst = output_name(dst)  # file:NAME is NAME; other FFmpeg protocols are refused
     src_path = Path(str(src))
     if src_path.is_dir() and is_video_folder(src_path):
         return upscale_folder(src_path, dst, resume=resume, progress=progress, env=env, **options)
@@ -429,6 +406,8 @@ def upscale_job(src: str | os.PathLike, dst: str | os.PathLike, *, resume: bool 
                if options.get(name)]
     if options.get("live") or is_network_uri(str(src)):
         special.append("live")
+    if side_format(Path(dst)):  # HLS/DASH write segment files of their own: no parts to join
+        special.append(f"{side_format(Path(dst))}-output")
     plain = (special or src_path.is_dir() or src_path.suffix.lower() in IMAGE_EXTS
              or is_image_output(dst))
     if plain:

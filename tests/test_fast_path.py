@@ -458,11 +458,25 @@ def test_nvenc_that_cannot_open_is_one_clear_config_error_before_any_work(tmp_pa
     assert res.exit_code == 2 and "hevc_nvenc cannot be opened" in res.stderr
 
 
-def test_software_encoders_are_not_trial_opened(monkeypatch):
+def test_encoders_are_trial_opened_once_per_settings(monkeypatch):
+    # every encoder is opened once on a small frame (unknown --encoder-opt keys, bitrates and
+    # pixel formats it refuses fail there, before any work); settings that opened are not
+    # opened again by the sink, the next part or the next file
     import streamsr.video.sink as sink_mod
 
-    monkeypatch.setattr(sink_mod, "_check_opens", lambda enc: pytest.fail("trial open"))
-    assert check_encoder(EncodeOptions(codec="libx264")).name == "libx264"
+    opened = []
+    real = av.codec.CodecContext.create
+
+    def counting(name, mode=None):
+        opened.append(name)
+        return real(name, mode)
+
+    monkeypatch.setattr(sink_mod, "_OPENED", set())
+    monkeypatch.setattr(sink_mod.av.codec.CodecContext, "create", counting)
+    for _ in range(3):
+        assert check_encoder(EncodeOptions(codec="libx264", preset="fast")).name == "libx264"
+    check_encoder(EncodeOptions(codec="libx264", preset="slow"))
+    assert opened == ["libx264", "libx264"]
 
 
 def test_bench_codec_and_preset_reach_every_part_that_encodes(monkeypatch):

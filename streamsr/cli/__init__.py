@@ -13,6 +13,7 @@ import sys
 import click
 
 from streamsr import __version__
+from streamsr.cli.streams import protect_std_streams
 from streamsr.errors import StreamsrError
 
 
@@ -24,6 +25,11 @@ def _usage_error_line(exc: click.UsageError, command_path: str) -> None:
 
 class _Group(click.Group):
     """Turns user errors into one line instead of a traceback."""
+
+    def main(self, *args, **kwargs):
+        # a closed or full stderr (cron, services) must neither hang nor stop the run
+        protect_std_streams()
+        return super().main(*args, **kwargs)
 
     def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
         # Top-level options (`streamsr --bogus`) are parsed here, before `invoke`: without this

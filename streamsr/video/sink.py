@@ -27,6 +27,14 @@ import numpy as np
 
 from streamsr.errors import ConfigError, OutputError
 from streamsr.pack import Yuv420
+from streamsr.video.output_paths import (
+    check_output_name,
+    check_overwrite,
+    ffmpeg_name,
+    local_file,
+    output_file,
+    short,
+)
 from streamsr.video.source import (
     FROM_RGB_FLAGS,
     IMAGE_EXTS,
@@ -53,6 +61,8 @@ _CRF_OPTION = {"libx264": "crf", "libx264rgb": "crf", "libx265": "crf", "libsvta
 _PRESET_ENCODERS = {"libx264", "libx264rgb", "libx265", "h264_nvenc", "hevc_nvenc", "av1_nvenc",
                     "libsvtav1", "h264_qsv", "hevc_qsv"}
 _FASTSTART_FORMATS = {"mp4", "mov", "ipod", "ismv"}
+_NOFILE = 0x0001  # AVFMT_NOFILE: the muxer opens its files itself
+_HVC1_FORMATS = {"mp4", "mov"}  # HEVC tagged hvc1 (parameter sets in the header), as Apple wants
 _DROP_META = {"major_brand", "minor_version", "compatible_brands", "encoder", "duration",
               "number_of_frames", "number_of_bytes", "bps", "_statistics_tags",
               "_statistics_writing_app", "_statistics_writing_date_utc"}
@@ -72,16 +82,22 @@ class EncodeOptions:
     options: dict[str, str] = field(default_factory=dict)
 
 
+MAX_BITRATE = 10**12  # bits/s: x264's limit is near 2^31 kbit/s; svt-av1's is 100 Mbit/s
+
+
 def parse_bitrate(text: str) -> int:
     """'8M' / '2500k' / '4000000' -> bits per second."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*(?:bps|b)?\s*", str(text))
     if not m:
         raise ConfigError(f"bad bitrate {text!r}: use e.g. 8M, 2500k or 4000000")
     scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2).lower()]
-    value = int(float(m.group(1)) * scale)
-    if value <= 0:
+    value = float(m.group(1)) * scale
+    if not value >= 1:
         raise ConfigError(f"bitrate must be positive, got {text!r}")
-    return value
+    if value > MAX_BITRATE:
+        raise ConfigError(f"bitrate {text!r} is more than any encoder takes (at most "
+                          f"{MAX_BITRATE // 10**9}G)")
+    return int(value)
 
 
 def check_encoder(encode: EncodeOptions) -> av.codec.Codec:
@@ -93,6 +109,11 @@ def check_encoder(encode: EncodeOptions) -> av.codec.Codec:
                           f"h264_nvenc, ...)") from None
     if codec.type != "video":
         raise ConfigError(f"{encode.codec!r} is a {codec.type} encoder, not a video encoder")
+    try:
+        av.VideoFormat(encode.pix_fmt)
+    except (ValueError, TypeError):
+        raise ConfigError(f"unknown pixel format {encode.pix_fmt!r} (e.g. yuv420p, "
+                          f"yuv420p10le, yuv444p)") from None
     formats = [f.name for f in (codec.video_formats or [])]
     if formats and encode.pix_fmt not in formats:
         raise ConfigError(f"encoder {encode.codec} cannot write pixel format {encode.pix_fmt!r} "
@@ -101,36 +122,54 @@ def check_encoder(encode: EncodeOptions) -> av.codec.Codec:
         raise ConfigError(f"crf must be between 0 and 63, got {encode.crf}")
     if encode.bitrate is not None:
         parse_bitrate(encode.bitrate)
-    if codec.name.endswith("_nvenc"):
-        _check_opens(encode)
+    _check_opens(encode)
     return codec
 
 
-# Hardware encoder settings that opened in this process: the pipeline checks its encoder, then
-# the sink does again, and each trial open of NVENC costs a CUDA context. Failures are not kept.
+# Encoder settings that opened in this process: the pipeline checks its encoder, then the sink
+# does again (and every part or file of a job), and each trial open of NVENC costs a CUDA
+# context. Failures are not kept.
 _OPENED: set[tuple] = set()
 
 
 def _check_opens(encode: EncodeOptions) -> None:
-    """Open the encoder once on a small frame: NVENC without an NVIDIA GPU or driver (or with
-    settings the GPU lacks) fails here, in one line, instead of at the first encoded frame."""
+    """Open the encoder once on a small frame (CIF: a size every encoder takes) with every
+    setting, before any work: a bitrate or pixel format it refuses, a bad preset, an option
+    value it rejects, and NVENC without an NVIDIA GPU fail here in one line. An `--encoder-opt`
+    key the encoder does not know is left unused by FFmpeg, which would otherwise ignore it
+    silently: that is refused too."""
     key = (encode.codec, encode.pix_fmt, encode.bitrate,
            tuple(sorted(encoder_options(encode).items())))
     if key in _OPENED:
         return
     cc = av.codec.CodecContext.create(encode.codec, "w")
-    cc.width, cc.height, cc.pix_fmt = 256, 144, encode.pix_fmt
+    cc.width, cc.height, cc.pix_fmt = 352, 288, encode.pix_fmt
     cc.time_base = Fraction(1, 25)
     if encode.bitrate:
         cc.bit_rate = parse_bitrate(encode.bitrate)
     cc.options = dict(key[3])
+    nvenc = encode.codec.endswith("_nvenc")
     try:
         with ffmpeg_errors() as logs:
             cc.open()
+        unused = sorted(set(cc.options or {}) & set(encode.options))
+        if unused:
+            raise ConfigError(f"encoder {encode.codec} has no option {unused[0]!r} (from "
+                              f"--encoder-opt; `ffmpeg -h encoder={encode.codec}` lists its "
+                              f"options)")
+        # the sink hands the encoder RGB converted to its pixel format: that must exist too
+        av.VideoFrame(16, 16, "rgb24").reformat(format=encode.pix_fmt)
     except av.error.FFmpegError as exc:
-        raise ConfigError(f"encoder {encode.codec} cannot be opened here: {ffmpeg_reason(exc, logs)} "
-                          f"(NVENC needs an NVIDIA GPU and its driver; --codec libx264 encodes on "
-                          f"the CPU)") from None
+        if nvenc:
+            raise ConfigError(f"encoder {encode.codec} cannot be opened here: "
+                              f"{ffmpeg_reason(exc, logs)} (NVENC needs an NVIDIA GPU and its "
+                              f"driver; --codec libx264 encodes on the CPU)") from None
+        raise ConfigError(f"encoder {encode.codec} refuses these settings: "
+                          f"{ffmpeg_reason(exc, logs)} (check --bitrate, --pix-fmt, "
+                          f"--encoder-preset and --encoder-opt)") from None
+    except ValueError as exc:  # a pixel format swscale cannot convert RGB into
+        raise ConfigError(f"cannot convert frames to pixel format {encode.pix_fmt!r} for "
+                          f"{encode.codec}: {str(exc).splitlines()[0][:200]}") from None
     finally:
         del cc  # frees the encoder session now (GPUs allow only a few at once)
     _OPENED.add(key)
@@ -184,9 +223,11 @@ def _output_error(path: Path, exc: BaseException) -> OutputError:
 
 
 def check_output_path(path: Path, overwrite: bool) -> None:
-    """Refuse existing outputs without overwrite and paths that cannot be created."""
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path} exists; pass --overwrite to replace it")
+    """Refuse, without overwrite, an existing output and any existing file its container would
+    write beside it (HLS segments, DASH chunks: `output_paths.written_files`); refuse names the
+    file system cannot hold and paths that cannot be created."""
+    check_output_name(path)
+    check_overwrite(path, overwrite)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.exists():
         raise OutputError(f"cannot write {path}: folder {parent} does not exist")
@@ -194,6 +235,16 @@ def check_output_path(path: Path, overwrite: bool) -> None:
         raise OutputError(f"cannot write {path}: {parent} is not a folder")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"cannot write {path}: folder {parent} is not writable")
+
+
+def tag_hevc(stream, container: str) -> None:
+    """Tag an HEVC stream in MP4/MOV `hvc1` (FFmpeg's default is `hev1`, which Apple's players
+    refuse to play); the encoder keeps its parameter sets in the header there, as hvc1 wants."""
+    if container in _HVC1_FORMATS and stream.codec_context.codec.id == _HEVC_ID:
+        stream.codec_context.codec_tag = "hvc1"
+
+
+_HEVC_ID = av.codec.Codec("hevc", "r").id
 
 
 def repair_timestamps(pts: int | None, dts: int, last_dts: int | None) -> tuple[int | None, int]:
@@ -280,6 +331,10 @@ class Sink:
     @property
     def bytes_written(self) -> int:
         return self.path.stat().st_size if self.path.exists() else 0
+
+    def discard(self) -> None:
+        """Remove the output of a run that failed before its first frame: it holds nothing
+        (an MP4 without a video track does not even open). Call after `close`."""
 
     def __enter__(self) -> Sink:
         return self
@@ -511,12 +566,20 @@ class VideoSink(Sink):
         # stop while closing still fits: a cut-short MP4 has no index, an MKV loses the encoder's frames
         self._guard: SpaceGuard | None = SpaceGuard(path)
         try:
-            self.out = av.open(str(path), "w", container_options=opts)
+            self.out = av.open(ffmpeg_name(path), "w", container_options=opts)
         except ValueError:
-            raise OutputError(f"cannot tell the container format from {path.name!r}; "
+            raise OutputError(f"cannot tell the container format from {short(path.name)!r}; "
                               f"use .mp4, .mkv, .mov, ...") from None
         except (OSError, av.error.FFmpegError) as exc:
             raise _output_error(path, exc) from None
+        if self.out.format.flags & _NOFILE and self.out.format.name not in ("hls", "dash"):
+            # a muxer that names and opens files itself (image2, webm_chunk, ...): nothing could
+            # check what it writes over (it has opened nothing yet)
+            name = self.out.format.name
+            self.out.close()
+            self._closed = True
+            raise OutputError(f"cannot write {short(path)}: the {name} container writes files of "
+                              f"its own naming; use .mp4, .mkv, .mov (or .png images)")
         try:
             self._setup(codec, copy_from)
         except BaseException:
@@ -531,6 +594,7 @@ class VideoSink(Sink):
         rate = info.fps if info.fps else Fraction(1) / info.time_base
         vs = self.out.add_stream(encode.codec, rate=rate)
         vs.width, vs.height, vs.pix_fmt = self.width, self.height, encode.pix_fmt
+        tag_hevc(vs, self.out.format.name)
         self.tb = info.time_base
         vs.time_base = self.tb
         cc = vs.codec_context
@@ -707,6 +771,10 @@ class VideoSink(Sink):
         if error is not None:
             raise _output_error(self.path, error)
 
+    def discard(self) -> None:
+        if self._closed and self.frames_written == 0:
+            self.path.unlink(missing_ok=True)
+
     def _abort(self) -> None:
         """Setup failed before anything was written: remove the empty file."""
         self._closed = True
@@ -775,8 +843,12 @@ class ImageSink(Sink):
 
 def is_image_output(path: str | os.PathLike) -> bool:
     """True when `path` names a folder of images or one image file rather than a video."""
-    p = Path(path)
-    return str(path).endswith(("/", os.sep)) or p.is_dir() or not p.suffix or p.suffix.lower() in IMAGE_EXTS
+    p = local_file(path) or Path(path)
+    try:
+        is_dir = p.is_dir()
+    except OSError:  # a name too long to exist: refused where it is opened
+        is_dir = False
+    return str(path).endswith(("/", os.sep)) or is_dir or not p.suffix or p.suffix.lower() in IMAGE_EXTS
 
 
 def open_sink(path: str | os.PathLike, info: VideoInfo, *, scale: int = 4,
@@ -788,7 +860,8 @@ def open_sink(path: str | os.PathLike, info: VideoInfo, *, scale: int = 4,
     the input that was processed, and shift them like the video.
     """
     encode = encode or EncodeOptions()
-    p = Path(path)
+    p = output_file(path)  # file:NAME -> NAME; other protocols refused
+    check_output_name(p)
     if is_image_output(path):
         single = p.suffix.lower() in IMAGE_EXTS and not p.is_dir()
         if single and (info.frames or 1) > 1:

@@ -24,6 +24,7 @@ from pathlib import Path
 import av
 
 from streamsr.errors import InputError, OutputError
+from streamsr.video.output_paths import ffmpeg_name
 from streamsr.video.source import main_video_stream, open_input
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def join_parts(parts: list[tuple[Path, int, int]], dst: str | os.PathLike, *, ti
     is replaced if it exists.
     """
     # The sink's own copier of audio/subtitles: same streams, same order, same interleaving.
-    from streamsr.video.sink import _CopiedStreams
+    from streamsr.video.sink import _CopiedStreams, tag_hevc
 
     dst = Path(dst)
     fmt = dst.suffix.lstrip(".").lower()
@@ -173,16 +174,17 @@ def join_parts(parts: list[tuple[Path, int, int]], dst: str | os.PathLike, *, ti
         fmt_name = fmt
     opts = {"movflags": "+faststart"} if fmt_name in _FASTSTART_FORMATS or fmt in _FASTSTART_FORMATS else {}
     try:
-        out = av.open(str(dst), "w", container_options=opts)
+        out = av.open(ffmpeg_name(dst), "w", container_options=opts)
     except (OSError, ValueError, av.error.FFmpegError) as exc:
         raise OutputError(f"cannot write {dst}: {exc}") from None
     copies = None
     written = 0
     try:
-        with av.open(str(parts[0][0])) as first:
+        with av.open(ffmpeg_name(parts[0][0])) as first:
             template = _first_video(first)
             vs = out.add_stream_from_template(template)
             vs.time_base = time_base
+            tag_hevc(vs, out.format.name)  # the copy would be tagged hev1 again
             extradata = template.codec_context.extradata
         if rotation:
             vs.set_display_rotation(rotation)
@@ -197,7 +199,7 @@ def join_parts(parts: list[tuple[Path, int, int]], dst: str | os.PathLike, *, ti
         out.start_encoding()
         last_dts = -math.inf
         for path, offset, start_pts in parts:
-            with av.open(str(path)) as part:
+            with av.open(ffmpeg_name(path)) as part:
                 ps = _first_video(part)
                 if ps.codec_context.extradata != extradata:
                     raise OutputError(f"part {path.name} was encoded with other codec parameters "

@@ -1,0 +1,218 @@
+"""Resumable jobs in parts: one job per output at a time, every part at one frame size, and an
+existing output kept only when it really is this input's upscale.
+
+Frames carry their index as a pattern (tests/media.py), so every output is checked by decoding
+it and reading the indices back; files that must stay untouched are compared byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import media
+import pytest
+import torch
+
+from streamsr.distributed import DistEnv
+from streamsr.errors import ConfigError, OutputError
+from streamsr.lock import MARK, OutputLock, lock_path_for
+from streamsr.scale_out import parts_dir_for, upscale_job, upscale_parts
+
+GOP6 = {"crf": "12", "preset": "ultrafast", "g": "6", "x264-params": "scenecut=0"}
+OPTS = dict(part_frames=6, device="cpu", batch=2, encoder_preset="ultrafast", env=DistEnv())
+
+
+def indices(path: Path) -> list[int]:
+    frames, _, _ = media.decode_all(path)
+    return [media.read_index(f) for f in frames]
+
+
+@pytest.fixture
+def src(tmp_path) -> Path:
+    return media.make_index_clip(tmp_path / "in.mp4", n=18, options=GOP6)
+
+
+class Gate(media.BicubicX4):
+    """Bicubic x4 that, at its first frame of the clip, says so and waits until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] == (48, 64) and not self.started.is_set():
+            self.started.set()
+            assert self.release.wait(60)
+        return super().forward(x)
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(tmp_path, src):
+    out = tmp_path / "out.mp4"
+    first, errors = Gate(), []
+
+    def run_first() -> None:
+        try:
+            upscale_parts(src, out, resume=True, model=first, handle_signals=False, **OPTS)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run_first)
+    thread.start()
+    try:
+        assert first.started.wait(60)  # the first run is inside its first part
+        parts_before = sorted(p.name for p in parts_dir_for(out).iterdir())
+        second = media.BicubicX4()
+        with pytest.raises(OutputError) as caught:
+            upscale_parts(src, out, resume=True, model=second, handle_signals=False, **OPTS)
+        message = str(caught.value)
+        assert "being written by another streamsr run" in message
+        assert f"pid {os.getpid()} on {socket.gethostname()}" in message and "\n" not in message
+        assert sorted(p.name for p in parts_dir_for(out).iterdir()) == parts_before
+    finally:
+        first.release.set()
+        thread.join(120)
+    assert not errors, errors
+    assert indices(out) == list(range(18))
+    assert not lock_path_for(out).exists()  # removed when the run ends
+
+
+def test_a_lock_left_by_a_killed_run_does_not_block(tmp_path, src):
+    out = tmp_path / "out.mp4"
+    lock_path_for(out).write_text(f"{MARK}: pid 999999 on elsewhere\n")  # nobody holds it
+    assert upscale_parts(src, out, resume=True, model=media.BicubicX4(), **OPTS).frames == 18
+    assert not lock_path_for(out).exists()
+
+
+def test_a_file_that_is_not_a_lock_is_never_overwritten(tmp_path, src):
+    out = tmp_path / "out.mp4"
+    lock_path_for(out).write_text("my notes\n")
+    with pytest.raises(OutputError, match="is not a streamsr lock file"):
+        upscale_parts(src, out, resume=True, model=media.BicubicX4(), **OPTS)
+    assert lock_path_for(out).read_text() == "my notes\n" and not out.exists()
+
+
+def test_the_lock_names_its_holder(tmp_path):
+    path = tmp_path / "x.lock"
+    with OutputLock(path, "x.mp4"):
+        assert path.read_text() == f"{MARK}: pid {os.getpid()} on {socket.gethostname()}\n"
+        with pytest.raises(OutputError, match=rf"x.mp4 is being written .*pid {os.getpid()}"):
+            OutputLock(path, "x.mp4").acquire()
+    assert not path.exists()
+    with OutputLock(path, "x.mp4"):  # free again
+        pass
+
+
+def _size_change_ts(path: Path, first: int, then: int, size=(32, 24)) -> Path:
+    """MPEG-TS with `first` frames of `size`, then `then` frames of twice that (a splice)."""
+    w, h = size
+    with av.open(str(path), "w", format="mpegts") as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.codec_context.options = {"preset": "ultrafast", "crf": "0"}
+        second = av.CodecContext.create("libx264", "w")
+        second.width, second.height, second.pix_fmt = 2 * w, 2 * h, "yuv420p"
+        second.time_base = Fraction(1, 25)
+        second.options = {"preset": "ultrafast", "crf": "0"}
+        pts = 0
+        for ctx, (fw, fh), n in ((vs.codec_context, (w, h), first), (second, (2 * w, 2 * h), then)):
+            for i in range(pts, pts + n):
+                frame = av.VideoFrame.from_ndarray(media.index_frame(i, fw, fh), format="rgb24")
+                frame.pts = i
+                for packet in ctx.encode(frame):
+                    packet.stream = vs
+                    out.mux(packet)
+            pts += n
+            for packet in ctx.encode(None):
+                packet.stream = vs
+                out.mux(packet)
+    return path
+
+
+def test_a_frame_size_change_inside_a_resumed_job_joins(tmp_path):
+    src = _size_change_ts(tmp_path / "spliced.ts", 10, 10)
+    out = tmp_path / "out.mkv"
+    stats = upscale_parts(src, out, resume=True, model=media.BicubicX4(), **OPTS)
+    frames, _, _ = media.decode_all(out)
+    assert stats.frames == len(frames) == 20
+    assert {f.shape for f in frames} == {(96, 128, 3)}  # every part at the first frame's size x4
+    assert [media.read_index(f) for f in frames] == list(range(20))
+
+
+def _other_video(path: Path, n: int, size: tuple[int, int], fps: int = 25) -> bytes:
+    media.write_clip(path, [media.smooth_frame(i, *size) for i in range(n)], fps=fps)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("n, size, fps, words", [
+    (18, (64, 48), 25, "it is 64x48, this run writes 256x192"),
+    (30, (256, 192), 25, "it has 30 frames, the input 18"),
+    (18, (256, 192), 5, "it lasts 3.400 s from its first frame to its last, the input 0.680 s"),
+])
+def test_resume_refuses_an_unrelated_video_at_the_output_path(tmp_path, src, n, size, fps, words):
+    out = tmp_path / "out.mp4"
+    before = _other_video(out, n, size, fps)
+    model = media.BicubicX4()
+    with pytest.raises(OutputError, match=f"not an upscale of .*{words}.*--overwrite"):
+        upscale_parts(src, out, resume=True, model=model, **OPTS)
+    assert out.read_bytes() == before and not parts_dir_for(out).exists()
+    assert upscale_parts(src, out, resume=True, overwrite=True, model=model, **OPTS).frames == 18
+    assert indices(out) == list(range(18))
+
+
+def test_resume_keeps_its_own_finished_output(tmp_path, src):
+    out = tmp_path / "out.mp4"
+    upscale_parts(src, out, resume=True, model=media.BicubicX4(), **OPTS)
+    before = out.read_bytes()
+    assert upscale_parts(src, out, resume=True, model=media.BicubicX4(), **OPTS).frames == 18
+    assert out.read_bytes() == before
+
+
+def test_the_parts_of_an_unfinished_run_are_replaced_only_with_overwrite(tmp_path, src):
+    out = tmp_path / "out.mp4"
+    parts = parts_dir_for(out)
+    upscale_parts(src, out, resume=True, keep_parts=True, model=media.BicubicX4(), **OPTS)
+    out.unlink()
+    kept = {p.name: p.read_bytes() for p in parts.iterdir()}
+    # a torchrun job without --resume on the same output
+    with pytest.raises(OutputError, match="holds the parts of an unfinished run.*--resume.*--overwrite"):
+        upscale_parts(src, out, model=media.BicubicX4(), **OPTS)
+    with pytest.raises(ConfigError, match="another settings; pass --overwrite"):
+        upscale_parts(src, out, resume=True, crf=30, model=media.BicubicX4(), **OPTS)
+    assert {p.name: p.read_bytes() for p in parts.iterdir()} == kept and not out.exists()
+    stats = upscale_parts(src, out, overwrite=True, crf=30, model=media.BicubicX4(), **OPTS)
+    assert stats.frames == 18 and indices(out) == list(range(18))
+
+
+def test_joined_hevc_parts_are_tagged_hvc1(tmp_path, src):
+    out = tmp_path / "out.mp4"
+    upscale_parts(src, out, resume=True, model=media.BicubicX4(), codec="libx265",
+                  encoder_options={"x265-params": "log-level=error"}, **OPTS)
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].codec_context.codec_tag == "hvc1"
+    assert indices(out) == list(range(18))
+
+
+def test_a_file_url_output_of_a_resumed_job_is_the_local_file(tmp_path, src, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = src.read_bytes()
+    with pytest.raises(ConfigError, match="same file"):
+        upscale_job(src, f"file://{src}", resume=True, overwrite=True, model=media.BicubicX4(),
+                    device="cpu")
+    assert src.read_bytes() == before
+    stats = upscale_job(src, "file:out.mp4", resume=True, model=media.BicubicX4(), device="cpu",
+                        part_frames=6, encoder_preset="ultrafast")
+    assert stats.frames == 18 and indices(tmp_path / "out.mp4") == list(range(18))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out.mp4"]
+
+
+def test_segment_outputs_are_not_split_into_parts(tmp_path, src):
+    with pytest.raises(ConfigError, match="HLS output"):
+        upscale_parts(src, tmp_path / "out.m3u8", resume=True, model=media.BicubicX4(), **OPTS)
+    stats = upscale_job(src, tmp_path / "out.m3u8", resume=True, model=media.BicubicX4(),
+                        device="cpu", encoder_preset="ultrafast")  # the plain pipeline instead
+    assert stats.frames == 18 and (tmp_path / "out0.ts").exists()
