@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from streamsr.backends import make_forward, resolve_backend
 from streamsr.errors import ConfigError
 from streamsr.models.mprnet import pad_to_multiple
 from streamsr.pack import Yuv420, to_rgb24, to_yuv420p
@@ -60,6 +61,9 @@ class EngineConfig:
     tile_overlap: int = 16  # LR px of context on each side of a tile, cropped when stitching
     channels_last: bool = True
     compile: bool = False  # torch.compile, falling back to eager (logged) if it fails
+    # what runs the model: torch, openvino, onnxruntime (CPU), tensorrt (CUDA), auto (see
+    # streamsr/backends/__init__.py for the rule)
+    backend: str = "torch"
     # CUDA graphs for full batches: "auto" (on for CUDA without compile), "on", "off"; no-op on CPU
     cuda_graphs: str = "auto"
 
@@ -350,8 +354,17 @@ class Engine:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         graphs = resolve_cuda_graphs(config.cuda_graphs, self.device, config.compile)
-        self._forward = _Forward(model, self.device, self.dtype, config.channels_last,
-                                 config.compile, graphs)
+        self.backend = resolve_backend(config.backend, self.device)
+        if self.backend == "torch":
+            self._forward = _Forward(model, self.device, self.dtype, config.channels_last,
+                                     config.compile, graphs)
+        else:  # the exported model on a runtime, behind the same call (streamsr/backends/)
+            if config.compile:
+                raise ConfigError("--compile applies to the torch backend only")
+            graphs = False
+            self._forward = make_forward(self.backend, model, self.device, self.dtype,
+                                         threads or 1)
+            self.threads_fixed = True  # the runtime's own threads: torch's count is no lever
         # On CPU a batch only helps by giving more threads parallel work: with one free thread,
         # lite at 320x180 ran 0.137 fps at batch 1 and 0.110 fps at batch 4 (loaded 2-core box).
         self._cpu_batch = min(CPU_BATCH, threads) if threads else CPU_BATCH
@@ -365,9 +378,9 @@ class Engine:
         self._chunk: dict[tuple[int, int], int] = {}  # frames per call, by padded frame size
         self._tile: dict[tuple[int, int], int] = {}  # tile size, by padded frame size (0: none)
         self._tiles_per_call: dict[tuple[int, int], int] = {}  # tiles batched per model call
-        log.info("engine: %s, %s, batch %d, scale %d, compile %s, CUDA graphs %s", self.device,
-                 str(self.dtype).removeprefix("torch."), self.batch, self.scale, config.compile,
-                 "on" if graphs else "off")
+        log.info("engine: %s, %s, %s, batch %d, scale %d, compile %s, CUDA graphs %s",
+                 self.backend, self.device, str(self.dtype).removeprefix("torch."), self.batch,
+                 self.scale, config.compile, "on" if graphs else "off")
 
     # -- planning ---------------------------------------------------------------------------
 

@@ -196,7 +196,7 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
             live_options: LiveOptions | None = None, frames: int | None = None,
             segment_time: float | None = None, status: Callable[[str], None] | None = None,
             status_interval: float = 5.0, input_size: tuple[int, int] | None = None,
-            **aliases) -> Stats:
+            backend: str = "torch", **aliases) -> Stats:
     """Upscale a video file, image or image folder x4 into `dst` (video file, image or PNG folder).
 
     `model`: "lite" (bundled), "paper", a weights path, or an `nn.Module` (float NCHW [0,1] in,
@@ -210,7 +210,8 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
     status line every `status_interval` seconds. `frames` stops after that many input frames.
     `decoder`: "software", "cuda" (NVDEC; software after a warning when unavailable) or "auto"
     (NVDEC when the model runs on a GPU and NVDEC works there); files only, live input and
-    images decode in software. `cuda_graphs`: see `EngineConfig`.
+    images decode in software. `cuda_graphs`, `backend` (torch, openvino, onnxruntime,
+    tensorrt, auto): see `EngineConfig`.
 
     `input_size` (W, H): frames of other sizes are scaled to it before the model, as frames
     whose size differs from the first one's are (a part of a longer video: its first frame's).
@@ -252,7 +253,8 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
     with source:
         engine = Engine(resolve_model(model), EngineConfig(device=device, precision=precision,
                                                             batch=batch, tile=tile, compile=compile,
-                                                            cuda_graphs=cuda_graphs))
+                                                            cuda_graphs=cuda_graphs,
+                                                            backend=backend))
         info = source.info
         if input_size is not None and (info.width, info.height) != tuple(input_size):
             # the source scales every frame whose size differs from its info's

@@ -80,6 +80,7 @@ def main(ctx: click.Context, debug: bool, verbose: int) -> None:
 # Commands register themselves on `main` when their module is imported.
 from streamsr.cli import (  # noqa: E402,F401
     bench_cmd,
+    export_cmd,
     model_cmds,
     quality_cmds,
     train_cmds,

@@ -21,11 +21,23 @@ from streamsr.models.weights import (
 
 
 @main.command()
+@click.argument("file", required=False, metavar="[FILE]")
 @click.option("--model", "model_name", default="lite", show_default=True,
               help="paper, lite, tiny, or a weights file.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def info(model_name: str, as_json: bool) -> None:
-    """Print a model's config, parameter count and MACs per input pixel."""
+def info(file: str | None, model_name: str, as_json: bool) -> None:
+    """Print a model's config, parameter count and MACs per input pixel.
+
+    FILE: a weights file (as --model), or a model written by `streamsr export` (.onnx, .xml),
+    whose metadata is shown.
+    """
+    if file is not None:
+        from streamsr.export import is_export_file
+
+        if is_export_file(file):
+            _export_info(file, as_json)
+            return
+        model_name = file
     # known figures or a meta-device count: no model is built and no weights are loaded
     config = model_config(model_name)
     path = BUNDLED.get(model_name) if model_name in CONFIGS else Path(model_name)
@@ -53,6 +65,25 @@ def info(model_name: str, as_json: bool) -> None:
     click.echo(f"weights      {weights['path'] if weights else 'none (untrained config)'}")
     if problem:
         click.echo(f"             not usable for upscale: {problem}")
+
+
+def _export_info(path: str, as_json: bool) -> None:
+    """`streamsr info OUT` for an exported file: its streamsr metadata, read back."""
+    from streamsr.export import read_export
+
+    meta = read_export(path)
+    config = json.loads(meta.get("config", "{}"))
+    if as_json:
+        click.echo(json.dumps({"path": path, **meta, "config": config}, sort_keys=True))
+        return
+    click.echo(f"exported     {path}  ({meta.get('container')}, {meta.get('precision')}, "
+               f"streamsr {meta.get('streamsr_version')})")
+    click.echo(f"model        {config.get('name', '?')}  (x{meta.get('scale')})")
+    click.echo(f"weights      sha256 {meta.get('weights_sha256')}")
+    click.echo(f"input        {meta.get('input')}")
+    click.echo(f"output       {meta.get('output')}")
+    click.echo(f"exporter     {meta.get('exporter')}, graph version {meta.get('graph_version')}")
+    click.echo(f"config       {json.dumps(config, sort_keys=True)}")
 
 
 @main.command("import-mprnet")

@@ -22,7 +22,7 @@ PRESET_DIRS = (Path("pipelines"), Path(__file__).resolve().parents[2] / "pipelin
                Path(__file__).resolve().parents[1] / "presets")  # installed: package data
 # Options a preset may set (TOML keys; "-" and "_" both accepted) -> click parameter names.
 PRESET_KEYS = {"model": "model", "batch": "batch", "tile": "tile", "precision": "precision",
-               "device": "device", "codec": "codec", "crf": "crf", "encoder_preset": "encoder_preset",
+               "device": "device", "backend": "backend", "codec": "codec", "crf": "crf", "encoder_preset": "encoder_preset",
                "pix_fmt": "pix_fmt", "bitrate": "bitrate", "encoder_opt": "encoder_opt",
                "side_by_side": "side_by_side", "start": "start", "duration": "duration",
                "frames": "frames", "live": "live", "rtsp_transport": "rtsp_transport",
@@ -123,6 +123,11 @@ def _status_line(line: str) -> None:
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto",
               show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--backend", type=click.Choice(["torch", "openvino", "onnxruntime", "tensorrt", "auto"]),
+              default="torch", show_default=True,
+              help="What runs the model: torch; openvino or onnxruntime on the CPU, tensorrt on "
+                   "a GPU (the exported model, cached; pip extras [openvino], [onnx], [tensorrt]); "
+                   "auto: tensorrt on a GPU, openvino on the CPU when installed, else torch.")
 @click.option("--cuda-graphs", type=click.Choice(["auto", "on", "off"]), default="auto",
               show_default=True, help="Replay a captured CUDA graph for full batches (auto: on "
               "CUDA without --compile; no effect on CPU).")
@@ -201,6 +206,7 @@ def upscale(ctx: click.Context, input_path: str, output_path: str, preset_name: 
             input_path, output_path, model=options["model"], device=options["device"],
             precision=options["precision"], batch=options["batch"], tile=options["tile"],
             cuda_graphs=options["cuda_graphs"], decoder=options["decoder"],
+            backend=options["backend"],
             codec=options["codec"], crf=options["crf"], encoder_preset=options["encoder_preset"],
             pix_fmt=options["pix_fmt"], bitrate=options["bitrate"],
             encoder_options=parse_encoder_opts(tuple(options["encoder_opt"])),

@@ -53,6 +53,21 @@ class Reconstruction(nn.Module):
         return torch.sigmoid(x) if self.sigmoid else x
 
 
+class BicubicUpsample(nn.Module):
+    """x `scale` antialiased bicubic (`resize_bicubic`): the skip of `bicubic_skip` models.
+
+    A module of its own so that export can put an equal graph of plain convolutions in its place
+    (`streamsr.backends.graph.SeparableBicubic`); it has no weights, so state dicts are unchanged.
+    """
+
+    def __init__(self, scale: int) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return resize_bicubic(x, (self.scale * x.shape[-2], self.scale * x.shape[-1]))
+
+
 class DeblurSROutput(NamedTuple):
     """`hr`: the x4 sharp image. `stages`: deblurred LR images, final stage (3) first."""
 
@@ -77,6 +92,7 @@ class DeblurSR(nn.Module):
         self.fuse = nn.Sequential(conv(3 * n, config.sr_feat, 3), act)
         self.reconstruct = Reconstruction(config.sr_feat, config.sr_blocks,
                                           sigmoid=not config.bicubic_skip)
+        self.skip = BicubicUpsample(config.scale) if config.bicubic_skip else None
         if config.bicubic_skip:  # start exactly at bicubic: the correction begins at zero
             nn.init.zeros_(self.reconstruct.out.weight)
             nn.init.zeros_(self.reconstruct.out.bias)
@@ -90,8 +106,8 @@ class DeblurSR(nn.Module):
                                      self.refine3(self.reduce3(f3))), 1))
         s = self.config.scale
         hr = self.reconstruct(fused)
-        if self.config.bicubic_skip:
-            hr = hr + resize_bicubic(xp, (s * xp.shape[-2], s * xp.shape[-1]))
+        if self.skip is not None:
+            hr = hr + self.skip(xp)
             if not self.training:  # the sigmoid's range, without its gradient squashing
                 hr = hr.clamp(0, 1)
         hr = hr[..., : s * h, : s * w]

@@ -250,22 +250,22 @@ class MPRNet(nn.Module):
         quarters = (top[..., : w // 2], top[..., w // 2:], bot[..., : w // 2], bot[..., w // 2:])
 
         # Stage 1: encode the four quarters in one batched call, join left/right along width,
-        # decode the top and bottom halves together.
-        b = x.shape[0]
+        # decode the top and bottom halves together. (Parts are split back with chunk(4) and
+        # chunk(2), not split(batch): an exported graph then takes any batch size.)
         enc_q = self.stage1_encoder(self.shallow_feat1(torch.cat(quarters, 0)))
-        lt, rt, lb, rb = zip(*(e.split(b, 0) for e in enc_q), strict=True)
+        lt, rt, lb, rb = zip(*(e.chunk(4, 0) for e in enc_q), strict=True)
         feat1_top = [torch.cat(p, 3) for p in zip(lt, rt, strict=True)]
         feat1_bot = [torch.cat(p, 3) for p in zip(lb, rb, strict=True)]
         feat1 = [torch.cat(p, 0) for p in zip(feat1_top, feat1_bot, strict=True)]  # halves stacked on batch
         halves = torch.cat((top, bot), 0)
         res1 = self.stage1_decoder(feat1)
         sam1_feats, img1 = self.sam12(res1[0], halves)
-        stage1_img = torch.cat(img1.split(b, 0), 2)
+        stage1_img = torch.cat(img1.chunk(2, 0), 2)
 
         # Stage 2: the two halves (still stacked on the batch axis), then joined along height.
         x2 = self.concat12(torch.cat((self.shallow_feat2(halves), sam1_feats), 1))
         feat2_halves = self.stage2_encoder(x2, feat1, res1)
-        feat2 = [torch.cat(f.split(b, 0), 2) for f in feat2_halves]
+        feat2 = [torch.cat(f.chunk(2, 0), 2) for f in feat2_halves]
         res2 = self.stage2_decoder(feat2)
         sam2_feats, stage2_img = self.sam23(res2[0], x)
 
@@ -274,7 +274,7 @@ class MPRNet(nn.Module):
         x3 = self.stage3_orsnet(x3, feat2, res2)
         stage3_img = self.tail(x3) + x
 
-        feat_stage1 = torch.cat(res1[0].split(b, 0), 2)
+        feat_stage1 = torch.cat(res1[0].chunk(2, 0), 2)
         return TrunkOutput((stage3_img, stage2_img, stage1_img), (feat_stage1, res2[0], x3))
 
 

@@ -1,0 +1,100 @@
+"""OpenVINO on the CPU: the exported graph compiled per input shape, compiled blobs cached.
+
+Precision is what the user asked for, never OpenVINO's own default (bf16 on CPUs with
+avx512_bf16 or AMX, which changed `lite`'s output by up to 0.04): fp32 sets the inference
+precision hint to f32; bf16 and fp16 set bf16 / f16 and are refused on a CPU that lacks them
+(OpenVINO would silently run f32). Each input shape (the stream's batches, a short last batch,
+tiles) gets its own statically shaped compiled model, which OpenVINO runs faster than a dynamic
+one; compiled models are cached in <cache>/openvino (OpenVINO's CACHE_DIR, which checks the
+model, the settings and its own version, and recompiles when a blob does not fit or fails).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from streamsr.backends import BackendError, require
+from streamsr.backends.base import BackendForward
+from streamsr.backends.cache import cache_root
+from streamsr.backends.onnx_export import runtime_onnx
+from streamsr.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+HINTS = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+NEEDS_CAPABILITY = {"bf16": "BF16", "f16": "FP16"}
+MAX_SHAPES = 6  # compiled shapes kept at once (each holds its own buffers)
+
+
+class OpenVinoForward(BackendForward):
+    """The exported model on OpenVINO's CPU plugin with `threads` inference threads."""
+
+    name = "openvino"
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype, threads: int) -> None:
+        super().__init__(model, torch.device("cpu"), dtype)
+        require("openvino")
+        import openvino as ov
+
+        self.ov = ov
+        self.core = ov.Core()
+        self.hint = HINTS[dtype]
+        caps = list(self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        need = NEEDS_CAPABILITY.get(self.hint)
+        if need and need not in caps:
+            raise ConfigError(f"this CPU cannot run OpenVINO in {self.precision} (its "
+                              f"capabilities: {', '.join(caps)}); use --precision fp32")
+        self.threads = threads
+        self.cache_dir = cache_root() / "openvino"
+        self.model = self.core.read_model(str(runtime_onnx(model)))
+        self.requests: OrderedDict[tuple[int, ...], object] = OrderedDict()
+        log.info("openvino %s: %d threads, inference precision %s", ov.__version__, threads,
+                 self.hint)
+
+    def settings(self) -> dict:
+        return {"INFERENCE_PRECISION_HINT": self.hint, "INFERENCE_NUM_THREADS": self.threads,
+                "PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(self.cache_dir)}
+
+    def request(self, shape: tuple[int, ...]):
+        """The infer request of the model compiled for `shape` (compiled on first use)."""
+        if shape in self.requests:
+            self.requests.move_to_end(shape)
+            return self.requests[shape]
+        model = self.model.clone()
+        model.reshape({0: self.ov.PartialShape(list(shape))})
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            compiled = self.core.compile_model(model, "CPU", self.settings())
+        except OSError as exc:
+            raise ConfigError(f"cannot create the model cache {self.cache_dir} "
+                              f"({exc.strerror or exc}); set STREAMSR_CACHE_DIR") from None
+        except RuntimeError as exc:
+            raise BackendError(f"openvino cannot compile the model for input {shape}: "
+                               f"{_first_line(exc)}") from None
+        log.info("openvino compiled the model for input %s", "x".join(map(str, shape)))
+        while len(self.requests) >= MAX_SHAPES:
+            self.requests.popitem(last=False)
+        self.requests[shape] = compiled.create_infer_request()
+        return self.requests[shape]
+
+    def run(self, x: Tensor) -> Tensor:
+        arr = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        req = self.request(tuple(arr.shape))
+        try:
+            req.infer({0: arr})
+        except RuntimeError as exc:
+            text = _first_line(exc)
+            if "allocate" in text.lower() or "memory" in text.lower():
+                raise RuntimeError(f"out of memory in openvino: {text}") from None
+            raise BackendError(f"openvino failed on a {arr.shape} batch: {text}") from None
+        return torch.from_numpy(np.array(req.get_output_tensor(0).data, copy=True))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0][:300] if lines else type(exc).__name__
