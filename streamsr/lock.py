@@ -17,6 +17,7 @@ import socket
 from pathlib import Path
 
 from streamsr.errors import OutputError
+from streamsr.video.output_paths import short
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,8 @@ class OutputLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError as exc:
-                raise OutputError(f"cannot write {self.path} (the lock of {self.what}): "
-                                  f"{exc.strerror or exc}") from None
+                raise OutputError(f"cannot write {short(self.path)} (the lock of "
+                                  f"{short(self.what)}): {exc.strerror or exc}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:

@@ -29,7 +29,12 @@ from streamsr.data.transforms import resize_bicubic
 from streamsr.errors import ConfigError, Interrupted, StreamsrError
 from streamsr.video.live import LiveOptions, is_network_uri, live_progress, open_live_source
 from streamsr.video.output_paths import check_input_name, check_not_input, output_name
-from streamsr.video.segments import is_push_url, live_output_label, open_live_sink
+from streamsr.video.segments import (
+    is_push_url,
+    live_output_label,
+    live_output_path,
+    open_live_sink,
+)
 from streamsr.video.sink import EncodeOptions, Sink, check_encoder, is_image_output, open_sink
 from streamsr.video.source import (
     DECODERS,
@@ -237,6 +242,8 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
         check_encoder(encode)  # fail on a bad codec/pix_fmt before any heavy work
     check_not_input(src, dst)  # also via file:, a symlink, a hard link or an HLS segment
     live_mode = is_network_uri(src) if live is None else live
+    if live_mode and not is_push_url(dst):  # a live output without a container name gets .mkv
+        check_not_input(src, live_output_path(dst))
     decoder, gpu = _decoder_for(decoder, device)
     if live_mode:
         if start:

@@ -42,7 +42,9 @@ from streamsr.video.output_paths import (
     check_input_name,
     check_not_input,
     check_output_name,
+    name_too_long,
     output_name,
+    short,
     side_format,
 )
 from streamsr.video.split import (
@@ -280,6 +282,13 @@ def upscale_parts(src: str | os.PathLike, dst: str | os.PathLike, *, resume: boo
         plan: PartsPlan | BaseException
         if env.main:
             try:  # one job per output at a time: held until the join is done
+                check_output_name(dst)
+                for kept in (parts_dir_for(dst), lock_path_for(dst)):
+                    why = name_too_long(kept)
+                    if why:
+                        raise OutputError(f"cannot write {short(kept)} (where --resume and "
+                                          f"torchrun keep their work): {why}; use a shorter "
+                                          f"output name")
                 held.enter_context(OutputLock(lock_path_for(dst), dst))
                 plan = _prepare(src, dst, world=env.world_size, resume=resume, overwrite=overwrite,
                                 part_frames=part_frames, settings=_settings(module, options),

@@ -144,3 +144,11 @@ def test_the_cli_refuses_the_input_given_as_a_file_url(tmp_path, src):
     lines = [x for x in result.stderr.splitlines() if x.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and "same file" in lines[0], result.stderr
     assert src.read_bytes() == before
+
+
+def test_a_live_output_named_without_a_container_is_checked_with_its_mkv(tmp_path):
+    src = media.make_index_clip(tmp_path / "cam.mkv", n=N, size=(32, 24))
+    before = src.read_bytes()
+    with pytest.raises(ConfigError, match="same file"):  # live mode writes cam.mkv for "cam"
+        upscale(src, tmp_path / "cam", live=True, overwrite=True, **FAST)
+    assert src.read_bytes() == before

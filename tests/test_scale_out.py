@@ -216,3 +216,11 @@ def test_segment_outputs_are_not_split_into_parts(tmp_path, src):
     stats = upscale_job(src, tmp_path / "out.m3u8", resume=True, model=media.BicubicX4(),
                         device="cpu", encoder_preset="ultrafast")  # the plain pipeline instead
     assert stats.frames == 18 and (tmp_path / "out0.ts").exists()
+
+
+def test_an_output_name_with_no_room_for_its_parts_folder_is_one_line(tmp_path, src):
+    out = tmp_path / ("x" * 250 + ".mp4")  # fits; "<name>.parts" does not
+    with pytest.raises(OutputError, match=r"\.mp4\.parts \(where --resume .*file name too long "
+                                          r"\(260 bytes.*use a shorter output name"):
+        upscale_parts(src, out, resume=True, model=media.BicubicX4(), **OPTS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]

@@ -133,32 +133,24 @@ _OPENED: set[tuple] = set()
 
 
 def _check_opens(encode: EncodeOptions) -> None:
-    """Open the encoder once on a small frame (CIF: a size every encoder takes) with every
-    setting, before any work: a bitrate or pixel format it refuses, a bad preset, an option
-    value it rejects, and NVENC without an NVIDIA GPU fail here in one line. An `--encoder-opt`
-    key the encoder does not know is left unused by FFmpeg, which would otherwise ignore it
-    silently: that is refused too."""
-    key = (encode.codec, encode.pix_fmt, encode.bitrate,
-           tuple(sorted(encoder_options(encode).items())))
+    """Open the encoder once on a small frame (CIF, a size nearly every encoder takes; 1080p for
+    those that take only broadcast sizes, such as DNxHD) with every setting, before any work: a
+    bitrate or pixel format it refuses, a bad preset or option value, and NVENC without an
+    NVIDIA GPU fail here in one line. An `--encoder-opt` key the encoder does not know is left
+    unused by FFmpeg, which would otherwise ignore it silently: that is refused too."""
+    opts = encoder_options(encode)
+    key = (encode.codec, encode.pix_fmt, encode.bitrate, tuple(sorted(opts.items())))
     if key in _OPENED:
         return
-    cc = av.codec.CodecContext.create(encode.codec, "w")
-    cc.width, cc.height, cc.pix_fmt = 352, 288, encode.pix_fmt
-    cc.time_base = Fraction(1, 25)
-    if encode.bitrate:
-        cc.bit_rate = parse_bitrate(encode.bitrate)
-    cc.options = dict(key[3])
     nvenc = encode.codec.endswith("_nvenc")
     try:
         with ffmpeg_errors() as logs:
-            cc.open()
-        unused = sorted(set(cc.options or {}) & set(encode.options))
-        if unused:
-            raise ConfigError(f"encoder {encode.codec} has no option {unused[0]!r} (from "
-                              f"--encoder-opt; `ffmpeg -h encoder={encode.codec}` lists its "
-                              f"options)")
-        # the sink hands the encoder RGB converted to its pixel format: that must exist too
-        av.VideoFrame(16, 16, "rgb24").reformat(format=encode.pix_fmt)
+            try:
+                unused = _trial_open(encode, opts, 352, 288)
+            except av.error.FFmpegError:
+                if nvenc:
+                    raise
+                unused = _trial_open(encode, opts, 1920, 1080)
     except av.error.FFmpegError as exc:
         if nvenc:
             raise ConfigError(f"encoder {encode.codec} cannot be opened here: "
@@ -167,12 +159,30 @@ def _check_opens(encode: EncodeOptions) -> None:
         raise ConfigError(f"encoder {encode.codec} refuses these settings: "
                           f"{ffmpeg_reason(exc, logs)} (check --bitrate, --pix-fmt, "
                           f"--encoder-preset and --encoder-opt)") from None
-    except ValueError as exc:  # a pixel format swscale cannot convert RGB into
+    unknown = sorted(unused & set(encode.options))
+    if unknown:
+        raise ConfigError(f"encoder {encode.codec} has no option {unknown[0]!r} (from "
+                          f"--encoder-opt; `ffmpeg -h encoder={encode.codec}` lists its options)")
+    try:  # the sink hands the encoder RGB converted to its pixel format: that must work too
+        av.VideoFrame(16, 16, "rgb24").reformat(format=encode.pix_fmt)
+    except (ValueError, av.error.FFmpegError) as exc:
         raise ConfigError(f"cannot convert frames to pixel format {encode.pix_fmt!r} for "
                           f"{encode.codec}: {str(exc).splitlines()[0][:200]}") from None
-    finally:
-        del cc  # frees the encoder session now (GPUs allow only a few at once)
     _OPENED.add(key)
+
+
+def _trial_open(encode: EncodeOptions, options: dict[str, str], width: int,
+                height: int) -> set[str]:
+    """Open the encoder on `width` x `height` frames; the names of the options it left unused.
+    The encoder is freed on return (GPUs allow only a few sessions at once)."""
+    cc = av.codec.CodecContext.create(encode.codec, "w")
+    cc.width, cc.height, cc.pix_fmt = width, height, encode.pix_fmt
+    cc.time_base = Fraction(1, 25)
+    if encode.bitrate:
+        cc.bit_rate = parse_bitrate(encode.bitrate)
+    cc.options = dict(options)
+    cc.open()
+    return set(cc.options or {})
 
 
 def encoder_options(encode: EncodeOptions) -> dict[str, str]:
