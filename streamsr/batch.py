@@ -22,7 +22,7 @@ from pathlib import Path
 from torch import nn
 
 from streamsr.distributed import DistEnv, ProcessGroup, device_for, dist_env
-from streamsr.errors import InputError, Interrupted, OutputError, StreamsrError
+from streamsr.errors import ConfigError, InputError, Interrupted, OutputError, StreamsrError
 from streamsr.lock import OutputLock, lock_path_for
 from streamsr.pipeline import resolve_model
 from streamsr.pipeline import upscale as pipeline_upscale
@@ -51,6 +51,43 @@ def list_videos(folder: Path, exclude: Path | None = None) -> list[Path]:
             if not name.startswith(".") and Path(name).suffix.lower() in VIDEO_EXTS:
                 found.append(rootp / name)
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def estimate_frames(path: Path) -> int | None:
+    """A video's frame count from its header (the stream's count, else duration x frame rate),
+    for progress totals; None when the header does not say or the file does not open."""
+    import av
+
+    if not path.is_file():  # never open a FIFO or device here: it could block
+        return None
+    try:
+        with av.open(str(path)) as container:
+            vs = next(iter(container.streams.video), None)
+            if vs is None:
+                return None
+            if vs.frames:
+                return int(vs.frames)
+            rate = vs.average_rate or vs.guessed_rate
+            if vs.duration is not None and vs.time_base is not None:
+                seconds = float(vs.duration * vs.time_base)
+            elif container.duration:
+                seconds = container.duration / 1e6
+            else:
+                return None
+            return max(1, round(seconds * float(rate))) if rate else None
+    except (OSError, ValueError, av.error.FFmpegError):
+        return None
+
+
+def _frames_total(videos: list[Path]) -> int | None:
+    """Estimated frames of all `videos` (a file whose header says nothing counts as the mean of
+    the others); None when no header says anything."""
+    counts = [estimate_frames(v) for v in videos]
+    known = [c for c in counts if c is not None]
+    if not known:
+        return None
+    mean = sum(known) / len(known)
+    return round(sum(c if c is not None else mean for c in counts))
 
 
 def is_video_folder(folder: Path) -> bool:
@@ -148,8 +185,9 @@ def upscale_folder(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, re
                    env: DistEnv | None = None, **options) -> BatchStats | None:
     """Upscale every video under `src_dir` into `out_dir`; files are shared round-robin over ranks.
 
-    `options` are those of `streamsr.pipeline.upscale`; `progress(frames, None)` counts this
-    rank's frames.
+    `options` are those of `streamsr.pipeline.upscale`; `progress(frames, total)` counts this
+    rank's frames against the frames its files hold by their headers (so a progress bar has an
+    ETA over all the files), and `status(line)` gets "[k/n] input -> output" as each file starts.
     Rank 0 returns the totals of all ranks, other ranks None. Raises `InputError` naming the
     failed files after the others are done.
     """
@@ -157,7 +195,10 @@ def upscale_folder(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, re
     env = env or dist_env()
     src_dir, out_dir = Path(src_dir), Path(output_name(out_dir))
     dev = device_for(env, device) if env.distributed else device
-    for key in ("live", "live_options", "status", "status_interval", "segment_time"):
+    status = options.pop("status", None)
+    if options.get("image_ext") is not None:
+        raise ConfigError("--ext is for image outputs; a folder of videos is written as videos")
+    for key in ("live", "live_options", "status_interval", "segment_time"):
         options.pop(key, None)
     with ProcessGroup(env, dev) as group, contextlib.ExitStack() as held:
         if env.main:
@@ -173,10 +214,12 @@ def upscale_folder(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, re
         if isinstance(plan, BaseException):
             raise plan
         module = resolve_model(model)
-        out_size = output_size_of(module, options)
         mine = plan[env.rank::env.world_size]
         result = _RankResult()
         skipped = 0
+        todo = [(v, o) for v, o in mine if overwrite or not o.exists()]
+        total = _frames_total([v for v, _ in todo]) if progress is not None else None
+        out_size = output_size_of(module, options)
         for video, out in mine:
             if out.exists() and not overwrite:
                 try:  # finished by an earlier run (resume), if it really is this input's output
@@ -190,10 +233,13 @@ def upscale_folder(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, re
                 continue
             tmp = temp_for(out)
             base = result.frames
+            if status is not None and env.main:
+                k = result.written + len(result.failed) + 1
+                status(f"[{k}/{len(todo)}] {video} -> {out}")
 
             def file_progress(done: int, _total: int | None, base: int = base) -> None:
                 if progress is not None:
-                    progress(base + done, None)
+                    progress(base + done, total)
 
             try:
                 stats = pipeline_upscale(video, tmp, model=module, device=dev, overwrite=True,

@@ -30,6 +30,7 @@ from torch import Tensor
 from streamsr.backends import make_forward, resolve_backend
 from streamsr.errors import ConfigError
 from streamsr.models.mprnet import pad_to_multiple
+from streamsr.output_size import OutputSize
 from streamsr.pack import Yuv420, to_rgb24, to_yuv420p
 from streamsr.tiling import run_tiled
 
@@ -64,6 +65,7 @@ class EngineConfig:
     # what runs the model: torch, openvino, onnxruntime (CPU), tensorrt (CUDA), auto (see
     # streamsr/backends/__init__.py for the rule)
     backend: str = "torch"
+    threads: int | None = None  # CPU: torch threads (None: all CPUs, or --threads / OMP_NUM_THREADS)
     # CUDA graphs for full batches: "auto" (on for CUDA without compile), "on", "off"; no-op on CPU
     cuda_graphs: str = "auto"
 
@@ -138,32 +140,47 @@ def available_cpus() -> int:
     return max(1, n)
 
 
-_cpu_threads: int | None = None  # chosen once per process (torch's thread pool is global)
+_pinned_threads: int | None = None  # the CLI's --threads: this process's count, fixed
 
 
-def use_cpu_threads() -> int:
-    """Give intra-op parallelism every idle CPU, once per process; OMP_NUM_THREADS wins.
+def pin_cpu_threads(threads: int) -> None:
+    """Use exactly `threads` torch intra-op threads in this process (the CLI's `--threads`):
+    every CPU engine keeps that count and the pipeline does not measure another."""
+    global _pinned_threads
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads must be a whole number of at least 1, got {threads!r}")
+    _pinned_threads = threads
+    torch.set_num_threads(threads)
 
-    Decode and encode run in FFmpeg's own threads and mostly wait on bounded queues; on CPU the
-    model is the bottleneck by orders of magnitude, so it gets every core that is free. Free
-    matters: torch's OpenMP threads meet at a barrier after every op, so when another process
-    holds a core the whole pool waits for the descheduled thread. Measured on the 2-core CI
-    machine under a load of ~11: `lite` at 64x64 took 0.67 s with 1 thread and 6-9 s with 2.
-    So the count is the available CPUs minus the 1-minute load average (at least 1).
+
+def cpu_threads_fixed() -> bool:
+    """True when the user chose the thread count: `--threads` or OMP_NUM_THREADS."""
+    return _pinned_threads is not None or bool(os.environ.get("OMP_NUM_THREADS"))
+
+
+def use_cpu_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op thread count for a CPU engine and return it.
+
+    `threads` (EngineConfig.threads) wins, then `--threads` (`pin_cpu_threads`), then
+    OMP_NUM_THREADS (torch already follows it); otherwise every CPU this process may use.
+    The load average is no guide: it lags by minutes and counts jobs that ended long ago, so
+    the pipeline instead measures the model with one thread and with all of them in the run
+    itself and keeps the faster (pipeline._CpuThreads). Decode and encode run in FFmpeg's own
+    threads and mostly wait on bounded queues; on CPU the model is the bottleneck by orders
+    of magnitude.
     """
-    global _cpu_threads
-    if _cpu_threads is not None:
-        return _cpu_threads
-    if os.environ.get("OMP_NUM_THREADS"):
-        _cpu_threads = torch.get_num_threads()
-        return _cpu_threads
-    n = available_cpus()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    threads = max(1, min(n, round(n - load)))
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ConfigError(f"threads must be a whole number of at least 1, got {threads!r}")
+    elif _pinned_threads is not None:
+        threads = _pinned_threads
+    elif os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    else:
+        threads = available_cpus()
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    log.info("torch intra-op threads: %d (%d CPUs available, load %.1f)", threads, n, load)
-    _cpu_threads = threads
+    log.info("torch intra-op threads: %d (%d CPUs available)", threads, available_cpus())
     return threads
 
 
@@ -346,7 +363,9 @@ class Engine:
         self.device = resolve_device(config.device)
         self.dtype = resolve_precision(config.precision, self.device)
         self.scale = model_scale(model)
-        threads = use_cpu_threads() if self.device.type == "cpu" else 0
+        threads = use_cpu_threads(config.threads) if self.device.type == "cpu" else 0
+        # the user's count is kept; otherwise the pipeline measures 1 thread against all
+        self.threads_fixed = config.threads is not None or cpu_threads_fixed()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed batch shapes: let cuDNN pick kernels
         model = model.eval().to(self.device)
@@ -372,6 +391,9 @@ class Engine:
         # None: results are uint8 RGB NHWC; a Yuv420 target: uint8 yuv420p planes (N, 3sH/2, sW),
         # made on the device (the pipeline sets it when its encoder takes yuv420p, see pack.py)
         self.pack: Yuv420 | None = None
+        # None: outputs are x scale; else downscaled on the device to this rule's size (the
+        # pipeline sets it for --outscale/--size, see streamsr/output_size.py)
+        self.output_size: OutputSize | None = None
         # wall time spent in upscale_batch and frames done there (see pipeline._CpuThreads)
         self.busy_seconds, self.frames_done = 0.0, 0
         self._bytes_per_px: float | None = None  # activation memory per LR pixel, measured once
@@ -653,9 +675,11 @@ class Engine:
             y = self.model_call(self._fixed_batch(x, self._chunk[(x.shape[2], x.shape[3])]))[:n]
         s = self.scale
         y = y[:, :, : s * h, : s * w]
+        if self.output_size is not None:
+            y = self.output_size.resize(y, w, h, s)
         if deep:
             return to_rgb48(y)
-        if self.pack is not None and (s * h) % 2 == 0 and (s * w) % 2 == 0:
+        if self.pack is not None and y.shape[2] % 2 == 0 and y.shape[3] % 2 == 0:
             return to_yuv420p(y, self.pack)
         return to_rgb24(y)
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from streamsr.data.transforms import resize_bicubic
 from streamsr.errors import ConfigError, Interrupted, StreamsrError
+from streamsr.output_size import OutputSize
 from streamsr.video.live import LiveOptions, is_network_uri, live_progress, open_live_source
 from streamsr.video.output_paths import check_input_name, check_not_input, output_name
 from streamsr.video.segments import (
@@ -35,7 +36,14 @@ from streamsr.video.segments import (
     live_output_path,
     open_live_sink,
 )
-from streamsr.video.sink import EncodeOptions, Sink, check_encoder, is_image_output, open_sink
+from streamsr.video.sink import (
+    EncodeOptions,
+    Sink,
+    check_encoder,
+    check_image_ext,
+    is_image_output,
+    open_sink,
+)
 from streamsr.video.source import (
     DECODERS,
     DEFAULT_MAX_PIXELS,
@@ -200,8 +208,11 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
             handle_signals: bool = True, live: bool | None = None,
             live_options: LiveOptions | None = None, frames: int | None = None,
             segment_time: float | None = None, status: Callable[[str], None] | None = None,
-            status_interval: float = 5.0, input_size: tuple[int, int] | None = None,
-            backend: str = "torch", **aliases) -> Stats:
+            status_interval: float = 5.0, outscale: float | None = None,
+            size: str | tuple[int | None, int | None] | None = None, image_ext: str | None = None,
+            threads: int | None = None, backend: str = "torch",
+            input_size: tuple[int, int] | None = None,
+            **aliases) -> Stats:
     """Upscale a video file, image or image folder x4 into `dst` (video file, image or PNG folder).
 
     `model`: "lite" (bundled), "paper", a weights path, or an `nn.Module` (float NCHW [0,1] in,
@@ -215,8 +226,14 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
     status line every `status_interval` seconds. `frames` stops after that many input frames.
     `decoder`: "software", "cuda" (NVDEC; software after a warning when unavailable) or "auto"
     (NVDEC when the model runs on a GPU and NVDEC works there); files only, live input and
-    images decode in software. `cuda_graphs`, `backend` (torch, openvino, onnxruntime,
-    tensorrt, auto): see `EngineConfig`.
+    images decode in software. `cuda_graphs`, `threads`, `backend` (torch, openvino,
+    onnxruntime, tensorrt, auto): see `EngineConfig`.
+
+    `outscale` (e.g. 2) or `size` ("1280x-1", (W, H); -1/0/None: from the aspect ratio, see
+    `OutputSize`): the model's x4 output is downscaled on the device (antialiased bicubic) to
+    that size; video outputs get even sides. `image_ext` ("png", "jpg", "webp", ...): the
+    format of a folder of images (default png; a single image file's own extension decides).
+    A single image output takes one frame of a video too (`frames=1`, with `start`).
 
     `input_size` (W, H): frames of other sizes are scaled to it before the model, as frames
     whose size differs from the first one's are (a part of a longer video: its first frame's).
@@ -236,6 +253,13 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
         dst = output_name(dst)  # file:NAME is NAME; other FFmpeg protocols are refused
     check_window(start, duration)  # before anything is opened: nan or 1e308 never reach FFmpeg
     check_frames(frames)
+    image_out = is_image_output(dst) and not is_push_url(dst)
+    resize = OutputSize.from_options(outscale, size, even=not image_out)
+    if image_ext is not None:
+        image_ext = check_image_ext(image_ext)
+        if not image_out:
+            raise ConfigError(f"--ext is for image outputs (a folder or an image file), not "
+                              f"{os.path.basename(dst) or dst}")
     encode = EncodeOptions(codec=codec, crf=crf, preset=encoder_preset, pix_fmt=pix_fmt,
                            bitrate=bitrate, options=dict(encoder_options or {}))
     if not is_image_output(dst) or is_push_url(dst):
@@ -261,22 +285,31 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
         engine = Engine(resolve_model(model), EngineConfig(device=device, precision=precision,
                                                             batch=batch, tile=tile, compile=compile,
                                                             cuda_graphs=cuda_graphs,
-                                                            backend=backend))
+                                                            threads=threads, backend=backend))
         info = source.info
         if input_size is not None and (info.width, info.height) != tuple(input_size):
             # the source scales every frame whose size differs from its info's
             source.info = info = dataclasses.replace(info, width=input_size[0],
                                                      height=input_size[1])
+        if frames is not None and not live_mode and (info.frames is None or info.frames > frames):
+            info = dataclasses.replace(info, frames=frames)  # progress total; one frame: an image
         n_batch = engine.plan(info.height, info.width)
+        out_w, out_h = info.width * engine.scale, info.height * engine.scale
+        sink_info, sink_scale = info, engine.scale
+        if resize is not None:  # the sink writes frames of sink_info's size x sink_scale
+            out_w, out_h = resize.for_input(info.width, info.height, engine.scale)
+            sink_info, sink_scale = dataclasses.replace(info, width=out_w, height=out_h), 1
+            engine.output_size = resize
         # audio, subtitles, chapters and tags come from the input file itself
         copy_from = src if isinstance(source, VideoSource) and not info.is_live else None
         if live_mode or is_push_url(dst) or segment_time:
-            sink = open_live_sink(dst, info, scale=engine.scale, encode=encode,
+            sink = open_live_sink(dst, sink_info, scale=sink_scale, encode=encode,
                                   segment_time=segment_time, overwrite=overwrite,
                                   rtsp_transport=(live_options or LiveOptions()).rtsp_transport)
         else:
-            sink = open_sink(dst, info, scale=engine.scale, encode=encode, copy_from=copy_from,
-                             overwrite=overwrite, start=source.window[0], end=source.window[1])
+            sink = open_sink(dst, sink_info, scale=sink_scale, encode=encode, copy_from=copy_from,
+                             overwrite=overwrite, start=source.window[0], end=source.window[1],
+                             image_ext=image_ext)
         if live_mode:
             progress = live_progress(source, progress, status, status_interval)
         # frames reach a yuv420p encoder as planes made on the device (streamsr/pack.py); the
@@ -284,6 +317,7 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
         engine.pack = None if side_by_side_view else getattr(sink, "yuv420", None)
         run = _Run(source, sink, engine, n_batch, queue_frames or 2 * n_batch, side_by_side_view,
                    progress)
+        run.total = info.frames
         if live_mode:  # latency is checked when the batcher takes a frame, after every queue
             source.check_latency_on_iter = False
             run.live, run.fresh = True, source.fresh
@@ -314,7 +348,7 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
                       output_bytes=sink.bytes_written,
                       output=live_output_label(dst, segment_time) if live_mode else dst,
                       input_size=(info.width, info.height),
-                      output_size=(info.width * engine.scale, info.height * engine.scale),
+                      output_size=(out_w, out_h),
                       dropped=source.dropped, skipped_packets=source.skipped_packets,
                       truncated=source.truncated, interrupted=stop.signum is not None,
                       live=source.stats.as_dict() if live_mode else None)
@@ -348,11 +382,15 @@ class _CpuThreads:
     1.27 s per frame with 2 threads, 1.91 s with 1). With a cheap model the encoder's threads
     keep the cores busy, and torch's fork-join ops stall whenever one of their threads is
     descheduled: the x4 nearest stand-in of `streamsr bench` ran 10 fps with 2 threads and 26
-    fps with 1. So after the first (warm-up) batch the engine's time per frame is measured with
-    one thread, then with all of them, each over at least WINDOW seconds (or FRAMES frames),
-    and the faster setting is kept for the rest of the run. The second measurement stops after
-    one batch when it is already CLEAR times slower or faster than the first, so little of the
-    run is spent in the losing setting. OMP_NUM_THREADS set by the user is left alone.
+    fps with 1. Other processes matter the same way: with every core busy elsewhere, `lite`
+    at 64x64 took 0.67 s with 1 thread and 6-9 s with 2. The load average cannot tell these
+    cases apart (it lags by minutes and still counts a job that just ended), so the run
+    measures: the first (warm-up) batch runs with one thread, then the engine's time per frame
+    is measured with one thread and with all of them, each over at least WINDOW seconds (or
+    FRAMES frames), and the faster setting is kept for the rest of the run. The second
+    measurement stops after one batch when it is already CLEAR times slower or faster than the
+    first, so at most one batch runs in a bad setting. A count the user chose (`--threads`,
+    EngineConfig.threads, OMP_NUM_THREADS) is left alone.
     """
 
     WINDOW = 0.5  # seconds of engine time per measurement (at least one batch) ...
@@ -365,12 +403,15 @@ class _CpuThreads:
         self.engine = engine
         self.full = torch.get_num_threads()
         self.enabled = (engine.device.type == "cpu" and self.full > 1
+                        and not getattr(engine, "threads_fixed", False)
                         and not os.environ.get("OMP_NUM_THREADS"))
         self.owner = False
         if self.enabled:
             with _CpuThreads._lock:
                 self.enabled = self.owner = _CpuThreads._active == 0
                 _CpuThreads._active += self.owner
+        if self.enabled:  # warm up on one thread: all of them may be the slow setting
+            torch.set_num_threads(1)
         self.mark: tuple[float, int] | None = None  # engine busy seconds, frames at window start
         self.per_frame: dict[int, float] = {}  # threads -> engine seconds per frame
 
@@ -381,7 +422,6 @@ class _CpuThreads:
         now = (self.engine.busy_seconds, self.engine.frames_done)
         if self.mark is None:  # the first batch pays for warm-up: measure from the next one
             self.mark = now
-            torch.set_num_threads(1)
             return
         busy, frames = now[0] - self.mark[0], now[1] - self.mark[1]
         if frames < 1:

@@ -228,3 +228,125 @@ def test_top_level_options_work_without_click_82s_no_args_error():
                            timeout=60)
         assert r.returncode in rcs, (args, r.stderr[-1000:])
         assert text in r.stdout + r.stderr and "Traceback" not in r.stderr, (args, r.stderr[-1000:])
+
+
+# -- one convention for the common options (-q/--quiet, -v/--verbose, --progress, --threads) --
+
+PROGRESS_COMMANDS = {"upscale", "bench", "prepare gopro", "prepare frames", "prepare synthetic",
+                     "train", "eval", "eval-video"}
+THREADS_COMMANDS = {"upscale", "bench", "train", "eval", "eval-video"}
+
+
+def _leaf_commands(group, prefix: str = ""):
+    import click
+
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            yield from _leaf_commands(cmd, f"{prefix}{name} ")
+        else:
+            yield f"{prefix}{name}", cmd
+
+
+def test_every_command_spells_the_common_options_alike():
+    """-q/--quiet and -v/--verbose on every command (as on the group), --progress/--no-progress
+    wherever there is a progress bar (the old `--no-progress` and `-q` spellings included),
+    --threads wherever torch's thread count matters."""
+    leaves = dict(_leaf_commands(main))
+    assert PROGRESS_COMMANDS | THREADS_COMMANDS <= set(leaves)
+    for name, cmd in leaves.items():
+        opts = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
+        assert {"-q", "--quiet", "-v", "--verbose"} <= opts, name
+        if name in PROGRESS_COMMANDS:
+            assert {"--progress", "--no-progress"} <= opts, name
+        if name in THREADS_COMMANDS:
+            assert "--threads" in opts, name
+    top = {o for p in main.params for o in p.opts}
+    assert {"-q", "--quiet", "-v", "--verbose"} <= top
+
+
+def _two_videos(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    import media
+
+    a = media.make_smooth_clip(tmp_path / "a.mp4", n=3, size=(32, 24))
+    return a, a
+
+
+def test_quiet_and_verbose_work_before_and_after_the_command(tmp_path):
+    res = run("info", "--model", "tiny", "-q", "-v")
+    assert res.exit_code == 0 and "112,088" in res.output  # quiet keeps the result itself
+    # accepted, not a usage error: import-mprnet fails on its (missing) input instead
+    res = CliRunner().invoke(main, ["-v", "import-mprnet", str(tmp_path / "none.pth"),
+                                    str(tmp_path / "o.safetensors"), "-q", "--verbose"])
+    assert res.exit_code == 2 and "No such option" not in res.stderr, res.stderr
+
+
+def test_eval_video_quiet_hides_the_progress_bar_either_side(tmp_path):
+    a, b = _two_videos(tmp_path)
+    shown = CliRunner().invoke(main, ["eval-video", str(a), "-r", str(b), "--progress"])
+    assert shown.exit_code == 0 and "frame" in shown.stderr  # tqdm's bar
+    for args in (["-q", "eval-video", str(a), "-r", str(b)],
+                 ["eval-video", str(a), "-r", str(b), "-q"],
+                 ["eval-video", str(a), "-r", str(b), "--no-progress"],
+                 ["-v", "eval-video", str(a), "-r", str(b), "-q", "-v"]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, (args, res.output)
+        assert res.stderr == "" and "PSNR" in res.stdout, args
+
+
+def test_verbose_after_the_command_logs_info_and_quiet_before_it_silences_upscale(
+        tmp_path, tiny_weights, caplog):
+    """`upscale ... -v` logs at INFO (it was a usage error), `-v` before and after add up to
+    DEBUG, and `streamsr -q upscale ...` prints nothing on a clean run (no bar, no summary)."""
+    import logging
+
+    a, _ = _two_videos(tmp_path)
+    job = ["--model", str(tiny_weights), "--device", "cpu", "--encoder-preset", "ultrafast"]
+    root = logging.getLogger()
+    level = root.level
+    try:
+        res = CliRunner().invoke(main, ["upscale", str(a), str(tmp_path / "v.mp4"), *job, "-v"])
+        assert res.exit_code == 0, res.output
+        assert "3 frames in" in res.stderr and root.level == logging.INFO
+        assert any(r.name == "streamsr.engine" and r.levelno == logging.INFO for r in caplog.records)
+        res = CliRunner().invoke(main, ["-v", "upscale", str(a), str(tmp_path / "d.mp4"), *job,
+                                        "-v"])
+        assert res.exit_code == 0 and root.level == logging.DEBUG
+        caplog.clear()
+        res = CliRunner().invoke(main, ["-q", "upscale", str(a), str(tmp_path / "q.mp4"), *job])
+        assert res.exit_code == 0 and res.stderr == "" and res.stdout == "", res.output
+        assert root.level == logging.WARNING and not any(r.levelno < logging.WARNING
+                                                          for r in caplog.records)
+        res = CliRunner().invoke(main, ["upscale", str(a), str(tmp_path / "n.mp4"), *job,
+                                        "--no-progress"])
+        assert res.exit_code == 0 and res.stderr.strip().startswith("3 frames in")  # no bar
+    finally:
+        root.setLevel(level)
+
+
+def test_threads_option_sets_torch_threads(monkeypatch):
+    """`bench --threads 1` runs with one torch thread (the machine record says so), whatever
+    the count was before; --threads 0 is a one-line usage error."""
+    import streamsr.engine as engine
+
+    monkeypatch.setattr(engine, "_pinned_threads", None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        res = CliRunner().invoke(main, ["bench", "--device", "cpu", "--model", "tiny",
+                                        "--resolution", "32x16", "--frames", "1", "--skip",
+                                        "pipeline", "--skip", "naive", "--skip", "io",
+                                        "--threads", "1", "--json", "-"], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["machine"]["torch_threads"] == 1
+        assert "bench:" in res.stderr  # progress lines are on by default ...
+        res = CliRunner().invoke(main, ["bench", "--device", "cpu", "--model", "tiny",
+                                        "--resolution", "32x16", "--frames", "1", "--skip",
+                                        "pipeline", "--skip", "naive", "--skip", "io", "-q"],
+                                 catch_exceptions=False)
+        assert res.exit_code == 0 and "bench:" not in res.stderr  # ... and off with -q
+        assert "| model only |" in res.stdout  # the result itself still prints
+    finally:
+        torch.set_num_threads(before)
+    res = CliRunner().invoke(main, ["train", "--data", ".", "--threads", "0"])
+    assert res.exit_code == 2 and "--threads" in res.stderr

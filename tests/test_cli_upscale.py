@@ -319,3 +319,52 @@ def test_a_start_past_the_end_or_a_nan_window_is_one_line_and_no_file(tmp_path, 
     result = _invoke("upscale", clip, out, "--model", tiny_weights, "--device", "cpu", *option)
     _one_line_error(result, words)
     assert not out.exists()
+
+
+def test_compile_reaches_the_engine(tmp_path, clip, tiny_weights, monkeypatch):
+    """`upscale --compile` runs the model through torch.compile (spied: compiling for real
+    takes minutes on CPU); without it, torch.compile is never called."""
+    compiled = []
+
+    def fake_compile(model, *args, **kwargs):
+        compiled.append(type(model).__name__)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    base = [clip, "--model", tiny_weights, "--device", "cpu", "-q", "--encoder-preset", "ultrafast"]
+    r = _invoke("upscale", base[0], tmp_path / "plain.mp4", *base[1:])
+    assert r.exit_code == 0 and compiled == []
+    r = _invoke("upscale", base[0], tmp_path / "c.mp4", *base[1:], "--compile")
+    assert r.exit_code == 0, r.stderr
+    assert compiled == ["DeblurSR"] and len(media.decode_all(tmp_path / "c.mp4")[0]) == 3
+
+
+def test_outscale_size_and_ext_options(tmp_path, tiny_weights):
+    """--outscale, --size and --ext from the command line: sizes of the written frames, the
+    image format, one frame of a video into an image; bad values are one line, exit 2."""
+    from PIL import Image
+
+    src = media.make_index_clip(tmp_path / "in.mp4", n=30, size=(32, 24))
+    base = ["--model", tiny_weights, "--device", "cpu", "-q", "--encoder-preset", "ultrafast"]
+    r = _invoke("upscale", src, tmp_path / "o2.mp4", *base, "--outscale", "2", "--frames", "2")
+    assert r.exit_code == 0, r.stderr
+    assert media.decode_all(tmp_path / "o2.mp4")[0][0].shape == (48, 64, 3)
+    r = _invoke("upscale", src, tmp_path / "s.mkv", *base, "--size", "-1x50", "--frames", "2")
+    assert r.exit_code == 0, r.stderr
+    assert media.decode_all(tmp_path / "s.mkv")[0][0].shape == (50, 66, 3)  # 66.7 -> even
+    r = _invoke("upscale", src, tmp_path / "frames", *base, "--ext", "jpg", "--frames", "2")
+    assert r.exit_code == 0, r.stderr
+    names = sorted(p.name for p in (tmp_path / "frames").iterdir())
+    assert names == ["frame_000000.jpg", "frame_000001.jpg"]
+    assert Image.open(tmp_path / "frames" / names[0]).format == "JPEG"
+    r = _invoke("upscale", src, tmp_path / "one.webp", *base, "--start", "0.4", "--frames", "1")
+    assert r.exit_code == 0, r.stderr
+    with Image.open(tmp_path / "one.webp") as img:
+        assert img.format == "WEBP" and img.size == (128, 96)
+    for bad, word in ((["--outscale", "5"], "--outscale"), (["--outscale", "nan"], "--outscale"),
+                      (["--size", "big"], "--size"), (["--size", "999x-1"], "only scales down"),
+                      (["--outscale", "2", "--size", "64x-1"], "not both"),
+                      (["--ext", "gif"], "--ext")):
+        r = _invoke("upscale", src, tmp_path / "bad.mp4", *base, *bad)
+        _one_line_error(r, word)
+        assert not (tmp_path / "bad.mp4").exists()

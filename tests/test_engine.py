@@ -488,3 +488,45 @@ def test_cuda_oom_error_class_is_retried():
     outs = list(engine.map([x, x]))
     for y in outs:
         np.testing.assert_array_equal(y, x.repeat(4, 1).repeat(4, 2))
+
+
+# -- CPU threads: all CPUs, or the user's count; never the load average ---------------------------
+
+@pytest.fixture
+def thread_state(monkeypatch):
+    """Fresh thread settings (no --threads, no OMP_NUM_THREADS, 2 CPUs), restored after."""
+    import streamsr.engine as eng
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(eng, "_pinned_threads", None)
+    monkeypatch.setattr(eng, "available_cpus", lambda: 2)
+    before = torch.get_num_threads()
+    yield eng
+    torch.set_num_threads(before)
+
+
+def test_cpu_threads_ignore_a_load_left_by_earlier_jobs(thread_state, monkeypatch):
+    """A load average of 8 on 2 CPUs (say, left over from a previous run) used to mean one
+    thread for the whole run; now the engine starts with every CPU and the pipeline measures
+    (tests/test_pipeline.py: the faster of 1 and all threads is kept)."""
+    monkeypatch.setattr(thread_state.os, "getloadavg", lambda: (8.0, 8.0, 8.0))
+    torch.set_num_threads(1)
+    engine = Engine(Nearest(), EngineConfig(device="cpu"))
+    assert torch.get_num_threads() == 2 and not engine.threads_fixed
+    assert engine.batch == 2  # batch follows threads: at most one frame per thread
+
+
+def test_cpu_threads_the_user_chose_are_kept(thread_state, monkeypatch):
+    engine = Engine(Nearest(), EngineConfig(device="cpu", threads=1))
+    assert torch.get_num_threads() == 1 and engine.threads_fixed and engine.batch == 1
+    thread_state.pin_cpu_threads(1)  # the CLI's --threads: every later engine keeps it
+    engine = Engine(Nearest(), EngineConfig(device="cpu"))
+    assert torch.get_num_threads() == 1 and engine.threads_fixed
+    monkeypatch.setattr(thread_state, "_pinned_threads", None)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    assert Engine(Nearest(), EngineConfig(device="cpu")).threads_fixed
+    assert torch.get_num_threads() == 1
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ConfigError):
+            Engine(Nearest(), EngineConfig(device="cpu", threads=bad))

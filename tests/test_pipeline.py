@@ -500,3 +500,181 @@ def test_sparse_frames_hours_apart_keep_their_times_and_length(tmp_path):
     assert media.frame_times(tmp_path / "out.mp4") == pytest.approx([0, 3600, 7200], abs=1e-3)
     with av.open(str(src)) as a, av.open(str(tmp_path / "out.mp4")) as b:
         assert b.duration / 1e6 == pytest.approx(a.duration / 1e6, abs=0.01)  # 7200.04 s
+
+
+# -- CPU threads: measured in the run, unless the user chose them ---------------------------------
+
+class _ThreadSpy(torch.nn.Module):
+    """x4 nearest that records torch's thread count at every call."""
+
+    scale = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: list[int] = []
+
+    def forward(self, x):
+        self.counts.append(torch.get_num_threads())
+        return torch.nn.functional.interpolate(x, scale_factor=4, mode="nearest")
+
+
+@pytest.mark.parametrize("threads", [None, 1])
+def test_threads_are_measured_in_the_run_unless_given(tmp_path, monkeypatch, threads):
+    """Whatever the load average says, a run without `threads` tries one thread (warm-up and
+    first window) and then all of them; with `threads=1` every call runs on one thread."""
+    import streamsr.engine as eng
+    from streamsr.pipeline import _CpuThreads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(eng, "_pinned_threads", None)
+    monkeypatch.setattr(eng, "available_cpus", lambda: 2)
+    monkeypatch.setattr(eng.os, "getloadavg", lambda: (9.0, 9.0, 9.0))  # ignored
+    monkeypatch.setattr(_CpuThreads, "FRAMES", 2)  # one 2-frame batch per measurement
+    before = torch.get_num_threads()
+    spy = _ThreadSpy()
+    src = media.make_index_clip(tmp_path / "in.mp4", n=8)
+    try:
+        upscale(src, tmp_path / "out.mp4", model=spy, device="cpu", batch=2,
+                encoder_preset="ultrafast", threads=threads)
+    finally:
+        torch.set_num_threads(before)
+    calls = spy.counts  # the engine's trial call at plan time, then one per 2-frame batch
+    if threads == 1:
+        assert calls == [1] * 5
+    else:  # all CPUs despite the load; batches: warm-up and window on 1 thread, window on 2
+        assert calls[:4] == [2, 1, 1, 2] and len(calls) == 5, calls
+
+
+# -- output sizes other than x4, image formats, one frame of a video -----------------------------
+
+class _NearestX4(torch.nn.Module):
+    """x4 nearest: sharp block edges, so a downscale that aliases is easy to tell apart."""
+
+    scale = 4
+
+    def forward(self, x):
+        return torch.nn.functional.interpolate(x, scale_factor=4, mode="nearest")
+
+
+def _noise_images(folder, n: int = 2, size=(32, 24)) -> None:
+    import cv2
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        cv2.imwrite(str(folder / f"img_{i}.png"),
+                    rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def _pil_downscale(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.BICUBIC))
+
+
+@pytest.mark.parametrize("outscale", [2, 0.5])
+def test_outscale_is_a_good_downscale_of_the_x4_output(tmp_path, outscale):
+    """PNG outputs (lossless): each outscaled frame matches PIL's antialiased bicubic reduction
+    of the same run's x4 output, independently computed, to within rounding."""
+    _noise_images(tmp_path / "in")
+    opts = dict(model=_NearestX4(), device="cpu")
+    upscale(tmp_path / "in", tmp_path / "x4", **opts)
+    stats = upscale(tmp_path / "in", tmp_path / "out", outscale=outscale, **opts)
+    w, h = round(32 * outscale), round(24 * outscale)
+    assert stats.output_size == (w, h) and stats.frames == 2
+    for name in ("img_0.png", "img_1.png"):
+        x4 = media.decode_all(tmp_path / "x4" / name)[0][0]
+        ours = media.decode_all(tmp_path / "out" / name)[0][0]
+        assert ours.shape == (h, w, 3) and x4.shape == (96, 128, 3)
+        assert _psnr(ours, _pil_downscale(x4, (w, h))) > 40
+        k = round(4 / outscale)  # every k-th pixel: what a downscale without a filter gives
+        assert _psnr(ours, x4[k // 2::k, k // 2::k]) < 30
+
+
+@pytest.mark.parametrize("rule, expected", [(dict(outscale=1.5), (96, 72)),
+                                            (dict(size="100x-1"), (100, 76)),
+                                            (dict(size="-1x90"), (120, 90))])
+def test_outscaled_video_has_the_asked_even_size_and_matches_a_downscale(tmp_path, rule, expected):
+    src = media.make_smooth_clip(tmp_path / "in.mp4", n=4)
+    _run(src, tmp_path / "x4")  # x4 reference: a folder of (lossless) PNGs
+    stats = _run(src, tmp_path / "out.mp4", **rule)
+    frames, _, _ = media.decode_all(tmp_path / "out.mp4")
+    assert stats.output_size == expected and len(frames) == 4
+    assert all(f.shape == (expected[1], expected[0], 3) for f in frames)
+    refs = [media.decode_all(p)[0][0] for p in sorted((tmp_path / "x4").iterdir())]
+    for ours, x4 in zip(frames, refs, strict=True):  # CRF 18 4:2:0 against a lossless downscale
+        assert _psnr(ours, _pil_downscale(x4, expected)) > 35
+
+
+def test_outscale_with_side_by_side_and_resume_parts(tmp_path):
+    src = media.make_smooth_clip(tmp_path / "in.mp4", n=5)
+    stats = _run(src, tmp_path / "sbs.mp4", outscale=2, side_by_side_view=True)
+    assert stats.output_size == (128, 96)
+    assert media.decode_all(tmp_path / "sbs.mp4")[0][0].shape == (96, 128, 3)
+    from streamsr.scale_out import upscale_job
+
+    stats = upscale_job(src, tmp_path / "parts.mp4", resume=True, outscale=2,
+                        **{"model": media.BicubicX4(), **FAST})
+    assert stats.output_size == (128, 96) and stats.frames == 5
+    assert media.decode_all(tmp_path / "parts.mp4")[0][0].shape == (96, 128, 3)
+
+
+@pytest.mark.parametrize("ext, magic", [(".jpg", b"\xff\xd8\xff"), (".webp", b"RIFF"),
+                                        (".png", b"\x89PNG")])
+def test_image_outputs_are_written_in_the_asked_format(tmp_path, ext, magic):
+    """A single image file by its extension, and a folder by `image_ext`: decoded back, each
+    file is of that format and of the x4 size."""
+    from PIL import Image
+
+    media.write_images(tmp_path / "in", n=2)
+    single = tmp_path / f"one{ext}"
+    _run(tmp_path / "in" / "img_000.png", single)
+    _run(tmp_path / "in", tmp_path / "folder", image_ext=ext.lstrip(".").upper())
+    files = [single, *sorted((tmp_path / "folder").iterdir())]
+    assert [p.name for p in files[1:]] == [f"img_000{ext}", f"img_001{ext}"]
+    fmt = {".jpg": "JPEG", ".webp": "WEBP", ".png": "PNG"}[ext]
+    for path in files:
+        assert path.read_bytes()[:len(magic)] == magic
+        with Image.open(path) as img:
+            assert img.format == fmt and img.size == (256, 192)
+        idx = media.read_index(np.asarray(Image.open(path).convert("RGB").resize((64, 48))))
+        assert idx == (1 if path.name == "img_001" + ext else 0)
+
+
+def test_one_frame_of_a_video_to_an_image(tmp_path):
+    """`frames=1` (with `start`) writes that one frame as an image; without it a video into
+    one image file is still refused with a hint."""
+    src = media.make_index_clip(tmp_path / "in.mp4", n=60)
+    stats = _run(src, tmp_path / "f.png", start=1.0, frames=1)
+    assert stats.frames == 1 and stats.output_size == (256, 192)
+    import cv2
+
+    img = cv2.cvtColor(cv2.imread(str(tmp_path / "f.png")), cv2.COLOR_BGR2RGB)
+    assert media.read_index(cv2.resize(img, (64, 48), interpolation=cv2.INTER_AREA)) == 25
+    with pytest.raises(OutputError, match="--frames 1"):
+        _run(src, tmp_path / "g.jpg")
+    assert not (tmp_path / "g.jpg").exists()
+    with pytest.raises(ConfigError, match="--ext"):
+        _run(src, tmp_path / "v.mp4", image_ext="jpg")
+    with pytest.raises(ConfigError, match="image format"):
+        _run(src, tmp_path / "folder", image_ext="gif")
+
+
+def test_frames_limit_is_the_progress_total(tmp_path):
+    src = media.make_index_clip(tmp_path / "in.mp4", n=12)
+    seen = []
+    _run(src, tmp_path / "out.mp4", frames=5, progress=lambda done, total: seen.append(total))
+    assert seen == [5] * 5
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_outscale_downscales_on_the_device(tmp_path):
+    """The pinned CUDA path (CUDA graphs on) with --outscale: every frame, in order, at the
+    asked size."""
+    src = media.make_index_clip(tmp_path / "idx.mp4", n=9)
+    stats = upscale(src, tmp_path / "o.mp4", model=media.BicubicX4(), device="cuda",
+                    precision="fp32", batch=4, encoder_preset="ultrafast", outscale=2)
+    frames, _, _ = media.decode_all(tmp_path / "o.mp4")
+    assert stats.output_size == (128, 96) and len(frames) == 9
+    assert [media.read_index(f) for f in frames] == list(range(9))

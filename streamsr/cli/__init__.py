@@ -7,6 +7,8 @@ the traceback.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import sys
 
@@ -63,17 +65,77 @@ class _Group(click.Group):
             ctx.exit(130)
 
 
+def _log_level(obj: dict) -> int:
+    """WARNING, INFO with -v, DEBUG with -vv or --debug."""
+    if obj.get("debug"):
+        return logging.DEBUG
+    return max(logging.DEBUG, logging.WARNING - 10 * obj.get("verbose", 0))
+
+
+def common_options(*, progress: bool = True):
+    """The options every command takes, spelled the same everywhere.
+
+    `-q/--quiet` (no progress bar, no summary or status lines on stderr; warnings and errors
+    still show) and `-v/--verbose` (repeatable) work before the command and after it alike:
+    `streamsr -q upscale ...` = `streamsr upscale ... -q`, and -v counts add up. With
+    `progress`, the command also takes `--progress/--no-progress` (default: on unless quiet)
+    and receives the resolved `progress: bool`. A command whose function has a `quiet`
+    parameter receives the resolved quiet flag too.
+    """
+    def decorate(fn):
+        wants_quiet = "quiet" in inspect.signature(fn).parameters
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            obj = click.get_current_context().find_root().ensure_object(dict)
+            obj["quiet"] = quiet = bool(kwargs.pop("_quiet") or obj.get("quiet"))
+            obj["verbose"] = obj.get("verbose", 0) + kwargs.pop("_verbose")
+            logging.getLogger().setLevel(_log_level(obj))
+            if progress:
+                shown = kwargs.pop("progress")
+                kwargs["progress"] = (not quiet) if shown is None else shown
+            if wants_quiet:
+                kwargs["quiet"] = quiet
+            return fn(*args, **kwargs)
+
+        wrapper = click.option("-v", "--verbose", "_verbose", count=True,
+                               help="More log output (-vv for debug logs); also before the "
+                                    "command.")(wrapper)
+        wrapper = click.option("-q", "--quiet", "_quiet", is_flag=True,
+                               help="No progress bar and no summary; also before the "
+                                    "command.")(wrapper)
+        if progress:
+            wrapper = click.option("--progress/--no-progress", default=None,
+                                   help="Progress bar on stderr (default: on unless "
+                                        "--quiet).")(wrapper)
+        return wrapper
+    return decorate
+
+
+def threads_option(fn):
+    """`--threads N`: torch's CPU threads for this process (default: automatic)."""
+    def pin(_ctx: click.Context, _param: click.Parameter, value: int | None) -> None:
+        if value is not None:
+            from streamsr.engine import pin_cpu_threads
+
+            pin_cpu_threads(value)
+
+    return click.option("--threads", type=click.IntRange(min=1), metavar="N", expose_value=False,
+                        callback=pin, help="CPU threads for torch (default: automatic; wins over "
+                        "OMP_NUM_THREADS).")(fn)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="streamsr")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug logs).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars and no summaries.")
 @click.pass_context
-def main(ctx: click.Context, debug: bool, verbose: int) -> None:
+def main(ctx: click.Context, debug: bool, verbose: int, quiet: bool) -> None:
     """Sharp x4 video from blurry low-resolution footage."""
     ctx.ensure_object(dict)
-    ctx.obj["debug"] = debug
-    level = logging.WARNING - 10 * verbose if not debug else logging.DEBUG
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s",
+    ctx.obj.update(debug=debug, verbose=verbose, quiet=quiet)
+    logging.basicConfig(level=_log_level(ctx.obj), format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
 
 

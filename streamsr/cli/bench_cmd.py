@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from streamsr.cli import main
-from streamsr.errors import OutputError
+from streamsr.cli import common_options, main, threads_option
+from streamsr.errors import ConfigError, OutputError
 
 PARTS = ("model", "pipeline", "naive", "io")  # streamsr.bench.PARTS, kept here so --help stays light
 
@@ -25,6 +25,10 @@ PARTS = ("model", "pipeline", "naive", "io")  # streamsr.bench.PARTS, kept here 
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto",
               show_default=True, help="Model precision for the engine (the naive loop is fp32).")
 @click.option("--batch", type=int, default=None, help="Frames per model call [default: engine's choice].")
+@click.option("--backend", "backend_names", multiple=True, metavar="NAME[,NAME...]",
+              help="torch, openvino, onnxruntime, tensorrt or auto [default: torch]; several "
+              "(repeated or comma-separated): model-only and pipeline rows side by side, each at "
+              "its best thread count, with PSNR against torch fp32.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (engine and pipeline).")
 @click.option("--cuda-graphs", type=click.Choice(["auto", "on", "off"]), default="auto",
               show_default=True, help="CUDA graph replay for full batches (auto: on CUDA without "
@@ -49,11 +53,13 @@ PARTS = ("model", "pipeline", "naive", "io")  # streamsr.bench.PARTS, kept here 
               "[default: 1,2,4,8 on GPU, 1,2,4 on CPU].")
 @click.option("--json", "json_path", default=None, metavar="PATH|-",
               help="Also write the result as one JSON object (- for stdout).")
+@threads_option
+@common_options()
 def bench(resolution: str, frames: int | None, io_frames: int | None, model_name: str, device: str, precision: str,
           batch: int | None, compile_: bool, cuda_graphs: str, decoder: str, codec: str,
           encoder_preset: str, skip: tuple[str, ...],
           ffmpeg_method: str, sweep: bool, sizes: str, batches: str | None,
-          json_path: str | None) -> None:
+          json_path: str | None, progress: bool, backend_names: tuple[str, ...] = ()) -> None:
     """Measure throughput: model only, pipeline, naive loop and I/O vs FFmpeg, in one process."""
     from streamsr.bench import (
         BenchConfig,
@@ -72,16 +78,27 @@ def bench(resolution: str, frames: int | None, io_frames: int | None, model_name
                          encoder_preset=encoder_preset,
                          parts=tuple(p for p in PARTS if p not in skip), ffmpeg=ffmpeg_method)
 
-    def progress(text: str) -> None:
-        click.secho(f"bench: {text} ...", err=True, dim=True)
+    def step(text: str) -> None:
+        if progress:
+            click.secho(f"bench: {text} ...", err=True, dim=True)
 
-    if sweep:
+    names = [n.strip() for value in backend_names for n in value.split(",") if n.strip()]
+    if len(names) == 1:
+        config.backend = names[0]
+    if len(names) > 1:
+        from streamsr.bench_backends import format_backends, run_backends
+
+        if sweep:
+            raise ConfigError("--sweep takes one --backend")
+        result = run_backends(config, names, progress=step)
+        text = format_backends(result)
+    elif sweep:
         resolutions = [parse_resolution(size) for size in sizes.split(",") if size.strip()]
         result = run_sweep(config, resolutions=resolutions, batches=parse_batches(batches),
-                           progress=progress)
+                           progress=step)
         text = format_sweep(result)
     else:
-        result = run_bench(config, progress=progress)
+        result = run_bench(config, progress=step)
         text = format_result(result)
     # With JSON on stdout, the table goes to stderr so stdout stays one parseable object.
     click.echo(text, err=json_path == "-")
@@ -94,4 +111,5 @@ def bench(resolution: str, frames: int | None, io_frames: int | None, model_name
             path.write_text(result.to_json() + "\n")
         except OSError as exc:
             raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-        click.secho(f"bench: wrote {path}", err=True, dim=True)
+        if progress:
+            click.secho(f"bench: wrote {path}", err=True, dim=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from streamsr.cli import main
+from streamsr.cli import common_options, main
 from streamsr.errors import OutputError
 from streamsr.models.configs import CONFIGS
 from streamsr.models.info import config_info
@@ -25,6 +25,7 @@ from streamsr.models.weights import (
 @click.option("--model", "model_name", default="lite", show_default=True,
               help="paper, lite, tiny, or a weights file.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@common_options(progress=False)
 def info(file: str | None, model_name: str, as_json: bool) -> None:
     """Print a model's config, parameter count and MACs per input pixel.
 
@@ -91,6 +92,7 @@ def _export_info(path: str, as_json: bool) -> None:
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--seed", default=0, show_default=True, help="Seed for the new head's initialisation.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@common_options(progress=False)
 def import_mprnet_cmd(checkpoint: str, out: str, seed: int, overwrite: bool) -> None:
     """Convert an official MPRNet deblurring checkpoint into a joint-model weights file.
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from streamsr.cli import main
+from streamsr.cli import common_options, main, threads_option
 from streamsr.errors import ConfigError
 
 _PATCH = [click.option("--patch", default=256, show_default=True, help="HR crop size (pixels)."),
@@ -53,12 +53,12 @@ def prepare() -> None:
 @_crop_options
 @click.option("--split", "splits", multiple=True, default=("train", "test"), show_default=True,
               help="Splits to prepare (repeatable).")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
-def prepare_gopro_cmd(src, dst, patch, stride, scale, workers, splits, no_progress) -> None:
+@common_options()
+def prepare_gopro_cmd(src, dst, patch, stride, scale, workers, splits, progress: bool) -> None:
     """Crop GOPRO_Large (<split>/<sequence>/{blur,sharp}/*.png) into triplets."""
     from streamsr.data.prepare import prepare_gopro
 
-    _report(prepare_gopro(src, dst, _settings(patch, stride, scale), splits, not no_progress,
+    _report(prepare_gopro(src, dst, _settings(patch, stride, scale), splits, progress,
                           _workers(workers)))
 
 
@@ -72,14 +72,14 @@ def prepare_gopro_cmd(src, dst, patch, stride, scale, workers, splits, no_progre
               help="Share of pairs, from the end of the clip, held out as the `test` split.")
 @click.option("--max-pairs", type=int, default=None, help="Stop after this many pairs.")
 @_crop_options
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@common_options()
 def prepare_frames_cmd(video, average, dst, val_fraction, max_pairs, patch, stride, scale,
-                       workers, no_progress) -> None:
+                       workers, progress: bool) -> None:
     """Blurry/sharp pairs from your own footage (frames averaged in linear light), then triplets."""
     from streamsr.data.prepare import prepare_frames
 
     _report(prepare_frames(video, dst, average, _settings(patch, stride, scale), val_fraction,
-                           max_pairs, not no_progress, _workers(workers)))
+                           max_pairs, progress, _workers(workers)))
     click.echo(f"whole-image pairs for `streamsr eval`: {Path(dst) / 'pairs' / 'test'}")
 
 
@@ -98,14 +98,14 @@ def prepare_frames_cmd(video, average, dst, val_fraction, max_pairs, patch, stri
 @click.option("--noise", default=0.0, show_default=True, help="Gaussian noise sigma (8-bit values).")
 @click.option("--jpeg", type=int, default=None, help="JPEG quality of the blurry image.")
 @_crop_options
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@common_options()
 def prepare_synthetic_cmd(images, dst, variants, seed, val_fraction, size, max_shift, max_angle,
-                          exposures, noise, jpeg, patch, stride, scale, workers, no_progress) -> None:
+                          exposures, noise, jpeg, patch, stride, scale, workers, progress: bool) -> None:
     """Blurry/sharp pairs from still images with random camera shake, then triplets."""
     from streamsr.data.prepare import prepare_synthetic
 
     _report(prepare_synthetic(images, dst, _settings(patch, stride, scale), variants, seed,
-                              val_fraction, not no_progress, _workers(workers), size=size,
+                              val_fraction, progress, _workers(workers), size=size,
                               max_shift=max_shift,
                               max_angle=max_angle, exposures=exposures, noise_sigma=noise,
                               jpeg_quality=jpeg))
@@ -126,8 +126,9 @@ def prepare_synthetic_cmd(images, dst, variants, seed, val_fraction, size, max_s
               help="Start the trunk from an official MPRNet checkpoint (model_deblurring.pth).")
 @click.option("--init", type=click.Path(dir_okay=False), help="Start from a streamsr weights file.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU if any).")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
-def train(recipe, data, out, overrides, resume, init_mprnet, init, device, no_progress) -> None:
+@threads_option
+@common_options()
+def train(recipe, data, out, overrides, resume, init_mprnet, init, device, progress: bool) -> None:
     """Train the joint model (torchrun --nproc_per_node N -m streamsr train ... for N GPUs)."""
     import os
 
@@ -138,7 +139,7 @@ def train(recipe, data, out, overrides, resume, init_mprnet, init, device, no_pr
         raise ConfigError("--recipe is required (unless --resume continues a run)")
     rec = load_recipe(recipe) if recipe else None
     result = run_training(data, out, rec, overrides, resume=resume, init_mprnet=init_mprnet,
-                          init=init, device=device, progress=not no_progress)
+                          init=init, device=device, progress=progress)
     if int(os.environ.get("RANK", "0")) == 0:
         best = f"{result.best_psnr:.3f} dB" if result.best_psnr is not None else "n/a"
         click.echo(f"done: {result.step} steps; best validation PSNR (SR) {best}")
@@ -156,11 +157,12 @@ def train(recipe, data, out, overrides, resume, init_mprnet, init, device, no_pr
               help="Folder for eval.md, eval.csv and eval_per_image.csv.")
 @click.option("--limit", default=0, help="Evaluate only the first N images.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU if any).")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
-def eval_cmd(data, model_path, mprnet, out, limit, device, no_progress) -> None:
+@threads_option
+@common_options()
+def eval_cmd(data, model_path, mprnet, out, limit, device, progress: bool) -> None:
     """Table 1 protocol: blurry HR -> bicubic x4 down -> model -> compare with the sharp HR."""
     from streamsr.evaluate import evaluate
 
-    report = evaluate(data, model_path, mprnet, out, device, limit, not no_progress)
+    report = evaluate(data, model_path, mprnet, out, device, limit, progress)
     click.echo(report.markdown(), nl=False)
     click.echo(f"tables written to {Path(out) / 'eval.md'} and {Path(out) / 'eval.csv'}")

@@ -15,16 +15,18 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from streamsr.cli import main
+from streamsr.cli import common_options, main, threads_option
 from streamsr.errors import ConfigError
 
 PRESET_DIRS = (Path("pipelines"), Path(__file__).resolve().parents[2] / "pipelines",
                Path(__file__).resolve().parents[1] / "presets")  # installed: package data
 # Options a preset may set (TOML keys; "-" and "_" both accepted) -> click parameter names.
 PRESET_KEYS = {"model": "model", "batch": "batch", "tile": "tile", "precision": "precision",
-               "device": "device", "backend": "backend", "codec": "codec", "crf": "crf", "encoder_preset": "encoder_preset",
+               "device": "device", "backend": "backend", "compile": "compile_", "codec": "codec", "crf": "crf",
+               "encoder_preset": "encoder_preset",
                "pix_fmt": "pix_fmt", "bitrate": "bitrate", "encoder_opt": "encoder_opt",
-               "side_by_side": "side_by_side", "start": "start", "duration": "duration",
+               "side_by_side": "side_by_side", "outscale": "outscale", "size": "out_size",
+               "ext": "image_ext", "start": "start", "duration": "duration",
                "frames": "frames", "live": "live", "rtsp_transport": "rtsp_transport",
                "drop": "drop", "max_latency": "max_latency", "reconnect_max": "reconnect_max",
                "timeout": "live_timeout", "segment_time": "segment_time",
@@ -128,6 +130,9 @@ def _status_line(line: str) -> None:
               help="What runs the model: torch; openvino or onnxruntime on the CPU, tensorrt on "
                    "a GPU (the exported model, cached; pip extras [openvino], [onnx], [tensorrt]); "
                    "auto: tensorrt on a GPU, openvino on the CPU when installed, else torch.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the model (slow to start; the eager model after a warning "
+                   "when compiling fails).")
 @click.option("--cuda-graphs", type=click.Choice(["auto", "on", "off"]), default="auto",
               show_default=True, help="Replay a captured CUDA graph for full batches (auto: on "
               "CUDA without --compile; no effect on CPU).")
@@ -145,6 +150,16 @@ def _status_line(line: str) -> None:
 @click.option("--bitrate", help="Target bitrate such as 8M or 2500k (instead of CRF).")
 @click.option("--encoder-opt", multiple=True, metavar="KEY=VALUE",
               help="Extra FFmpeg encoder option; repeatable.")
+@click.option("--outscale", type=click.FloatRange(0.25, 4), metavar="FACTOR",
+              help="Output size as a factor of the input (0.25-4, e.g. 2): the model's x4, "
+                   "then an antialiased bicubic downscale; video sides are rounded to even.")
+@click.option("--size", "out_size", metavar="WxH",
+              help="Output size that fits in WxH keeping the aspect ratio; -1 for a side follows "
+                   "the other (1280x-1, -1x720). At most x4 of the input.")
+@click.option("--ext", "image_ext", type=click.Choice(["png", "jpg", "jpeg", "webp", "bmp", "tif",
+                                                     "tiff"], case_sensitive=False),
+              help="Image format for a folder OUTPUT (default png; an image file's own "
+                   "extension decides for it).")
 @click.option("--side-by-side", is_flag=True, help="Left half bicubic, right half streamsr.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--start", type=click.FloatRange(min=0), help="Start at this many seconds.")
@@ -178,10 +193,11 @@ def _status_line(line: str) -> None:
                    "skip outputs that are already finished.")
 @click.option("--part-frames", type=click.IntRange(min=1), metavar="N",
               help="Parts (--resume, torchrun): about this many frames each (default 1800).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@threads_option
+@common_options()
 @click.pass_context
 def upscale(ctx: click.Context, input_path: str, output_path: str, preset_name: str | None,
-            **options) -> None:
+            progress: bool, quiet: bool, **options) -> None:
     """Upscale a blurry low-resolution video (or image, or image folder) x4 into OUTPUT.
 
     OUTPUT is a video file (.mp4, .mkv, .mov, ...), an image file, or a folder for PNGs.
@@ -191,7 +207,6 @@ def upscale(ctx: click.Context, input_path: str, output_path: str, preset_name: 
     from streamsr.video.live import LiveOptions
     from streamsr.video.source import DEFAULT_MAX_PIXELS
 
-    quiet = options.pop("quiet")
     if preset_name:
         params = {p.name: p for p in ctx.command.params}
         for key, value in load_preset(preset_name).items():
@@ -200,17 +215,19 @@ def upscale(ctx: click.Context, input_path: str, output_path: str, preset_name: 
                     options[key] = params[key].type_cast_value(ctx, value)
                 except click.BadParameter as exc:
                     raise ConfigError(f"preset {preset_name}: bad value for {key}: {exc.message}") from None
-    bar = _Bar(enabled=not quiet)
+    bar = _Bar(enabled=progress)
     try:
         stats = run_upscale(
             input_path, output_path, model=options["model"], device=options["device"],
             precision=options["precision"], batch=options["batch"], tile=options["tile"],
-            cuda_graphs=options["cuda_graphs"], decoder=options["decoder"],
+            compile=options["compile_"], cuda_graphs=options["cuda_graphs"],
             backend=options["backend"],
+            decoder=options["decoder"],
             codec=options["codec"], crf=options["crf"], encoder_preset=options["encoder_preset"],
             pix_fmt=options["pix_fmt"], bitrate=options["bitrate"],
             encoder_options=parse_encoder_opts(tuple(options["encoder_opt"])),
             side_by_side_view=bool(options["side_by_side"]), overwrite=options["overwrite"],
+            outscale=options["outscale"], size=options["out_size"], image_ext=options["image_ext"],
             start=options["start"], duration=options["duration"], progress=bar,
             max_pixels=(DEFAULT_MAX_PIXELS if options["max_pixels"] is None
                         else options["max_pixels"] or None),

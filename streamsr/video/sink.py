@@ -800,12 +800,27 @@ class VideoSink(Sink):
             pass
 
 
-class ImageSink(Sink):
-    """A folder of PNGs (one per frame), or a single image file for a single-image input."""
+def check_image_ext(ext: str) -> str:
+    """'jpg', '.JPG' -> '.jpg': an image format the image outputs can write, or ConfigError."""
+    norm = "." + str(ext).strip().lstrip(".").lower()
+    if norm not in IMAGE_EXTS:
+        raise ConfigError(f"unknown image format {ext!r}; use one of "
+                          f"{', '.join(sorted(e.lstrip('.') for e in IMAGE_EXTS))}")
+    return norm
 
-    def __init__(self, path: Path, info: VideoInfo, *, scale: int, overwrite: bool, folder: bool) -> None:
+
+class ImageSink(Sink):
+    """A folder of images (one per frame; PNG unless `ext` says otherwise), or a single image
+    file (its extension picks the format) for a single image or one frame of a video.
+
+    JPEG is written at quality 95, WebP lossless (OpenCV's defaults), PNG and TIFF losslessly.
+    """
+
+    def __init__(self, path: Path, info: VideoInfo, *, scale: int, overwrite: bool, folder: bool,
+                 ext: str = ".png") -> None:
         self.path = path
         self.folder = folder
+        self.ext = check_image_ext(ext)
         self.frames_written = 0
         self._bytes = 0
         self.size = (info.height * scale, info.width * scale)
@@ -827,11 +842,11 @@ class ImageSink(Sink):
 
     def write(self, rgb: np.ndarray, pts: int | None, time_base: Fraction, name: str | None = None,
               duration: int | None = None) -> None:
-        """Write one frame as PNG (named after the input image when there is one)."""
+        """Write one frame as an image (named after the input image when there is one)."""
         import cv2
 
         if self.folder:
-            target = self.path / f"{name or f'frame_{self.frames_written:06d}'}.png"
+            target = self.path / f"{name or f'frame_{self.frames_written:06d}'}{self.ext}"
         else:
             if self.frames_written:
                 raise OutputError(f"{self.path} is a single image but the input has more than one "
@@ -863,8 +878,10 @@ def is_image_output(path: str | os.PathLike) -> bool:
 
 def open_sink(path: str | os.PathLike, info: VideoInfo, *, scale: int = 4,
               encode: EncodeOptions | None = None, copy_from: str | None = None,
-              overwrite: bool = False, start: float | None = None, end: float | None = None) -> Sink:
-    """Open the output: a video file (by extension), one image, or a folder of PNGs.
+              overwrite: bool = False, start: float | None = None, end: float | None = None,
+              image_ext: str | None = None) -> Sink:
+    """Open the output: a video file (by extension), one image, or a folder of images
+    (`image_ext`, default png).
 
     `start`/`end` (input-time seconds) limit the copied audio/subtitles/chapters to the part of
     the input that was processed, and shift them like the video.
@@ -876,7 +893,12 @@ def open_sink(path: str | os.PathLike, info: VideoInfo, *, scale: int = 4,
         single = p.suffix.lower() in IMAGE_EXTS and not p.is_dir()
         if single and (info.frames or 1) > 1:
             raise OutputError(f"{p.name} is a single image but the input has {info.frames} frames; "
-                              f"give a folder (no extension) for PNGs or a video file name")
-        return ImageSink(p, info, scale=scale, overwrite=overwrite, folder=not single)
+                              f"give a folder (no extension) for images, a video file name, or "
+                              f"--frames 1 for one frame")
+        if single and image_ext is not None and check_image_ext(image_ext) != p.suffix.lower():
+            raise ConfigError(f"--ext {image_ext} does not match the output file {p.name}; "
+                              f"--ext is for folders of images")
+        return ImageSink(p, info, scale=scale, overwrite=overwrite, folder=not single,
+                         ext=image_ext or ".png")
     return VideoSink(p, info, scale=scale, encode=encode, copy_from=copy_from, overwrite=overwrite,
                      start=start, end=end)
