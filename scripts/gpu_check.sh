@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared check for a lent GPU machine (H100/H200): GPU info, the CUDA tests,
 # `streamsr bench` with the paper model at 480x270 in bf16 (CUDA graphs on, the default), the
-# same without CUDA graphs (model + pipeline only), a torch.profiler profile of the paper model,
+# same without CUDA graphs (model + pipeline only), TensorRT against the torch pipeline (when
+# tensorrt is installed there), a torch.profiler profile of the paper model,
 # the pipeline with NVDEC + NVENC, then, time allowing, a short sweep.
 #
 # Everything is teed to $OUT/gpu_check.log and the JSON results land in $OUT. Each step has its
@@ -108,6 +109,30 @@ BENCH_JSON="$OUT/bench_${MODEL}_${RES}.json"
 step "bench $MODEL $RES $PRECISION" 240 "$PY" -m streamsr bench --device "$DEVICE" --model "$MODEL" \
   --resolution "$RES" --precision "$PRECISION" --frames "$BENCH_FRAMES" --json "$BENCH_JSON"
 [ -s "$BENCH_JSON" ] && cat "$BENCH_JSON"
+
+# TensorRT against the torch pipeline, side by side (issue 17's bar: >= 1.5x end to end). The
+# device has no network: tensorrt must already be importable there (its wheels are too big to
+# carry); otherwise the step says so and is skipped. The first run builds the engine (minutes
+# for paper) into $STREAMSR_CACHE_DIR, so it is timed after a build step of its own.
+if [ "$DEVICE" = cuda ]; then
+  TRT_BACKENDS=torch,tensorrt
+else  # rehearsal: the same side-by-side plumbing with the CPU runtimes
+  TRT_BACKENDS=torch,openvino
+fi
+export STREAMSR_CACHE_DIR=${STREAMSR_CACHE_DIR:-$OUT/model_cache}
+if "$PY" -c "import ${TRT_BACKENDS#torch,}, onnx" 2>/dev/null; then
+  step "build ${TRT_BACKENDS#torch,} engines" 300 "$PY" -m streamsr bench --device "$DEVICE" \
+    --model "$MODEL" --resolution "$RES" --precision "$PRECISION" --frames 2 --skip pipeline \
+    --backend "$TRT_BACKENDS"
+  step "bench $MODEL $RES $PRECISION --backend $TRT_BACKENDS" 240 "$PY" -m streamsr bench \
+    --device "$DEVICE" --model "$MODEL" --resolution "$RES" --precision "$PRECISION" \
+    --frames "$BENCH_FRAMES" --backend "$TRT_BACKENDS" --json "$OUT/bench_${MODEL}_${RES}_backends.json"
+  step "pytest backends (cuda)" 120 "$PY" -m pytest tests/test_backends.py -m cuda -q \
+    -p no:cacheprovider -rs
+else
+  echo "== ${TRT_BACKENDS#torch,} backend: skipped (python cannot import ${TRT_BACKENDS#torch,} and onnx here)"
+  SUMMARY+=("${TRT_BACKENDS#torch,} backend: skipped (not installed)")
+fi
 
 # CUDA graphs off, same settings: the difference to the bench above is what the graphs buy.
 step "bench $MODEL $RES $PRECISION --cuda-graphs off" 150 "$PY" -m streamsr bench --device "$DEVICE" \

@@ -104,6 +104,8 @@ class BenchConfig:
     batch: int | None = None  # None: the engine's choice
     compile: bool = False
     cuda_graphs: str = "auto"  # auto | on | off (engine and pipeline; no effect on CPU)
+    backend: str = "torch"  # what runs the model (engine and pipeline), see streamsr.backends
+    threads: int | None = None  # CPU threads of the engine and pipeline (None: the engine's)
     decoder: str = "software"  # the pipeline parts' video decoder: software | cuda | auto
     codec: str = "libx264"  # encoder of every part that writes video (pipeline, naive, FFmpeg)
     encoder_preset: str = "medium"  # its speed preset (p1-p7 for NVENC)
@@ -406,6 +408,7 @@ def run_pipeline(src: Path, dst: Path, model: nn.Module, engine: EngineConfig, *
     stats = upscale(str(src), str(dst), model=model, device=engine.device,
                     precision=engine.precision, batch=engine.batch, tile=engine.tile,
                     compile=engine.compile, cuda_graphs=engine.cuda_graphs, decoder=decoder,
+                    backend=engine.backend, threads=engine.threads,
                     codec=enc.codec, crf=enc.crf, encoder_preset=enc.preset, pix_fmt=enc.pix_fmt,
                     bitrate=enc.bitrate, encoder_options=enc.options, overwrite=True,
                     handle_signals=False,
@@ -658,11 +661,12 @@ def _ratio(a: Timing | None, b: Timing | None) -> float | None:
 def _engine_config(cfg: BenchConfig, batch: int | None = None) -> EngineConfig:
     return EngineConfig(device=cfg.device, precision=cfg.precision,
                         batch=batch if batch is not None else cfg.batch, compile=cfg.compile,
-                        cuda_graphs=cfg.cuda_graphs)
+                        cuda_graphs=cfg.cuda_graphs, backend=cfg.backend, threads=cfg.threads)
 
 
 def _engine_info(engine: Engine) -> dict:
-    return {"device": str(engine.device), "precision": str(engine.dtype).removeprefix("torch."),
+    return {"backend": engine.backend, "device": str(engine.device),
+            "precision": str(engine.dtype).removeprefix("torch."),
             "batch": engine.batch, "channels_last": engine.config.channels_last,
             "compile": engine.config.compile, "cuda_graphs": engine._forward.graphs is not None and engine._forward.graphs.enabled}  # off if capture failed
 
@@ -888,7 +892,8 @@ def format_result(r: BenchResult) -> str:
     weights = "trained" if r.model["trained"] else "untrained"
     head = [f"streamsr bench, {r.date}",
             f"{r.model['name']} ({r.model['parameters']:,} params, {weights} weights), "
-            f"{w}x{h} -> {4 * w}x{4 * h}, {c['frames']} frames, {e['device']} {e['precision']}, "
+            f"{w}x{h} -> {4 * w}x{4 * h}, {c['frames']} frames, {e.get('backend', 'torch')} on "
+            f"{e['device']} {e['precision']}, "
             f"batch {e['batch']}, channels_last {e['channels_last']}, compile {e['compile']}, "
             f"CUDA graphs {'on' if e.get('cuda_graphs') else 'off'}, "
             f"decoder asked {c.get('decoder', 'software')}, encoder {c['encode']['codec']} "

@@ -284,3 +284,28 @@ def test_upscale_cli_backend_option(tmp_path):
                                        "--device", "cpu", "--backend", RUNTIMES[0], "-q"])
     assert result.exit_code == 0, result.output
     assert len(decode_all(out)[0]) == 3
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision,min_psnr", [("fp32", 60.0), ("fp16", 45.0)])
+def test_tensorrt_matches_torch_fp32_on_a_gpu(precision, min_psnr):
+    """TensorRT behind the engine (pinned ring, events): every frame, close to torch fp32 by
+    the stated threshold; the second engine loads the cached engine instead of building."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    if not backends.installed("tensorrt"):
+        pytest.skip("tensorrt is not installed")
+    model = skip_model()
+    x = frames(n=5, h=40, w=64)
+    ref = Engine(copy.deepcopy(model), EngineConfig(device="cpu", threads=1)).upscale_batch(x)
+    cfg = EngineConfig(device="cuda", precision=precision, backend="tensorrt", batch=2)
+    engine = Engine(copy.deepcopy(model), cfg)
+    outs = list(engine.map([x[:2], x[2:4], x[4:]]))
+    out = np.concatenate(outs)
+    assert out.shape == ref.shape
+    assert psnr_u8(out, ref) >= min_psnr
+    again = Engine(copy.deepcopy(model), cfg)
+    built = []
+    again._forward.build = lambda shape: built.append(shape) or b""
+    assert np.array_equal(again.upscale_batch(x[:2]), outs[0])
+    assert built == []  # read from the cache

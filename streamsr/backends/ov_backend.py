@@ -7,6 +7,12 @@ precision hint to f32; bf16 and fp16 set bf16 / f16 and are refused on a CPU tha
 tiles) gets its own statically shaped compiled model, which OpenVINO runs faster than a dynamic
 one; compiled models are cached in <cache>/openvino (OpenVINO's CACHE_DIR, which checks the
 model, the settings and its own version, and recompiles when a blob does not fit or fails).
+
+Threads: with one thread, one synchronous request per batch. With N > 1 threads a batch of
+several frames runs as single-frame requests on N streams of one thread each (OpenVINO's
+throughput mode) instead of one request whose N threads meet after every layer: on the shared
+2-core machine `lite` at 320x180 took 2.33 s per frame that way against 2.68 s with two
+threads on one request (and 2.65 s on one thread).
 """
 
 from __future__ import annotations
@@ -56,36 +62,44 @@ class OpenVinoForward(BackendForward):
         log.info("openvino %s: %d threads, inference precision %s", ov.__version__, threads,
                  self.hint)
 
-    def settings(self) -> dict:
+    def settings(self, streams: int = 1) -> dict:
+        mode = {"PERFORMANCE_HINT": "LATENCY"} if streams == 1 else {
+            "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": streams}
         return {"INFERENCE_PRECISION_HINT": self.hint, "INFERENCE_NUM_THREADS": self.threads,
-                "PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(self.cache_dir)}
+                "CACHE_DIR": str(self.cache_dir), **mode}
 
-    def request(self, shape: tuple[int, ...]):
-        """The infer request of the model compiled for `shape` (compiled on first use)."""
-        if shape in self.requests:
-            self.requests.move_to_end(shape)
-            return self.requests[shape]
+    def request(self, shape: tuple[int, ...], streams: int = 1):
+        """The model compiled for `shape` (on first use): an infer request, or with several
+        streams a queue of that many requests."""
+        key = (*shape, streams)
+        if key in self.requests:
+            self.requests.move_to_end(key)
+            return self.requests[key]
         model = self.model.clone()
         model.reshape({0: self.ov.PartialShape(list(shape))})
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            compiled = self.core.compile_model(model, "CPU", self.settings())
+            compiled = self.core.compile_model(model, "CPU", self.settings(streams))
         except OSError as exc:
             raise ConfigError(f"cannot create the model cache {self.cache_dir} "
                               f"({exc.strerror or exc}); set STREAMSR_CACHE_DIR") from None
         except RuntimeError as exc:
             raise BackendError(f"openvino cannot compile the model for input {shape}: "
                                f"{_first_line(exc)}") from None
-        log.info("openvino compiled the model for input %s", "x".join(map(str, shape)))
+        log.info("openvino compiled the model for input %s%s", "x".join(map(str, shape)),
+                 f" on {streams} streams" if streams > 1 else "")
         while len(self.requests) >= MAX_SHAPES:
             self.requests.popitem(last=False)
-        self.requests[shape] = compiled.create_infer_request()
-        return self.requests[shape]
+        self.requests[key] = (compiled.create_infer_request() if streams == 1
+                              else self.ov.AsyncInferQueue(compiled, streams))
+        return self.requests[key]
 
     def run(self, x: Tensor) -> Tensor:
         arr = np.ascontiguousarray(x.detach().float().cpu().numpy())
-        req = self.request(tuple(arr.shape))
         try:
+            if self.threads > 1 and arr.shape[0] > 1:
+                return torch.from_numpy(self._run_streams(arr))
+            req = self.request(tuple(arr.shape))
             req.infer({0: arr})
         except RuntimeError as exc:
             text = _first_line(exc)
@@ -93,6 +107,22 @@ class OpenVinoForward(BackendForward):
                 raise RuntimeError(f"out of memory in openvino: {text}") from None
             raise BackendError(f"openvino failed on a {arr.shape} batch: {text}") from None
         return torch.from_numpy(np.array(req.get_output_tensor(0).data, copy=True))
+
+    def _run_streams(self, arr: np.ndarray) -> np.ndarray:
+        """Each frame its own request, `threads` of them at a time on one-thread streams."""
+        queue = self.request((1, *arr.shape[1:]), streams=self.threads)
+        outs: list[np.ndarray | None] = [None] * arr.shape[0]
+
+        def done(req, index: int) -> None:
+            outs[index] = np.array(req.get_output_tensor(0).data, copy=True)
+
+        queue.set_callback(done)
+        for i in range(arr.shape[0]):
+            queue.start_async({0: arr[i:i + 1]}, i)
+        queue.wait_all()
+        if any(o is None for o in outs):
+            raise RuntimeError("an OpenVINO request returned no output")
+        return np.concatenate(outs)
 
 
 def _first_line(exc: BaseException) -> str:
