@@ -309,3 +309,20 @@ def test_tensorrt_matches_torch_fp32_on_a_gpu(precision, min_psnr):
     again._forward.build = lambda shape: built.append(shape) or b""
     assert np.array_equal(again.upscale_batch(x[:2]), outs[0])
     assert built == []  # read from the cache
+
+
+def test_openvino_precision_is_what_was_asked():
+    """OpenVINO's own CPU default is bf16 where the CPU has it: the engine always sets the
+    precision hint, and refuses bf16/fp16 on a CPU that would silently run f32 instead."""
+    if "openvino" not in RUNTIMES:
+        pytest.skip("openvino not installed")
+    import openvino as ov
+
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    engine = Engine(skip_model(), EngineConfig(device="cpu", threads=1, backend="openvino"))
+    assert engine._forward.settings()["INFERENCE_PRECISION_HINT"] == "f32"
+    if "BF16" in caps:
+        pytest.skip("this CPU runs bf16")
+    with pytest.raises(ConfigError, match="cannot run OpenVINO in bf16"):
+        Engine(skip_model(), EngineConfig(device="cpu", threads=1, backend="openvino",
+                                          precision="bf16"))
