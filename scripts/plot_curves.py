@@ -61,6 +61,14 @@ def late_slope(rows: list[dict]) -> tuple[float, int]:
     return float(np.polyfit(t[late], m[late], 1)[0]), int(late.sum())
 
 
+def late_mean(rows: list[dict]) -> float:
+    """Mean margin over the points in the last third of the run's CPU time (less noisy than one)."""
+    if not rows:
+        return float("nan")
+    t_end = rows[-1]["cpu_h"]
+    return float(np.mean([r["margin_db"] for r in rows if r["cpu_h"] >= t_end * 2 / 3]))
+
+
 def plot(runs: dict[str, list[dict]], png: Path, title: str) -> None:
     import matplotlib
 
@@ -107,16 +115,17 @@ def main() -> None:
             w.writeheader()
             for rows in runs.values():
                 w.writerows({k: (f"{r[k]:.6g}" if k != "run" else r[k]) for k in FIELDS} for r in rows)
-    print("| run | validations | CPU-hours | steps | last margin (dB) | best margin (dB) | slope, last third (dB/CPU-h) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | validations | CPU-hours | steps | last margin (dB) | best margin (dB) | "
+          "mean, last third (dB) | slope, last third (dB/CPU-h) |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, rows in runs.items():
         if not rows:
-            print(f"| {name} | 0 | - | - | - | - | - |")
+            print(f"| {name} | 0 | - | - | - | - | - | - |")
             continue
         slope, n = late_slope(rows)
         print(f"| {name} | {len(rows)} | {rows[-1]['cpu_h']:.2f} | {int(rows[-1]['step'])} | "
               f"{rows[-1]['margin_db']:+.3f} | {max(r['margin_db'] for r in rows):+.3f} | "
-              f"{slope:+.3f} ({n} points) |")
+              f"{late_mean(rows):+.3f} | {slope:+.3f} ({n} points) |")
     if args.png:
         plot(runs, args.png, args.title)
 

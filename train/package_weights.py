@@ -40,7 +40,9 @@ def measure(weights: str | Path) -> dict[str, dict[str, float]]:
             r = compare_videos(str(out), str(gt), str(src))
             rows[clip] = {"psnr": r.psnr, "ssim": r.ssim, "bicubic_psnr": r.bicubic_psnr,
                           "bicubic_ssim": r.bicubic_ssim, "psnr_margin": r.psnr_margin,
-                          "ssim_margin": r.ssim_margin}
+                          "ssim_margin": r.ssim_margin, "temporal_psnr": r.temporal_psnr,
+                          "bicubic_temporal_psnr": r.bicubic_temporal_psnr,
+                          "temporal_margin": r.temporal_margin}
     return rows
 
 
