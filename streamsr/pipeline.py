@@ -48,6 +48,7 @@ from streamsr.video.source import (
     DECODERS,
     DEFAULT_MAX_PIXELS,
     Frame,
+    ImageSource,
     Source,
     VideoSource,
     check_frames,
@@ -287,6 +288,8 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
                                                             cuda_graphs=cuda_graphs,
                                                             threads=threads, backend=backend))
         info = source.info
+        if isinstance(source, ImageSource):  # a video has one frame size; images keep theirs
+            source.one_size = not image_out or input_size is not None
         if input_size is not None and (info.width, info.height) != tuple(input_size):
             # the source scales every frame whose size differs from its info's
             source.info = info = dataclasses.replace(info, width=input_size[0],

@@ -678,3 +678,30 @@ def test_cuda_outscale_downscales_on_the_device(tmp_path):
     frames, _, _ = media.decode_all(tmp_path / "o.mp4")
     assert stats.output_size == (128, 96) and len(frames) == 9
     assert [media.read_index(f) for f in frames] == list(range(9))
+
+
+def test_image_folder_of_mixed_sizes_to_a_video_scales_to_the_first_image(tmp_path, caplog):
+    """A video has one frame size: images of other sizes are scaled to the first image's (one
+    warning naming the first such file), as a size change inside a video is; a folder output
+    keeps each image's own size."""
+    import cv2
+
+    folder = tmp_path / "imgs"
+    media.write_images(folder, n=2, size=(32, 24))
+    odd = folder / "img_002.png"  # twice the size, then the first size again
+    cv2.imwrite(str(odd), cv2.cvtColor(media.index_frame(2, 64, 48), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "img_003.png"),
+                cv2.cvtColor(media.index_frame(3, 32, 24), cv2.COLOR_RGB2BGR))
+    with caplog.at_level("WARNING", logger="streamsr"):
+        stats = _run(folder, tmp_path / "out.mp4")
+    frames = media.decode_all(tmp_path / "out.mp4")[0]
+    assert stats.frames == len(frames) == 4
+    assert {f.shape for f in frames} == {(96, 128, 3)}
+    assert [media.read_index(f) for f in frames] == [0, 1, 2, 3]
+    assert _psnr(frames[2], bicubic_uint8(media.index_frame(2, 32, 24), (96, 128))) > 18
+    warnings = [r.getMessage() for r in caplog.records if "img_002.png" in r.getMessage()]
+    assert len(warnings) == 1 and "64x48" in warnings[0] and "32x24" in warnings[0], warnings
+    stats = _run(folder, tmp_path / "out")  # images stay images of their own size
+    assert stats.frames == 4
+    assert cv2.imread(str(tmp_path / "out" / "img_002.png")).shape == (192, 256, 3)
+    assert cv2.imread(str(tmp_path / "out" / "img_003.png")).shape == (96, 128, 3)

@@ -701,7 +701,14 @@ def _image_size(path: Path) -> tuple[int, int] | None:
 
 
 class ImageSource(Source):
-    """A single image or a folder of images (natural sort order), one frame per image."""
+    """A single image or a folder of images (natural sort order), one frame per image.
+
+    Each image keeps its own size unless `one_size` is set (a video output has one frame
+    size): then images of another size are scaled to `info`'s (the first image's), with one
+    warning naming the first such file, as a size change inside a video is.
+    """
+
+    one_size = False
 
     def __init__(self, uri: str, paths: list[Path], *, start: float | None = None,
                  duration: float | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
@@ -719,6 +726,7 @@ class ImageSource(Source):
         if size:
             _check_pixels(str(self.paths[0]), *size, max_pixels)
         self._max_pixels = max_pixels
+        self._warned_size = False
         img = _read_image(self.paths[0])
         if img is None:
             raise InputError(f"{self.paths[0]} is not an image OpenCV can read")
@@ -743,9 +751,27 @@ class ImageSource(Source):
                 self.skipped_packets += 1
                 log.warning("skipping %s: not a readable image", path)
                 continue
+            if self.one_size and img.shape[:2] != (self.info.height, self.info.width):
+                img = self._to_first_size(img, path)
             yield Frame(img, self._first_index + k, IMAGE_TIME_BASE, index, time.monotonic(),
                         name=path.stem)
             index += 1
+
+
+    def _to_first_size(self, img: np.ndarray, path: Path) -> np.ndarray:
+        """An image of another size scaled to the first image's (area when it shrinks,
+        bicubic when it grows); the first one warns."""
+        import cv2
+
+        w, h = self.info.width, self.info.height
+        if not self._warned_size:
+            self._warned_size = True
+            log.warning("%s: %dx%d, not the %dx%d of the first image; scaling images of other "
+                        "sizes to %dx%d (a video has one frame size)", path, img.shape[1],
+                        img.shape[0], w, h, w, h)
+        shrink = img.shape[1] >= w and img.shape[0] >= h
+        return np.ascontiguousarray(cv2.resize(
+            img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC))
 
 
 def list_images(folder: Path) -> list[Path]:
