@@ -29,7 +29,7 @@ from streamsr.pipeline import upscale as pipeline_upscale
 from streamsr.scale_out import output_size_of
 from streamsr.video.finished import check_finished, video_geometry
 from streamsr.video.output_paths import output_name
-from streamsr.video.source import IMAGE_EXTS
+from streamsr.video.source import IMAGE_EXTS, main_video_stream
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def estimate_frames(path: Path) -> int | None:
         return None
     try:
         with av.open(str(path)) as container:
-            vs = next(iter(container.streams.video), None)
+            vs = main_video_stream(container)  # not a cover picture
             if vs is None:
                 return None
             if vs.frames:

@@ -62,6 +62,7 @@ from streamsr.video.source import (
     TO_RGB_FLAGS,
     effective_matrix,
     effective_range,
+    main_video_stream,
     open_source,
     sws_matrix,
     sws_range,
@@ -280,7 +281,7 @@ def make_clip(path: str | os.PathLike, width: int, height: int, frames: int, see
 def count_frames(path: str | os.PathLike) -> int:
     """Video frames in a file, counted by decoding (not from the header's estimate)."""
     with av.open(str(path)) as container:
-        return sum(1 for _ in container.decode(video=0))
+        return sum(1 for _ in container.decode(main_video_stream(container)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,7 +435,7 @@ def naive_loop(src: Path, dst: Path, model: nn.Module, device: torch.device,
     """What a user writes first: one frame at a time, fp32, CPU conversions, no overlap."""
     model = model.to(device).eval()
     with av.open(str(src)) as probe:
-        vs = probe.streams.video[0]
+        vs = main_video_stream(probe)
         width, height, rate = vs.width, vs.height, vs.average_rate or CLIP_FPS
     with torch.inference_mode():  # warm-up: one call of the same shape, untimed
         model(torch.zeros(1, 3, height, width, device=device))
@@ -444,7 +445,7 @@ def naive_loop(src: Path, dst: Path, model: nn.Module, device: torch.device,
     with torch.inference_mode(), av.open(str(src)) as inp:
         out, stream = open_encoder(dst, 4 * width, 4 * height, rate, enc)
         try:
-            for frame in inp.decode(video=0):
+            for frame in inp.decode(main_video_stream(inp)):
                 rgb = frame.to_ndarray(format="rgb24")
                 x = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
                 y = model(x.to(device))
@@ -528,7 +529,7 @@ def _ffmpeg_graph(src: Path, dst: Path, enc: EncodeOptions, conversion: str = "p
     same = conversion == "pipeline"
     matrix, colour_range = _colour(src) if same else ("", "")
     with av.open(str(src)) as inp:
-        ist = inp.streams.video[0]
+        ist = main_video_stream(inp)
         ist.thread_type = "AUTO"
         w, h = 4 * ist.width, 4 * ist.height
         rate = ist.average_rate or CLIP_FPS

@@ -27,6 +27,8 @@ def videos(tmp_path):
 def test_estimate_frames_reads_the_headers(videos, tmp_path):
     assert estimate_frames(videos / "a.mp4") == 4
     assert estimate_frames(videos / "b.mkv") == 7  # MKV: no count in the header, duration x rate
+    # the main video stream's, not a cover picture's that comes first (one frame)
+    assert estimate_frames(media.make_cover_first_mp4(tmp_path / "cover.mp4")) == 10
     (tmp_path / "junk.mp4").write_bytes(b"not a video")
     assert estimate_frames(tmp_path / "junk.mp4") is None
     assert estimate_frames(tmp_path) is None

@@ -389,3 +389,16 @@ def test_bench_on_cuda_reports_consistent_numbers():
     data = json.loads(result.to_json())
     check_result(data, 8, 48, "cuda")  # I/O parts: at least 48 frames by default
     assert data["machine"]["gpu"] and data["engine"]["precision"] in ("bfloat16", "float16")
+
+
+def test_the_baselines_read_the_main_video_stream_not_a_cover_picture(tmp_path):
+    import media
+
+    clip = media.make_cover_first_mp4(tmp_path / "cover.mp4")
+    assert count_frames(clip) == 10
+    naive = naive_loop(clip, tmp_path / "n.mp4", NearestX4(), torch.device("cpu"), encode_options())
+    ref = ffmpeg_scale(clip, tmp_path / "f.mp4", encode_options(), method="pyav")
+    assert naive.frames == ref.frames == 10
+    for out in ("n.mp4", "f.mp4"):
+        with av.open(str(tmp_path / out)) as c:
+            assert (c.streams.video[0].width, c.streams.video[0].height) == (256, 192)

@@ -404,3 +404,13 @@ def test_prepare_synthetic_mixed_sizes_with_a_crop_larger_than_some_images(tmp_p
 def test_prepare_synthetic_refuses_bad_options_before_reading(tmp_path, kw, flag):
     with pytest.raises(ConfigError, match=flag):
         prepare_synthetic(tmp_path / "none", tmp_path / "p", CropSettings(64, 64, 4), **kw)
+
+
+def test_frames_of_a_video_come_from_its_main_stream_not_a_cover_picture(tmp_path):
+    import media
+
+    from streamsr.data.prepare import iter_frames
+
+    frames = list(iter_frames(media.make_cover_first_mp4(tmp_path / "cover.mp4")))
+    assert [f.shape for f in frames] == [(48, 64, 3)] * 10
+    assert [media.read_index(f) for f in frames] == list(range(10))

@@ -224,3 +224,19 @@ def test_an_output_name_with_no_room_for_its_parts_folder_is_one_line(tmp_path, 
                                           r"\(260 bytes.*use a shorter output name"):
         upscale_parts(src, out, resume=True, model=media.BicubicX4(), **OPTS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+@pytest.mark.parametrize("make", [media.make_cover_first_mp4, media.make_thumbnail_first_mkv])
+def test_a_resumed_job_upscales_the_main_video_stream_not_a_cover_picture(tmp_path, make):
+    from streamsr.video.finished import decodable_frames, video_geometry
+
+    src = make(tmp_path / f"cover{'.mp4' if 'mp4' in make.__name__ else '.mkv'}")
+    assert video_geometry(src) == (64, 48, 0) and decodable_frames(src) == 10
+    out = tmp_path / "out.mkv"
+    assert upscale_parts(src, out, resume=True, model=media.BicubicX4(), **OPTS).frames == 10
+    frames, _, _ = media.decode_all(out)
+    assert [media.read_index(f) for f in frames] == list(range(10))
+    assert {f.shape for f in frames} == {(192, 256, 3)}
+    before = out.read_bytes()  # taken as finished: the same size, count and length
+    assert upscale_parts(src, out, resume=True, model=media.BicubicX4(), **OPTS).frames == 10
+    assert out.read_bytes() == before

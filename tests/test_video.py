@@ -442,83 +442,10 @@ def test_disk_full_is_an_output_error_and_the_partial_file_plays(tmp_path):
 
 # -- which stream, which part, which way up (issue 16) -----------------------------------------
 
-def _mp4_atoms(data: bytes, start: int, end: int) -> list[tuple[bytes, int, int]]:
-    out = []
-    while start < end:
-        size, kind = int.from_bytes(data[start:start + 4], "big"), data[start + 4:start + 8]
-        out.append((kind, start, size))
-        start += size
-    return out
-
-
-def _cover(out: av.container.OutputContainer, size: tuple[int, int] = (32, 32)):
-    """An attached picture (cover art) stream holding one grey JPEG."""
-    cover = out.add_stream("mjpeg", rate=1)
-    cover.width, cover.height, cover.pix_fmt = *size, "yuvj420p"
-    cover.disposition = av.stream.Disposition.attached_pic
-    pic = np.full((size[1], size[0], 3), 128, np.uint8)
-    frame = av.VideoFrame.from_ndarray(pic, format="rgb24").reformat(format="yuvj420p")
-    frame.pts = 0
-    return cover, [*cover.encode(frame), *cover.encode(None)]
-
-
-def make_cover_first_mp4(path: Path, n: int = 10) -> Path:
-    """An MP4 whose stream #0 is a 32x32 cover picture and #1 the 64x48 video, as files from
-    taggers that put the tags (moov/udta, which holds the cover) before the tracks."""
-    out = av.open(str(path), "w")
-    cover, packets = _cover(out)
-    vs = out.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
-    vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
-    for p in packets:
-        out.mux(p)
-    for i in range(n):
-        f = av.VideoFrame.from_ndarray(media.index_frame(i), format="rgb24")
-        f.pts = i
-        for p in vs.encode(f):
-            out.mux(p)
-    for p in vs.encode(None):
-        out.mux(p)
-    out.close()
-    # FFmpeg writes the tags after the tracks; move them first (moov sits after mdat, so no
-    # chunk offset changes)
-    data = path.read_bytes()
-    (_, mo, ms), = [a for a in _mp4_atoms(data, 0, len(data)) if a[0] == b"moov"]
-    kids = sorted(_mp4_atoms(data, mo + 8, mo + ms), key=lambda a: a[0] != b"udta")
-    path.write_bytes(data[:mo + 8] + b"".join(data[o:o + s] for _, o, s in kids) + data[mo + ms:])
-    with av.open(str(path)) as c:  # the fixture is what it claims to be
-        s0, s1 = c.streams.video[0], c.streams.video[1]
-        assert s0.disposition & av.stream.Disposition.attached_pic and s0.codec_context.width == 32
-        assert s1.codec_context.width == 64 and s1.frames == n
-    return path
-
-
-def make_thumbnail_first_mkv(path: Path, n: int = 10) -> Path:
-    """An MKV whose first video track is a one-frame 32x32 thumbnail (no dispositions at all)
-    and whose second is the 64x48 video."""
-    out = av.open(str(path), "w")
-    thumb = out.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
-    thumb.width, thumb.height, thumb.pix_fmt = 32, 32, "yuv420p"
-    vs = out.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
-    vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
-    f = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 128, np.uint8), format="rgb24")
-    f.pts = 0
-    for p in [*thumb.encode(f), *thumb.encode(None)]:
-        out.mux(p)
-    for i in range(n):
-        f = av.VideoFrame.from_ndarray(media.index_frame(i), format="rgb24")
-        f.pts = i
-        for p in vs.encode(f):
-            out.mux(p)
-    for p in vs.encode(None):
-        out.mux(p)
-    out.close()
-    return path
-
-
 @pytest.fixture
 def cover_first(tmp_path) -> list[Path]:
-    return [make_cover_first_mp4(tmp_path / "cover.mp4"),
-            make_thumbnail_first_mkv(tmp_path / "thumb.mkv")]
+    return [media.make_cover_first_mp4(tmp_path / "cover.mp4"),
+            media.make_thumbnail_first_mkv(tmp_path / "thumb.mkv")]
 
 
 def test_the_main_video_stream_is_taken_not_a_cover_picture(cover_first, caplog):
@@ -539,7 +466,7 @@ def test_the_main_video_stream_is_taken_not_a_cover_picture(cover_first, caplog)
 def test_a_file_with_only_a_cover_picture_has_no_video(tmp_path):
     path = tmp_path / "song.m4a"
     out = av.open(str(path), "w", format="mp4")
-    cover, packets = _cover(out)
+    cover, packets = media.cover_picture(out)
     audio = out.add_stream("aac", rate=48000)
     audio.layout = "stereo"
     for p in packets:

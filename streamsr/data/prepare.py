@@ -301,14 +301,16 @@ def iter_frames(source: str | os.PathLike) -> Iterator[np.ndarray]:
         raise InputError(f"no such video or folder: {source}")
     import av  # imported here: only this source kind needs FFmpeg
 
+    from streamsr.video.source import main_video_stream
+
     try:
         container = av.open(str(source))
     except (av.error.FFmpegError, OSError) as exc:
         raise InputError(f"cannot open {source} as a video ({exc})") from None
     with container:
-        if not container.streams.video:
+        stream = main_video_stream(container)  # not a cover picture or thumbnail track
+        if stream is None:
             raise InputError(f"{source} has no video stream")
-        stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         try:
             for frame in container.decode(stream):

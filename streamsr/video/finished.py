@@ -19,23 +19,32 @@ import av
 
 from streamsr.errors import InputError, OutputError
 from streamsr.video.output_paths import ffmpeg_name
-from streamsr.video.source import open_input
+from streamsr.video.source import main_video_stream, open_input
 from streamsr.video.split import read_keyframe_index
 
 log = logging.getLogger(__name__)
 
 
+def _video(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    """The main video stream (never a cover picture or thumbnail track; see
+    `main_video_stream`); IndexError when there is none, as `streams.video[0]` gives."""
+    vs = main_video_stream(container)
+    if vs is None:
+        raise IndexError(f"{container.name} has no video stream")
+    return vs
+
+
 def video_geometry(src: Path) -> tuple[int, int, int]:
-    """(width, height, rotation) of the first frame of the first video stream (the header's
+    """(width, height, rotation) of the first frame of the main video stream (the header's
     size when no frame decodes)."""
     try:
         container = open_input(ffmpeg_name(src), {})
     except av.error.FFmpegError:
         raise InputError(f"{src} is not a video file FFmpeg can read") from None
     with container as c:
-        if not c.streams.video:
+        vs = main_video_stream(c)
+        if vs is None:
             raise InputError(f"{src} has no video stream")
-        vs = c.streams.video[0]
         width, height, rotation = vs.codec_context.width, vs.codec_context.height, 0
         try:
             for f in c.decode(vs):
@@ -47,16 +56,16 @@ def video_geometry(src: Path) -> tuple[int, int, int]:
 
 
 def count_frames(path: Path) -> int:
-    """Video packets (frames) of the first video stream, without decoding."""
+    """Video packets (frames) of the main video stream, without decoding."""
     with av.open(ffmpeg_name(path)) as c:
-        return sum(1 for p in c.demux(c.streams.video[0]) if p.size)
+        return sum(1 for p in c.demux(_video(c)) if p.size)
 
 
 def decodable_frames(path: Path) -> int:
-    """Frames of the first video stream that decode (damaged packets skipped, decoder flushed)."""
+    """Frames of the main video stream that decode (damaged packets skipped, decoder flushed)."""
     n = 0
     with open_input(ffmpeg_name(path), {}) as c:
-        vs = c.streams.video[0]
+        vs = _video(c)
         vs.thread_type = "AUTO"
         for packet in c.demux(vs):
             try:
@@ -69,7 +78,7 @@ def decodable_frames(path: Path) -> int:
 def _output_facts(path: Path) -> tuple[int, tuple[int, int], float | None]:
     """(frames, (width, height), seconds from the first frame's timestamp to the last's)."""
     with av.open(ffmpeg_name(path)) as c:
-        vs = c.streams.video[0]
+        vs = _video(c)
         size = (vs.codec_context.width, vs.codec_context.height)
         tb = vs.time_base or Fraction(1, 90000)
         frames, lo, hi = 0, None, None
