@@ -400,12 +400,16 @@ def upscale_job(src: str | os.PathLike, dst: str | os.PathLike, *, resume: bool 
     from streamsr.video.live import is_network_uri
     from streamsr.video.segments import is_push_url
     from streamsr.video.sink import is_image_output
-    from streamsr.video.source import IMAGE_EXTS
+    from streamsr.video.source import IMAGE_EXTS, check_frames, check_window
 
     env = dist_env()
     if not env.main:
         progress = None
     check_input_name(src)  # a name too long to exist: one line, not an OSError from is_dir()
+    # before the choice below, which takes 0 for "not given": frames=0 or duration=0.0 would
+    # otherwise upscale the whole input in parts
+    check_window(options.get("start"), options.get("duration"))
+    check_frames(options.get("frames"))
     if not is_push_url(str(dst)):
         dst = output_name(dst)  # file:NAME is NAME; other FFmpeg protocols are refused
     src_path = Path(str(src))

@@ -240,3 +240,15 @@ def test_a_resumed_job_upscales_the_main_video_stream_not_a_cover_picture(tmp_pa
     before = out.read_bytes()  # taken as finished: the same size, count and length
     assert upscale_parts(src, out, resume=True, model=media.BicubicX4(), **OPTS).frames == 10
     assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize("option, words", [(dict(frames=0), "--frames must be a whole number"),
+                                           (dict(duration=0.0), "--duration must be more than 0"),
+                                           (dict(start=-1.0), "--start must be 0 or more")])
+def test_a_resumed_job_refuses_a_window_no_input_can_have(tmp_path, src, option, words):
+    # 0 is falsy: it must not pass for "not given" and quietly upscale the whole input
+    out = tmp_path / "out.mp4"
+    with pytest.raises(ConfigError, match=words):
+        upscale_job(src, out, resume=True, model=media.BicubicX4(), part_frames=6, device="cpu",
+                    encoder_preset="ultrafast", **option)
+    assert not out.exists() and not parts_dir_for(out).exists()
