@@ -350,3 +350,13 @@ def test_threads_option_sets_torch_threads(monkeypatch):
         torch.set_num_threads(before)
     res = CliRunner().invoke(main, ["train", "--data", ".", "--threads", "0"])
     assert res.exit_code == 2 and "--threads" in res.stderr
+
+
+def test_pipelines_readme_lists_every_preset_key():
+    """Every key a preset accepts is documented, and no documented key is refused."""
+    from streamsr.cli.video_cmds import PRESET_KEYS
+
+    text = (Path(__file__).parent.parent / "pipelines" / "README.md").read_text()
+    keys = text[text.index("Keys (TOML):"):text.index("`description` is free text")]
+    listed = set(re.findall(r"`([a-z_]+)`", keys)) - {"encoder_opt"}
+    assert listed == set(PRESET_KEYS) - {"encoder_opt"}
