@@ -22,7 +22,7 @@ except ModuleNotFoundError:  # Python 3.10
 import streamsr
 from streamsr.cli import main
 from streamsr.models import LITE, PAPER, TINY, DeblurSR
-from streamsr.models.weights import load_model, load_weights, save_model
+from streamsr.models.weights import load_weights, save_model
 
 KEYS_TSV = Path(__file__).parent / "data" / "mprnet_keys.tsv"
 
