@@ -384,6 +384,34 @@ def make_cover_first_mp4(path: Path, n: int = 10) -> Path:
     return path
 
 
+def make_size_change_ts(path, first: int, then: int, size: tuple[int, int] = (32, 24)) -> Path:
+    """MPEG-TS as a broadcast splice makes: `first` frames of `size`, then `then` frames of twice
+    that, each showing its index; the second part comes from a second encoder, as from another
+    source."""
+    w, h = size
+    with av.open(str(path), "w", format="mpegts") as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.codec_context.options = {"preset": "ultrafast", "crf": "0"}
+        second = av.CodecContext.create("libx264", "w")
+        second.width, second.height, second.pix_fmt = 2 * w, 2 * h, "yuv420p"
+        second.time_base = Fraction(1, 25)
+        second.options = {"preset": "ultrafast", "crf": "0"}
+        pts = 0
+        for ctx, (fw, fh), n in ((vs.codec_context, (w, h), first), (second, (2 * w, 2 * h), then)):
+            for i in range(pts, pts + n):
+                frame = av.VideoFrame.from_ndarray(index_frame(i, fw, fh), format="rgb24")
+                frame.pts = i
+                for packet in ctx.encode(frame):
+                    packet.stream = vs
+                    out.mux(packet)
+            pts += n
+            for packet in ctx.encode(None):
+                packet.stream = vs
+                out.mux(packet)
+    return Path(path)
+
+
 def make_thumbnail_first_mkv(path: Path, n: int = 10) -> Path:
     """An MKV whose first video track is a one-frame 32x32 thumbnail (no dispositions at all)
     and whose second is the 64x48 video."""

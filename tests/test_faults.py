@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -895,28 +894,8 @@ def test_22_23_sigkill_between_checkpoints_then_resume_past_a_corrupt_one(tmp_pa
 # -- 24: the frame size changes mid-stream -----------------------------------------------------
 
 def _size_change_ts(path: Path, first: int, then: int) -> Path:
-    """MPEG-TS (as a broadcast splice makes): `first` 32x24 frames, then `then` 64x48 frames,
-    each showing its index; the second part comes from a second encoder, as from another source."""
-    with av.open(str(path), "w", format="mpegts") as out:
-        vs = out.add_stream("libx264", rate=25)
-        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
-        vs.codec_context.options = {"preset": "ultrafast", "crf": "0"}
-        second = av.CodecContext.create("libx264", "w")
-        second.width, second.height, second.pix_fmt = 2 * W, 2 * H, "yuv420p"
-        second.time_base = Fraction(1, 25)
-        second.options = {"preset": "ultrafast", "crf": "0"}
-        pts = 0
-        for ctx, (w, h), n in ((vs.codec_context, (W, H), first), (second, (2 * W, 2 * H), then)):
-            for i in range(pts, pts + n):
-                frame = av.VideoFrame.from_ndarray(media.index_frame(i, w, h), format="rgb24")
-                frame.pts = i
-                for packet in ctx.encode(frame):
-                    packet.stream = vs
-                    out.mux(packet)
-            pts += n
-            for packet in ctx.encode(None):
-                packet.stream = vs
-                out.mux(packet)
+    """MPEG-TS (as a broadcast splice makes): `first` 32x24 frames, then `then` 64x48 frames."""
+    media.make_size_change_ts(path, first, then, (W, H))
     with av.open(str(path)) as c:  # the file really holds both sizes
         assert {(f.width, f.height) for f in c.decode(video=0)} == {(W, H), (2 * W, 2 * H)}
     return path

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -107,34 +106,8 @@ def test_the_lock_names_its_holder(tmp_path):
         pass
 
 
-def _size_change_ts(path: Path, first: int, then: int, size=(32, 24)) -> Path:
-    """MPEG-TS with `first` frames of `size`, then `then` frames of twice that (a splice)."""
-    w, h = size
-    with av.open(str(path), "w", format="mpegts") as out:
-        vs = out.add_stream("libx264", rate=25)
-        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-        vs.codec_context.options = {"preset": "ultrafast", "crf": "0"}
-        second = av.CodecContext.create("libx264", "w")
-        second.width, second.height, second.pix_fmt = 2 * w, 2 * h, "yuv420p"
-        second.time_base = Fraction(1, 25)
-        second.options = {"preset": "ultrafast", "crf": "0"}
-        pts = 0
-        for ctx, (fw, fh), n in ((vs.codec_context, (w, h), first), (second, (2 * w, 2 * h), then)):
-            for i in range(pts, pts + n):
-                frame = av.VideoFrame.from_ndarray(media.index_frame(i, fw, fh), format="rgb24")
-                frame.pts = i
-                for packet in ctx.encode(frame):
-                    packet.stream = vs
-                    out.mux(packet)
-            pts += n
-            for packet in ctx.encode(None):
-                packet.stream = vs
-                out.mux(packet)
-    return path
-
-
 def test_a_frame_size_change_inside_a_resumed_job_joins(tmp_path):
-    src = _size_change_ts(tmp_path / "spliced.ts", 10, 10)
+    src = media.make_size_change_ts(tmp_path / "spliced.ts", 10, 10)
     out = tmp_path / "out.mkv"
     stats = upscale_parts(src, out, resume=True, model=media.BicubicX4(), **OPTS)
     frames, _, _ = media.decode_all(out)
