@@ -23,7 +23,7 @@ from streamsr.cli.video_cmds import find_preset, load_preset
 from streamsr.engine import Engine, EngineConfig
 from streamsr.errors import ConfigError
 from streamsr.models.weights import load_model, save_model
-from streamsr.pipeline import side_by_side
+from streamsr.video.overlay import side_by_side
 from streamsr.video.source import open_source
 
 REPO = Path(__file__).resolve().parents[1]

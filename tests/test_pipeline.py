@@ -21,7 +21,8 @@ import streamsr
 from streamsr.data.transforms import bicubic_uint8, resize_bicubic
 from streamsr.errors import ConfigError, InputError, OutputError
 from streamsr.models import TINY, DeblurSR
-from streamsr.pipeline import side_by_side, upscale
+from streamsr.pipeline import upscale
+from streamsr.video.overlay import side_by_side
 from streamsr.video.source import open_source
 
 HERE = Path(__file__).parent
@@ -191,7 +192,7 @@ def test_side_by_side_halves(tmp_path, monkeypatch):
     lr = media.smooth_frame(0)[None]
     sr = np.zeros((1, 192, 256, 3), np.uint8)
     out = side_by_side(lr, sr)
-    monkeypatch.setattr("streamsr.pipeline._label", lambda img, text, x: None)
+    monkeypatch.setattr("streamsr.video.overlay._label", lambda img, text, x: None)
     bare = side_by_side(lr, sr)
     assert out.shape == bare.shape == sr.shape
     changed = np.abs(out.astype(int) - bare.astype(int)).max(axis=(0, 3)) > 0  # (H, W)
