@@ -10,26 +10,22 @@ finalise the output and raise `Interrupted`; any other error also finalises what
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import os
-import queue
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-import torch
 from torch import nn
 
 from streamsr.errors import ConfigError, Interrupted, StreamsrError
+from streamsr.inference.stages import Stages
 from streamsr.output_size import OutputSize
+from streamsr.runtime import StopSignals
 from streamsr.video.live import LiveOptions, is_network_uri, live_progress, open_live_source
 from streamsr.video.output_paths import check_input_name, check_not_input, output_name
-from streamsr.video.overlay import side_by_side
 from streamsr.video.segments import (
     is_push_url,
     live_output_label,
@@ -38,7 +34,6 @@ from streamsr.video.segments import (
 )
 from streamsr.video.sink import (
     EncodeOptions,
-    Sink,
     check_encoder,
     check_image_ext,
     is_image_output,
@@ -47,9 +42,7 @@ from streamsr.video.sink import (
 from streamsr.video.source import (
     DECODERS,
     DEFAULT_MAX_PIXELS,
-    Frame,
     ImageSource,
-    Source,
     VideoSource,
     check_frames,
     check_window,
@@ -58,9 +51,6 @@ from streamsr.video.source import (
 )
 
 log = logging.getLogger(__name__)
-
-_END = object()  # end-of-stream marker in the queues
-_POLL = 0.1  # seconds between checks for a stop request while a queue is full/empty
 
 
 @dataclass
@@ -97,46 +87,6 @@ class Stats:
         if self.live and self.live.get("reconnects"):
             extra.append(f"{self.live['reconnects']} reconnects ({self.live['downtime_s']:.1f} s down)")
         return line + (f"; {'; '.join(extra)}" if extra else "")
-
-
-class _StopSignals:
-    """Turns SIGINT/SIGTERM into a flag while active (main thread only), then restores handlers."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.signum: int | None = None
-        self.event = threading.Event()
-        self._old: dict[int, object] = {}
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-
-    def _handle(self, signum, _frame) -> None:
-        if self.signum is not None:  # second signal: stop waiting politely
-            raise KeyboardInterrupt
-        self.signum = signum
-        self.event.set()
-        log.warning("%s received: finishing the frames in flight and finalising the output",
-                    signal.Signals(signum).name)
-
-    def __enter__(self) -> _StopSignals:
-        if self.enabled:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def _put(q: queue.Queue, item, *stops: threading.Event) -> bool:
-    """Put with back-pressure; False if a stop event fired while waiting."""
-    while True:
-        if any(s.is_set() for s in stops):
-            return False
-        try:
-            q.put(item, timeout=_POLL)
-            return True
-        except queue.Full:
-            continue
 
 
 def resolve_model(model: str | os.PathLike | nn.Module, device: str = "cpu") -> nn.Module:
@@ -272,15 +222,15 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
         # frames reach a yuv420p encoder as planes made on the device (streamsr/pack.py); the
         # side-by-side view composes RGB frames, so it keeps the RGB hand-over
         engine.pack = None if side_by_side_view else getattr(sink, "yuv420", None)
-        run = _Run(source, sink, engine, n_batch, queue_frames or 2 * n_batch, side_by_side_view,
-                   progress)
+        run = Stages(source, sink, engine, n_batch, queue_frames or 2 * n_batch,
+                     side_by_side_view, progress)
         run.total = info.frames
         if live_mode:  # latency is checked when the batcher takes a frame, after every queue
             source.check_latency_on_iter = False
             run.live, run.fresh = True, source.fresh
         else:
             run.max_frames = frames
-        with _StopSignals(handle_signals) as stop:
+        with StopSignals(handle_signals) as stop:
             run.stop_request = stop.event
             if live_mode:  # a signal or an error ends a wait for a feed that is down
                 source.stop_on(stop.event, run.abort)
@@ -320,7 +270,7 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
 def _decoder_for(decoder: str, device: str) -> tuple[str, int | None]:
     """(decoder, GPU index) for the source: "auto" decodes with NVDEC only for a model on CUDA,
     on that model's GPU (CPU runs keep software decoding, with its frame threads)."""
-    from streamsr.engine import resolve_device
+    from streamsr.runtime import resolve_device
 
     if decoder not in DECODERS:
         raise ConfigError(f"unknown decoder {decoder!r}; use {', '.join(DECODERS)}")
@@ -330,226 +280,3 @@ def _decoder_for(decoder: str, device: str) -> tuple[str, int | None]:
     if dev.type != "cuda":
         return ("software" if decoder == "auto" else decoder), None
     return decoder, dev.index
-
-
-class _CpuThreads:
-    """Gives the model one torch thread or all of them, whichever runs it faster right now.
-
-    On a CPU the model usually dominates and wants every core (lite at 320x180 on 2 idle cores:
-    1.27 s per frame with 2 threads, 1.91 s with 1). With a cheap model the encoder's threads
-    keep the cores busy, and torch's fork-join ops stall whenever one of their threads is
-    descheduled: the x4 nearest stand-in of `streamsr bench` ran 10 fps with 2 threads and 26
-    fps with 1. Other processes matter the same way: with every core busy elsewhere, `lite`
-    at 64x64 took 0.67 s with 1 thread and 6-9 s with 2. The load average cannot tell these
-    cases apart (it lags by minutes and still counts a job that just ended), so the run
-    measures: the first (warm-up) batch runs with one thread, then the engine's time per frame
-    is measured with one thread and with all of them, each over at least WINDOW seconds (or
-    FRAMES frames), and the faster setting is kept for the rest of the run. The second
-    measurement stops after one batch when it is already CLEAR times slower or faster than the
-    first, so at most one batch runs in a bad setting. A count the user chose (`--threads`,
-    EngineConfig.threads, OMP_NUM_THREADS) is left alone.
-    """
-
-    WINDOW = 0.5  # seconds of engine time per measurement (at least one batch) ...
-    FRAMES = 16  # ... or this many frames, whichever comes first
-    CLEAR = 1.5  # per-frame time ratio that decides after one batch of the second setting
-    _active = 0  # runs measuring now: the thread count is per process, so only one may
-    _lock = threading.Lock()
-
-    def __init__(self, engine) -> None:
-        self.engine = engine
-        self.full = torch.get_num_threads()
-        self.enabled = (engine.device.type == "cpu" and self.full > 1
-                        and not getattr(engine, "threads_fixed", False)
-                        and not os.environ.get("OMP_NUM_THREADS"))
-        self.owner = False
-        if self.enabled:
-            with _CpuThreads._lock:
-                self.enabled = self.owner = _CpuThreads._active == 0
-                _CpuThreads._active += self.owner
-        if self.enabled:  # warm up on one thread: all of them may be the slow setting
-            torch.set_num_threads(1)
-        self.mark: tuple[float, int] | None = None  # engine busy seconds, frames at window start
-        self.per_frame: dict[int, float] = {}  # threads -> engine seconds per frame
-
-    def tick(self) -> None:
-        """Call after every batch the engine returns."""
-        if not self.enabled:
-            return
-        now = (self.engine.busy_seconds, self.engine.frames_done)
-        if self.mark is None:  # the first batch pays for warm-up: measure from the next one
-            self.mark = now
-            return
-        busy, frames = now[0] - self.mark[0], now[1] - self.mark[1]
-        if frames < 1:
-            return
-        threads = torch.get_num_threads()
-        per = busy / frames
-        first = self.per_frame.get(1) if threads != 1 else None
-        clear = first is not None and (per > self.CLEAR * first or per * self.CLEAR < first)
-        if not clear and busy < self.WINDOW and frames < self.FRAMES:
-            return
-        self.per_frame[threads] = per
-        self.mark = now
-        if threads == 1:  # measured one thread: now all of them
-            torch.set_num_threads(self.full)
-            return
-        best = min(self.per_frame, key=self.per_frame.get)
-        torch.set_num_threads(best)
-        self.enabled = False  # decided
-        log.info("engine %s per frame: %d torch thread%s", ", ".join(
-            f"{1000 * t:.0f} ms with {n}" for n, t in sorted(self.per_frame.items())), best,
-            "" if best == 1 else "s")
-
-    def restore(self) -> None:
-        """Back to the count the run started with (call once, when the run ends)."""
-        if not self.owner:
-            return
-        self.owner = False
-        with _CpuThreads._lock:
-            _CpuThreads._active -= 1
-        if torch.get_num_threads() != self.full:
-            torch.set_num_threads(self.full)
-
-
-class _Run:
-    """The threads and queues of one `upscale` call."""
-
-    def __init__(self, source: Source, sink: Sink, engine, batch: int, queue_frames: int,
-                 sbs: bool, progress) -> None:
-        self.source, self.sink, self.engine = source, sink, engine
-        self.batch = max(1, batch)
-        self.frames_in: queue.Queue = queue.Queue(maxsize=max(2, queue_frames))
-        self.frames_out: queue.Queue = queue.Queue(maxsize=max(2, queue_frames))
-        self.sbs = sbs
-        self.progress = progress
-        self.stop_request = threading.Event()  # SIGINT/SIGTERM: stop reading new frames
-        self.abort = threading.Event()  # an error somewhere: every stage stops
-        self.error: BaseException | None = None
-        self.failed = False
-        self.total = source.info.frames
-        self.max_frames: int | None = None  # stop after this many input frames (files)
-        self.cut = False  # max_frames stopped the run before the input's end
-        self.live = False  # live: run partial batches instead of waiting for a full one
-        self.fresh: Callable[[Frame], bool] | None = None  # live: False drops a too-old frame
-
-    def _fail(self, exc: BaseException) -> None:
-        if self.error is None:
-            self.error = exc
-        self.failed = True
-        self.abort.set()
-
-    # -- decode thread ----------------------------------------------------------------------
-    def _decode(self) -> None:
-        try:
-            frames = iter(self.source)
-            for taken, frame in enumerate(frames, 1):
-                if self.stop_request.is_set() or not _put(self.frames_in, frame, self.abort, self.stop_request):
-                    break
-                if self.max_frames is not None and taken >= self.max_frames:
-                    self.cut = self._more(frames)
-                    break
-        except StreamsrError as exc:  # the input went bad: finish the frames decoded so far first
-            if self.error is None:
-                self.error = exc
-            self.failed = True
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
-            self._fail(exc)
-        finally:
-            _put(self.frames_in, _END, self.abort)
-
-    @staticmethod
-    def _more(frames: Iterator[Frame]) -> bool:
-        """Whether the input has a frame after the ones taken (one more frame is decoded)."""
-        try:
-            return next(frames, None) is not None
-        except StreamsrError:  # damage after the last frame taken: that part is cut too
-            return True
-
-    # -- encode thread ----------------------------------------------------------------------
-    def _encode(self) -> None:
-        try:
-            while True:
-                try:
-                    item = self.frames_out.get(timeout=_POLL)
-                except queue.Empty:
-                    if self.abort.is_set():
-                        return
-                    continue
-                if item is _END:
-                    return
-                rgb, frame = item
-                self.sink.write(rgb, frame.pts, frame.time_base, name=frame.name,
-                                duration=frame.duration)
-                if self.progress is not None:
-                    self.progress(self.sink.frames_written, self.total)
-        except BaseException as exc:  # noqa: BLE001
-            self._fail(exc)
-
-    # -- batcher (calling thread) -----------------------------------------------------------
-    def _batches(self, meta: collections.deque) -> Iterator[np.ndarray]:
-        """Consecutive frames of one size, up to `batch` at a time, as uint8 (deep sources:
-        uint16) NHWC arrays."""
-        held: Frame | None = None
-        while not self.abort.is_set():
-            group: list[Frame] = [held] if held is not None else []
-            held = None
-            ended = False
-            while len(group) < self.batch:
-                if self.stop_request.is_set():
-                    ended = True
-                    break
-                try:
-                    item = self.frames_in.get(timeout=0 if (self.live and group) else _POLL)
-                except queue.Empty:
-                    if self.abort.is_set():
-                        return
-                    if self.live and group:
-                        break  # live: run what has arrived rather than wait for a full batch
-                    continue
-                if item is _END:
-                    ended = True
-                    break
-                if self.fresh is not None and not self.fresh(item):
-                    continue
-                if group and item.rgb.shape != group[0].rgb.shape:
-                    held = item  # a new frame size starts the next batch
-                    break
-                group.append(item)
-            if group:
-                meta.append(group)
-                yield np.stack([f.rgb for f in group])
-            if ended and held is None:
-                return
-
-    def go(self) -> None:
-        decoder = threading.Thread(target=self._decode, name="streamsr-decode", daemon=True)
-        encoder = threading.Thread(target=self._encode, name="streamsr-encode", daemon=True)
-        decoder.start()
-        encoder.start()
-        meta: collections.deque = collections.deque()
-        threads = _CpuThreads(self.engine)
-        try:
-            for result in self.engine.map(self._batches(meta)):
-                threads.tick()
-                group = meta.popleft()
-                if len(result) != len(group):
-                    raise RuntimeError(f"engine returned {len(result)} frames for {len(group)}")
-                if self.sbs:
-                    result = side_by_side(np.stack([f.rgb for f in group]), result)
-                for rgb, frame in zip(result, group, strict=True):
-                    if not _put(self.frames_out, (rgb, frame), self.abort):
-                        break
-                if self.abort.is_set():
-                    break
-        except BaseException as exc:
-            self._fail(exc)
-        finally:
-            threads.restore()
-            if not self.abort.is_set():
-                _put(self.frames_out, _END, self.abort)
-            encoder.join()
-            self.abort.set()  # release the decoder if it waits on a full queue
-            decoder.join(timeout=10)
-        if self.error is not None:
-            raise self.error
