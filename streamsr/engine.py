@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
@@ -32,6 +31,7 @@ from streamsr.errors import ConfigError
 from streamsr.models.mprnet import pad_to_multiple
 from streamsr.output_size import OutputSize
 from streamsr.pack import Yuv420, to_rgb24, to_yuv420p
+from streamsr.runtime import cpu_threads_fixed, resolve_device, resolve_precision, use_cpu_threads
 from streamsr.tiling import run_tiled
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,6 @@ MIN_TILE = 32
 MAX_AUTO_TILE = 1024
 TILE_FEATHER = 1.0  # cross-fade tiles over this fraction of the overlap (see streamsr.tiling)
 MEMORY_HEADROOM = 0.6  # fraction of free memory a batch may plan to use
-_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 CUDA_GRAPH_MODES = ("auto", "on", "off")
 GRAPH_WARMUP = 2  # eager calls on a side stream before capture: cuDNN autotuning, lazy inits
 MAX_GRAPHS = 4  # captured shapes kept at most: each holds its own activation memory
@@ -79,37 +78,6 @@ def is_oom(exc: BaseException) -> bool:
                                               or "can't allocate memory" in text)
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else as given (checked)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} asked for, but CUDA is not available")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {name!r} does not exist ({torch.cuda.device_count()} GPUs)")
-    elif device.type != "cpu":
-        raise ConfigError(f"unsupported device {name!r}; use cpu, cuda or cuda:N")
-    return device
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype:
-    """'auto' -> bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
-    if name == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        with torch.cuda.device(device):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    try:
-        return _PRECISIONS[name]
-    except KeyError:
-        raise ConfigError(f"unknown precision {name!r}; use auto, bf16, fp16 or fp32") from None
-
-
 def resolve_cuda_graphs(mode: str, device: torch.device, compile: bool) -> bool:
     """Whether to replay CUDA graphs: only on CUDA, and only for the eager model.
 
@@ -125,63 +93,6 @@ def resolve_cuda_graphs(mode: str, device: torch.device, compile: bool) -> bool:
             log.warning("CUDA graphs are not used with torch.compile; running the compiled model")
         return False
     return True
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: affinity mask and cgroup quota, not the host's core count."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as f:
-            quota, period = f.read().split()
-        if quota != "max":
-            n = min(n, max(1, math.floor(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, n)
-
-
-_pinned_threads: int | None = None  # the CLI's --threads: this process's count, fixed
-
-
-def pin_cpu_threads(threads: int) -> None:
-    """Use exactly `threads` torch intra-op threads in this process (the CLI's `--threads`):
-    every CPU engine keeps that count and the pipeline does not measure another."""
-    global _pinned_threads
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ConfigError(f"threads must be a whole number of at least 1, got {threads!r}")
-    _pinned_threads = threads
-    torch.set_num_threads(threads)
-
-
-def cpu_threads_fixed() -> bool:
-    """True when the user chose the thread count: `--threads` or OMP_NUM_THREADS."""
-    return _pinned_threads is not None or bool(os.environ.get("OMP_NUM_THREADS"))
-
-
-def use_cpu_threads(threads: int | None = None) -> int:
-    """Set torch's intra-op thread count for a CPU engine and return it.
-
-    `threads` (EngineConfig.threads) wins, then `--threads` (`pin_cpu_threads`), then
-    OMP_NUM_THREADS (torch already follows it); otherwise every CPU this process may use.
-    The load average is no guide: it lags by minutes and counts jobs that ended long ago, so
-    the pipeline instead measures the model with one thread and with all of them in the run
-    itself and keeps the faster (pipeline._CpuThreads). Decode and encode run in FFmpeg's own
-    threads and mostly wait on bounded queues; on CPU the model is the bottleneck by orders
-    of magnitude.
-    """
-    if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ConfigError(f"threads must be a whole number of at least 1, got {threads!r}")
-    elif _pinned_threads is not None:
-        threads = _pinned_threads
-    elif os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads()
-    else:
-        threads = available_cpus()
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-    log.info("torch intra-op threads: %d (%d CPUs available)", threads, available_cpus())
-    return threads
 
 
 def free_memory(device: torch.device) -> int:

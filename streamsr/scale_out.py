@@ -31,12 +31,12 @@ import torch
 from torch import nn
 
 from streamsr import errors
-from streamsr.distributed import DistEnv, ProcessGroup, device_for, dist_env
 from streamsr.errors import ConfigError, InputError, Interrupted, OutputError, StreamsrError
 from streamsr.lock import OutputLock, lock_path_for
 from streamsr.output_size import OutputSize
 from streamsr.pipeline import Stats, resolve_model
 from streamsr.pipeline import upscale as pipeline_upscale
+from streamsr.runtime import DistEnv, ProcessGroup, device_for, dist_env
 from streamsr.video.finished import check_finished, count_frames, video_geometry
 from streamsr.video.output_paths import (
     check_input_name,

@@ -327,7 +327,7 @@ def test_verbose_after_the_command_logs_info_and_quiet_before_it_silences_upscal
 def test_threads_option_sets_torch_threads(monkeypatch):
     """`bench --threads 1` runs with one torch thread (the machine record says so), whatever
     the count was before; --threads 0 is a one-line usage error."""
-    import streamsr.engine as engine
+    import streamsr.runtime as engine
 
     monkeypatch.setattr(engine, "_pinned_threads", None)
     before = torch.get_num_threads()

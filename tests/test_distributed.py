@@ -23,9 +23,9 @@ import pytest
 import torch
 
 from streamsr.batch import output_for, temp_for, upscale_folder
-from streamsr.distributed import DistEnv, ProcessGroup, device_for, dist_env
 from streamsr.errors import ConfigError, InputError, Interrupted, OutputError
 from streamsr.pipeline import upscale
+from streamsr.runtime import DistEnv, ProcessGroup, device_for, dist_env
 from streamsr.scale_out import assign_contiguous, parts_dir_for, upscale_parts
 from streamsr.video.split import KeyframeIndex, Segment, plan_segments, read_keyframe_index
 

@@ -495,7 +495,7 @@ def test_cuda_oom_error_class_is_retried():
 @pytest.fixture
 def thread_state(monkeypatch):
     """Fresh thread settings (no --threads, no OMP_NUM_THREADS, 2 CPUs), restored after."""
-    import streamsr.engine as eng
+    import streamsr.runtime as eng
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(eng, "_pinned_threads", None)

@@ -17,9 +17,9 @@ import media
 import pytest
 import torch
 
-from streamsr.distributed import DistEnv
 from streamsr.errors import ConfigError, OutputError
 from streamsr.lock import MARK, OutputLock, lock_path_for
+from streamsr.runtime import DistEnv
 from streamsr.scale_out import parts_dir_for, upscale_job, upscale_parts
 
 GOP6 = {"crf": "12", "preset": "ultrafast", "g": "6", "x264-params": "scenecut=0"}

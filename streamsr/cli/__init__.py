@@ -116,7 +116,7 @@ def threads_option(fn):
     """`--threads N`: torch's CPU threads for this process (default: automatic)."""
     def pin(_ctx: click.Context, _param: click.Parameter, value: int | None) -> None:
         if value is not None:
-            from streamsr.engine import pin_cpu_threads
+            from streamsr.runtime import pin_cpu_threads
 
             pin_cpu_threads(value)
 

@@ -29,7 +29,6 @@ import random
 import re
 import resource
 import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -56,6 +55,15 @@ from streamsr.errors import (
 )
 from streamsr.models import DeblurSR, count_parameters, get_config
 from streamsr.models.weights import import_mprnet, load_weights, model_config, save_model
+from streamsr.runtime import (
+    DistEnv,
+    ProcessGroup,
+    StopSignals,
+    device_for,
+    dist_env,
+    resolve_device,
+    resolve_precision,
+)
 from streamsr.training.losses import joint_loss
 from streamsr.training.metrics import psnr, ssim
 from streamsr.training.recipe import Recipe, apply_overrides, recipe_from_dict
@@ -94,40 +102,6 @@ class TrainResult:
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) as logged
 
 
-# --- distributed and device setup -----------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device: str | None) -> tuple[_Dist, torch.device, bool]:
-    """Join the torchrun process group when there is one; pick this process's device."""
-    if device is not None:
-        from streamsr.engine import resolve_device
-
-        resolve_device(device)  # a bogus name or a missing GPU: one line, not torch's traceback
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    d = _Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-    use_cuda = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
-    if use_cuda:
-        dev = torch.device("cuda", d.local_rank) if device in (None, "cuda") else torch.device(device)
-        torch.cuda.set_device(dev)
-    else:
-        dev = torch.device(device or "cpu")
-    started = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        started = True
-    return d, dev, started
-
-
 def _seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -140,15 +114,9 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def _precision(recipe: Recipe, dev: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = plain fp32)."""
-    p = recipe.precision
-    if p == "auto":
-        p = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if p == "fp16" and dev.type != "cuda":
-        raise ConfigError("precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
-    if p == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("this GPU does not support bf16; use --set precision=fp16 or fp32")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
+    """The autocast dtype (None = plain fp32), by the runtime's policy for training."""
+    dtype = resolve_precision(recipe.precision, dev, training=True)
+    return None if dtype == torch.float32 else dtype
 
 
 def _autocast(dev: torch.device, dtype: torch.dtype | None):
@@ -312,12 +280,13 @@ class RunLog:
 
 @torch.no_grad()
 def validate(model: nn.Module, data: TripletDataset, dev: torch.device, batch: int,
-             autocast: torch.dtype | None, d: _Dist = _Dist()) -> dict[str, float]:
+             autocast: torch.dtype | None, d: DistEnv | None = None) -> dict[str, float]:
     """Mean PSNR/SSIM of the SR output vs H and of the stage-3 LR image vs L (ranks share it)."""
+    d = d or DistEnv()
     was_training = model.training
     model.eval()
     sums = torch.zeros(6, dtype=torch.float64)  # psnr_sr, ssim_sr, psnr_lr, ssim_lr, count, bicubic
-    idx = list(range(d.rank, len(data), d.world))
+    idx = list(range(d.rank, len(data), d.world_size))
     for start in range(0, len(idx), batch):
         items = [data[i] for i in idx[start:start + batch]]
         lr_blur, lr, hr = (torch.stack(t).to(dev) for t in zip(*items, strict=True))
@@ -333,7 +302,7 @@ def validate(model: nn.Module, data: TripletDataset, dev: torch.device, batch: i
             sums[1] += ssim(sr, hr, reduction="none").sum().cpu()
             sums[3] += ssim(lr3, lr, reduction="none").sum().cpu()
         sums[4] += len(items)
-    if d.world > 1:
+    if d.world_size > 1:
         sums = sums.to(dev) if dev.type == "cuda" else sums
         dist.all_reduce(sums)
         sums = sums.cpu()
@@ -347,32 +316,6 @@ def validate(model: nn.Module, data: TripletDataset, dev: torch.device, batch: i
 
 
 # --- the loop ------------------------------------------------------------------------------------
-
-class _StopFlag:
-    """Set by SIGINT/SIGTERM; a second Ctrl-C stops at once."""
-
-    def __init__(self) -> None:
-        self.signum = 0
-        self._old: dict[int, object] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum:
-            self.restore()
-            raise KeyboardInterrupt
-        self.signum = signum
-        log.warning("stopping after this step; saving a checkpoint (Ctrl-C again to abort)")
-
-    def restore(self) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
-
 
 def _resolve_recipe(recipe: Recipe | None, overrides: Sequence[str], saved: dict | None) -> Recipe:
     """The recipe in effect: given (or the checkpoint's on resume) plus overrides, checked."""
@@ -404,7 +347,21 @@ def train(data: str | os.PathLike, out: str | os.PathLike, recipe: Recipe | None
     Raises `Interrupted` after saving a checkpoint when SIGINT/SIGTERM arrives.
     """
     out = Path(out)
-    d, dev, started = _init_distributed(device)
+    d = dist_env()
+    if device is not None:
+        resolve_device(device)  # a bogus name or a missing GPU: one line, not torch's traceback
+    dev = torch.device(device_for(d, device or "auto"))
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    with ProcessGroup(d, str(dev)):
+        return _train(d, dev, Path(data), out, recipe, overrides, resume, init_mprnet, init,
+                      progress, on_step)
+
+
+def _train(d: DistEnv, dev: torch.device, data: Path, out: Path, recipe: Recipe | None,
+           overrides: Sequence[str], resume: bool, init_mprnet, init, progress: bool,
+           on_step: Callable[[int, float], None] | None) -> TrainResult:
+    """`train` inside the process group: resume or start, then run."""
     saved, saved_path = None, None
     if resume:
         saved, saved_path = load_latest_checkpoint(out)
@@ -412,18 +369,13 @@ def train(data: str | os.PathLike, out: str | os.PathLike, recipe: Recipe | None
     elif list_checkpoints(out):
         raise OutputError(f"{out} already holds a training run; pass --resume to continue it or "
                           f"choose another --out")
-    try:
-        recipe = _resolve_recipe(recipe, overrides, saved)
-        if d.main:  # before any data is read: an unwritable --out fails in a second, not later
-            _make_run_folder(out)
-        if saved is not None and (init or init_mprnet):
-            log.warning("--init/--init-mprnet ignored: resuming from %s", saved_path)
-            init = init_mprnet = None
-        return _Run(recipe, Path(data), out, d, dev, progress, on_step).run(
-            saved, init_mprnet, init)
-    finally:
-        if started:
-            dist.destroy_process_group()
+    recipe = _resolve_recipe(recipe, overrides, saved)
+    if d.main:  # before any data is read: an unwritable --out fails in a second, not later
+        _make_run_folder(out)
+    if saved is not None and (init or init_mprnet):
+        log.warning("--init/--init-mprnet ignored: resuming from %s", saved_path)
+        init = init_mprnet = None
+    return _Run(recipe, data, out, d, dev, progress, on_step).run(saved, init_mprnet, init)
 
 
 def _make_run_folder(out: Path) -> None:
@@ -439,7 +391,7 @@ def _make_run_folder(out: Path) -> None:
 class _Run:
     """One training run's state; `run` is the loop."""
 
-    def __init__(self, recipe: Recipe, data: Path, out: Path, d: _Dist, dev: torch.device,
+    def __init__(self, recipe: Recipe, data: Path, out: Path, d: DistEnv, dev: torch.device,
                  progress: bool, on_step: Callable[[int, float], None] | None) -> None:
         self.recipe, self.data, self.out, self.d, self.dev = recipe, data, out, d, dev
         self.progress, self.on_step = progress, on_step
@@ -451,7 +403,7 @@ class _Run:
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "scaler": self.scaler.state_dict(), "epoch": epoch, "step": step,
                 "sampler": {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "batch": r.batch,
-                            "world": self.d.world, "seed": r.seed},
+                            "world": self.d.world_size, "seed": r.seed},
                 "rng": _rng_state(), "recipe": r.to_dict(), "precision": self.precision,
                 "best": {"psnr": self.best_psnr, "step": self.best_step},
                 "cpu_s": self._cpu_s()}
@@ -482,7 +434,7 @@ class _Run:
         if weights:
             bad_w = sum((~torch.isfinite(p.detach())).sum() for p in self.model.parameters())
             flags = torch.cat([flags, bad_w.reshape(1).to(flags)])
-        if self.d.world > 1:
+        if self.d.world_size > 1:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         values = flags.tolist()
         first, worst = values[0], values[1]
@@ -505,7 +457,7 @@ class _Run:
             path = save_checkpoint(self._state(epoch, batch_in_epoch, step), self.out, step,
                                    self.recipe.keep_last)
             log.info("checkpoint %s", path)
-        if self.d.world > 1:
+        if self.d.world_size > 1:
             dist.barrier()
 
     def _validate(self, step: int, epoch: int) -> dict[str, float]:
@@ -549,19 +501,19 @@ class _Run:
                 raise ConfigError(f"{self.data} has no {r.val_split!r} triplets to validate on: "
                                   f"prepare with a held-out split (`--val-fraction`, GOPRO's test/) "
                                   f"or pick one with --set val_split=NAME") from None
-        sampler = DistributedSampler(self.train_ds, num_replicas=d.world, rank=d.rank, shuffle=True,
+        sampler = DistributedSampler(self.train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True,
                                      seed=r.seed, drop_last=True)
         steps_per_epoch = len(sampler) // r.batch
         if steps_per_epoch == 0:
             raise ConfigError(f"{len(self.train_ds)} training triplets are fewer than one batch of "
-                              f"{r.batch} x {d.world} processes")
+                              f"{r.batch} x {d.world_size} processes")
         total = r.epochs * steps_per_epoch
         if r.max_steps:
             total = min(total, r.max_steps)
 
         self.model = _build_model(r, init_mprnet, init).to(dev)
         net: nn.Module = self.model
-        if d.world > 1:
+        if d.world_size > 1:
             net = DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=r.lr, betas=r.betas,
                                     weight_decay=r.weight_decay)
@@ -589,9 +541,9 @@ class _Run:
                 raise WeightsError(f"the checkpoint of {out} is damaged or from another program "
                                    f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
                                    ) from None
-            if s["world"] != d.world and start_batch:
+            if s["world"] != d.world_size and start_batch:
                 log.warning("resuming with %d processes where the checkpoint had %d: the rest of "
-                            "epoch %d is drawn in a different order", d.world, s["world"], epoch)
+                            "epoch %d is drawn in a different order", d.world_size, s["world"], epoch)
             self.best_psnr, self.best_step = best["psnr"], best["step"]
             self.cpu_offset = float(saved.get("cpu_s", 0.0)) - self._cpu_s()
 
@@ -603,10 +555,10 @@ class _Run:
             except OSError as exc:
                 raise OutputError(f"cannot write to the run folder {out}: {exc.strerror}") from None
             log.info("training %s (%d parameters) on %s x%d, %d triplets, %d steps/epoch, %d steps",
-                     r.model, count_parameters(self.model), dev, d.world, len(self.train_ds),
+                     r.model, count_parameters(self.model), dev, d.world_size, len(self.train_ds),
                      steps_per_epoch, total)
-        stop = _StopFlag()
-        stop.install()
+        stop = StopSignals(message="stopping after this step; saving a checkpoint (Ctrl-C again "
+                                   "to abort)").__enter__()
         bar = tqdm(total=total, initial=step, unit="step", disable=not (self.progress and d.main),
                    dynamic_ncols=True)
         losses: list[tuple[int, float]] = []
@@ -645,10 +597,10 @@ class _Run:
                     if step % r.log_every == 0 or step == total:
                         self._check_finite(step)
                         vals = torch.stack([terms.total, terms.sr, terms.char, terms.edge]).detach().double()
-                        if d.world > 1:
+                        if d.world_size > 1:
                             vals = vals.to(dev)
                             dist.all_reduce(vals)
-                            vals = vals / d.world
+                            vals = vals / d.world_size
                         vals = vals.cpu().tolist()
                         losses.append((step, vals[0]))
                         bar.set_postfix(loss=f"{vals[0]:.4f}", epoch=epoch)
@@ -663,8 +615,8 @@ class _Run:
                             self.runlog.log(step, epoch, entry)
                         t_log, n_log = time.time(), 0
 
-                    stopping = torch.tensor([stop.signum], dtype=torch.int64)
-                    if d.world > 1:
+                    stopping = torch.tensor([stop.signum or 0], dtype=torch.int64)
+                    if d.world_size > 1:
                         stopping = stopping.to(dev)
                         dist.all_reduce(stopping, op=dist.ReduceOp.MAX)
                     if int(stopping.item()):
