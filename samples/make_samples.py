@@ -29,7 +29,7 @@ from skimage import data as skdata
 
 from streamsr.data.synthetic import camera_path, pose_matrix, render_exposure
 from streamsr.data.transforms import linear_to_srgb, scale_bicubic, srgb_to_linear
-from streamsr.video.source import FROM_RGB_FLAGS
+from streamsr.video.ffmpeg import FROM_RGB_FLAGS
 
 HERE = Path(__file__).resolve().parent
 SCALE = 4

@@ -27,9 +27,9 @@ from streamsr.pipeline import resolve_model
 from streamsr.pipeline import upscale as pipeline_upscale
 from streamsr.runtime import DistEnv, ProcessGroup, device_for, dist_env
 from streamsr.scale_out import output_size_of
+from streamsr.video.ffmpeg import main_video_stream
 from streamsr.video.finished import check_finished, video_geometry
 from streamsr.video.output_paths import output_name
-from streamsr.video.ffmpeg import main_video_stream
 from streamsr.video.source import IMAGE_EXTS
 
 log = logging.getLogger(__name__)

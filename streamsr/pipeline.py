@@ -24,6 +24,8 @@ from streamsr.errors import ConfigError, Interrupted, StreamsrError
 from streamsr.inference.stages import Stages
 from streamsr.output_size import OutputSize
 from streamsr.runtime import StopSignals
+from streamsr.video.encoder import EncodeOptions, check_encoder
+from streamsr.video.images import ImageSource
 from streamsr.video.live import LiveOptions, is_network_uri, live_progress, open_live_source
 from streamsr.video.output_paths import check_input_name, check_not_input, output_name
 from streamsr.video.segments import (
@@ -32,17 +34,10 @@ from streamsr.video.segments import (
     live_output_path,
     open_live_sink,
 )
-from streamsr.video.sink import (
-    EncodeOptions,
-    check_encoder,
-    check_image_ext,
-    is_image_output,
-    open_sink,
-)
+from streamsr.video.sink import check_image_ext, is_image_output, open_sink
 from streamsr.video.source import (
     DECODERS,
     DEFAULT_MAX_PIXELS,
-    ImageSource,
     VideoSource,
     check_frames,
     check_window,
@@ -179,7 +174,8 @@ def upscale(src: str | os.PathLike, dst: str | os.PathLike, *,
             log.warning("--start is ignored for live sources")
         if decoder == "cuda":
             log.warning("--decoder cuda applies to files; live input is decoded in software")
-        source = open_live_source(src, live_options, duration=duration, frames=frames)
+        source = open_live_source(src, live_options, duration=duration, frames=frames,
+                                  max_pixels=max_pixels)
     else:
         # a >8-bit input into a >8-bit video output travels as 16-bit RGB end to end
         # (file outputs only: image outputs are 8-bit PNGs, a push encodes from RGB24)

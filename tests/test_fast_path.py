@@ -15,17 +15,17 @@ import av
 import media
 import numpy as np
 import pytest
+import streamsr.engine as engine_mod
 import torch
 from click.testing import CliRunner
+from streamsr.engine import Engine, EngineConfig, _Graphs, resolve_cuda_graphs
+from streamsr.video.encoder import EncodeOptions, check_encoder, encoder_options
 from torch import Tensor, nn
 
-import streamsr.engine as engine_mod
 import streamsr.video.source as source_mod
 from streamsr.cli import main
-from streamsr.engine import Engine, EngineConfig, _Graphs, resolve_cuda_graphs
 from streamsr.errors import ConfigError, InputError
 from streamsr.models import TINY, DeblurSR
-from streamsr.video.sink import EncodeOptions, check_encoder, encoder_options
 from streamsr.video.source import component_bits, open_source
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -360,7 +360,8 @@ def test_nvdec_download_formats_convert_like_the_software_decoders(sw, hw, rgb):
     matrix and range) gives exactly the RGB of the planar formats software decoders return."""
     from av.video.reformatter import ColorRange
 
-    from streamsr.video.source import TO_RGB_FLAGS, sws_matrix, sws_range
+    from streamsr.video.color import sws_matrix, sws_range
+    from streamsr.video.ffmpeg import TO_RGB_FLAGS
 
     rgb8 = frames(1, 48, 64, seed=4)[0]
     planar = av.VideoFrame.from_ndarray(rgb8, format="rgb24").reformat(format=sw)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from av.video.reformatter import ColorRange, Colorspace, Interpolation
 from skimage import data
-
 from streamsr.engine import Engine, EngineConfig
 from streamsr.pack import Yuv420, to_rgb24, to_yuv420p
+
 from streamsr.pipeline import upscale
-from streamsr.video.source import FROM_RGB_FLAGS, TO_RGB_FLAGS
+from streamsr.video.ffmpeg import FROM_RGB_FLAGS, TO_RGB_FLAGS
 
 SWS = {"smpte170m": Colorspace.ITU601, "bt709": Colorspace.ITU709, "bt2020nc": Colorspace.BT2020}
 

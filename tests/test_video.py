@@ -16,6 +16,7 @@ import pytest
 
 from streamsr.data.transforms import bicubic_uint8
 from streamsr.errors import ConfigError, InputError, OutputError
+from streamsr.video.color import default_matrix
 from streamsr.video.sink import (
     EncodeOptions,
     TimestampRepair,
@@ -23,7 +24,7 @@ from streamsr.video.sink import (
     parse_bitrate,
     repair_timestamps,
 )
-from streamsr.video.source import default_matrix, open_source
+from streamsr.video.source import open_source
 
 FAST = EncodeOptions(preset="ultrafast")
 

@@ -301,7 +301,7 @@ def iter_frames(source: str | os.PathLike) -> Iterator[np.ndarray]:
         raise InputError(f"no such video or folder: {source}")
     import av  # imported here: only this source kind needs FFmpeg
 
-    from streamsr.video.source import main_video_stream
+    from streamsr.video.ffmpeg import main_video_stream
 
     try:
         container = av.open(str(source))

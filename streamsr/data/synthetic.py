@@ -317,7 +317,7 @@ def h264_roundtrip(rgb: np.ndarray, crf: int) -> np.ndarray:
     import av
     from av.video.reformatter import ColorRange, Colorspace
 
-    from streamsr.video.source import FROM_RGB_FLAGS, TO_RGB_FLAGS
+    from streamsr.video.ffmpeg import FROM_RGB_FLAGS, TO_RGB_FLAGS
 
     h, w = rgb.shape[:2]
     enc = av.CodecContext.create("libx264", "w")

@@ -23,27 +23,18 @@ from fractions import Fraction
 from urllib.parse import urlsplit
 
 import av
-import numpy as np
-from av.video.reformatter import ColorRange
 
 from streamsr.errors import ConfigError, SourceError
+from streamsr.video.color import read_color
+from streamsr.video.ffmpeg import main_video_stream
+from streamsr.video.frame import RgbConverter, check_pixels
 from streamsr.video.source import (
-    MATRICES,
-    PRIMARIES,
-    RANGES,
-    TO_RGB_FLAGS,
-    TRANSFERS,
-    ColorInfo,
+    DEFAULT_MAX_PIXELS,
     Frame,
     Source,
     VideoInfo,
     check_frames,
     check_window,
-    effective_matrix,
-    effective_range,
-    main_video_stream,
-    sws_matrix,
-    sws_range,
 )
 
 log = logging.getLogger(__name__)
@@ -248,10 +239,16 @@ class DropQueue:
 
 
 class LiveSource(Source):
-    """A network stream as an iterator of `Frame`s, kept alive across outages."""
+    """A network stream as an iterator of `Frame`s, kept alive across outages.
+
+    Frames are converted as a file's are (`frame.RgbConverter`): a feed that changes size is
+    scaled to its first size, and a size past `max_pixels` (--max-pixels) is refused, at the
+    start or later, with the same error as a file.
+    """
 
     def __init__(self, uri: str, options: LiveOptions | None = None, *,
-                 duration: float | None = None, frames: int | None = None) -> None:
+                 duration: float | None = None, frames: int | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.uri = str(uri)
         self.options = options or LiveOptions()
         self.options.validate()
@@ -278,8 +275,12 @@ class LiveSource(Source):
         if not (stream.codec_context.width and stream.codec_context.height):
             self._pending = self._first_frame(self._container)  # the header had no frame size
         self.info = self._video_info(stream)
-        self._matrix = sws_matrix(effective_matrix(self.info))
-        self._range = sws_range(effective_range(self.info))
+        try:
+            check_pixels(self.info.uri, self.info.width, self.info.height, max_pixels)
+        except BaseException:
+            self._container.close()
+            raise
+        self._to_rgb = RgbConverter(self.info.uri, self.info, max_pixels=max_pixels)
         self._next_index = 0
         self._last_pts: int | None = None
         self._t0: float | None = None
@@ -374,8 +375,7 @@ class LiveSource(Source):
             width=head.width, height=head.height, fps=Fraction(fps) if fps else None,
             time_base=Fraction(stream.time_base or Fraction(1, 90000)), frames=None,
             duration=None, pix_fmt=pix_fmt or "yuv420p",
-            color=ColorInfo(PRIMARIES.get(head.color_primaries), TRANSFERS.get(head.color_trc),
-                            MATRICES.get(head.colorspace), RANGES.get(head.color_range)),
+            color=read_color(head),
             rotation=0, is_live=True, uri=redact(self.uri))
 
     # -- reading -------------------------------------------------------------------------
@@ -419,13 +419,7 @@ class LiveSource(Source):
             if self.duration is not None and pts * tb_out >= Fraction(self.duration) - tb_out / 2:
                 self._duration_reached = True  # like a file: frames in [0, duration) only
                 return
-            if frame.width != self.info.width or frame.height != self.info.height:
-                log.warning("live: frame size changed to %dx%d; scaling back to %dx%d",
-                            frame.width, frame.height, self.info.width, self.info.height)
-                frame = frame.reformat(width=self.info.width, height=self.info.height)
-            rgb = np.ascontiguousarray(frame.to_ndarray(
-                format="rgb24", src_colorspace=self._matrix, src_color_range=self._range,
-                dst_color_range=ColorRange.JPEG, interpolation=TO_RGB_FLAGS))
+            rgb = self._to_rgb(frame, self._next_index)  # scaled to the first size, or refused
             item = Frame(rgb=rgb, pts=pts, time_base=tb_out, index=self._next_index, wallclock=now)
             self._next_index += 1
             self._last_pts = pts
@@ -601,6 +595,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def open_live_source(uri: str, options: LiveOptions | None = None, *,
-                     duration: float | None = None, frames: int | None = None) -> LiveSource:
+                     duration: float | None = None, frames: int | None = None,
+                     max_pixels: int | None = DEFAULT_MAX_PIXELS) -> LiveSource:
     """Connect to a network stream (retrying as configured) and return its `LiveSource`."""
-    return LiveSource(uri, options, duration=duration, frames=frames)
+    return LiveSource(uri, options, duration=duration, frames=frames, max_pixels=max_pixels)

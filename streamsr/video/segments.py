@@ -21,6 +21,8 @@ import av
 import numpy as np
 
 from streamsr.errors import ConfigError, OutputError
+from streamsr.video.color import MATRICES, default_matrix, sws_matrix, sws_range
+from streamsr.video.ffmpeg import FROM_RGB_FLAGS
 from streamsr.video.sink import (
     EncodeOptions,
     Sink,
@@ -29,14 +31,7 @@ from streamsr.video.sink import (
     open_sink,
     parse_bitrate,
 )
-from streamsr.video.source import (
-    FROM_RGB_FLAGS,
-    MATRICES,
-    VideoInfo,
-    default_matrix,
-    sws_matrix,
-    sws_range,
-)
+from streamsr.video.source import VideoInfo
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,18 @@ import av
 import numpy as np
 
 from streamsr.errors import ConfigError, OutputError
-from streamsr.pack import Yuv420
+from streamsr.inference.pack import Yuv420
+from streamsr.video.color import (
+    MATRICES,
+    PRIMARIES,
+    RANGES,
+    TRANSFERS,
+    effective_matrix,
+    effective_range,
+    sws_matrix,
+    sws_range,
+)
+from streamsr.video.ffmpeg import FROM_RGB_FLAGS, ffmpeg_errors, ffmpeg_reason
 from streamsr.video.output_paths import (
     check_output_name,
     check_overwrite,
@@ -35,21 +46,7 @@ from streamsr.video.output_paths import (
     output_file,
     short,
 )
-from streamsr.video.source import (
-    FROM_RGB_FLAGS,
-    IMAGE_EXTS,
-    MATRICES,
-    PRIMARIES,
-    RANGES,
-    TRANSFERS,
-    VideoInfo,
-    effective_matrix,
-    effective_range,
-    ffmpeg_errors,
-    ffmpeg_reason,
-    sws_matrix,
-    sws_range,
-)
+from streamsr.video.source import IMAGE_EXTS, VideoInfo
 from streamsr.video.space import SpaceGuard
 
 log = logging.getLogger(__name__)

@@ -1,16 +1,15 @@
-"""Open a video file, a single image or a folder of images, and yield RGB frames with timestamps.
+"""Inputs: the `Source` interface every input implements, `open_source` (which kind of input a
+path or URL is), and `VideoSource`, a video file or URL decoded with PyAV.
 
 Decoding uses PyAV with frame threading; the decoder is always flushed at the end so the last
-frames (held back by B-frame reordering or frame threads) are not lost. Y'CbCr -> RGB uses the
-input's own matrix and range (untagged: BT.709 for HD, BT.601 for SD, limited range), so colours
-survive the round trip through the pipeline. Frames are RGB uint8, or RGB uint16 (rgb48) when
-asked for `deep` frames and the input has more than 8 bits, so a 10-bit output keeps 10 bits.
-(swscale maps limited-range white to 65283, not 65535, and maps 65283 back to white on the way
-out, so the gain cancels; the model sees deep frames 0.4 % darker.) Broken inputs fail early
-with an `InputError` (missing, empty, not a video, audio-only, absurd resolution); damage inside
-a file that still has decodable frames is skipped with one warning. `decoder="cuda"` decodes
-video files with NVDEC (PyAV's CUDA hwaccel), frames downloaded to system memory (nv12/p010) for
-the same conversion; without a usable GPU it decodes in software after one warning.
+frames (held back by B-frame reordering or frame threads) are not lost. Frames are converted to
+RGB by `frame.RgbConverter` in the input's own matrix and range; uint16 (rgb48) when asked for
+`deep` frames and the input has more than 8 bits. Images are `images.ImageSource`, network
+feeds `live.LiveSource`. Broken inputs fail early with an `InputError` (missing, empty, not a
+video, audio-only, absurd resolution); damage inside a file that still has decodable frames is
+skipped with one warning. `decoder="cuda"` decodes video files with NVDEC (PyAV's CUDA hwaccel),
+frames downloaded to system memory (nv12/p010) for the same conversion; without a usable GPU it
+decodes in software after one warning.
 """
 
 from __future__ import annotations
@@ -19,22 +18,28 @@ import logging
 import math
 import operator
 import os
-import re
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import av
-import av.logging
 import numpy as np
-from av.codec.hwaccel import HWAccel
-from av.video.reformatter import ColorRange, Colorspace, Interpolation
 
 from streamsr.errors import ConfigError, InputError
+from streamsr.video.color import ColorInfo, effective_matrix, effective_range, read_color
+from streamsr.video.ffmpeg import (
+    av_message,
+    cuda_hwaccel,
+    describe_streams,
+    ffmpeg_errors,
+    ffmpeg_reason,
+    main_video_stream,
+    open_input,
+)
+from streamsr.video.frame import RgbConverter, check_pixels
 
 log = logging.getLogger(__name__)
 
@@ -47,34 +52,6 @@ MAX_SECONDS = 1e9
 # "software": FFmpeg's decoders on the CPU (frame threads); "cuda": NVDEC, falling back to
 # software with a warning; "auto": NVDEC when it works, software quietly otherwise
 DECODERS = ("auto", "software", "cuda")
-
-# FFmpeg's enum values (libavutil/pixfmt.h) <-> the names ffmpeg prints.
-PRIMARIES = {1: "bt709", 4: "bt470m", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 8: "film",
-             9: "bt2020", 10: "smpte428", 11: "smpte431", 12: "smpte432", 22: "jedec-p22"}
-TRANSFERS = {1: "bt709", 4: "gamma22", 5: "gamma28", 6: "smpte170m", 7: "smpte240m",
-             8: "linear", 9: "log100", 10: "log316", 11: "iec61966-2-4", 12: "bt1361e",
-             13: "iec61966-2-1", 14: "bt2020-10", 15: "bt2020-12", 16: "smpte2084",
-             17: "smpte428", 18: "arib-std-b67"}
-MATRICES = {0: "gbr", 1: "bt709", 4: "fcc", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m",
-            8: "ycgco", 9: "bt2020nc", 10: "bt2020c"}
-RANGES = {1: "tv", 2: "pc"}
-# Matrix name -> swscale coefficient table.
-_SWS_MATRIX = {"bt709": Colorspace.ITU709, "fcc": Colorspace.FCC, "bt470bg": Colorspace.ITU601,
-               "smpte170m": Colorspace.ITU601, "smpte240m": Colorspace.SMPTE240M,
-               "bt2020nc": Colorspace.BT2020, "bt2020c": Colorspace.BT2020}
-# Exact conversions: full chroma interpolation and accurate rounding (the fast path is off by 1-2).
-TO_RGB_FLAGS = Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
-FROM_RGB_FLAGS = Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INP
-
-
-@dataclass(frozen=True)
-class ColorInfo:
-    """Colour description as tagged in the input (ffmpeg names; None when untagged)."""
-
-    primaries: str | None = None
-    transfer: str | None = None
-    matrix: str | None = None
-    range: str | None = None  # "tv" (limited) or "pc" (full)
 
 
 @dataclass(frozen=True)
@@ -112,31 +89,6 @@ def component_bits(pix_fmt: str) -> int:
     return max((c.bits for c in av.VideoFormat(pix_fmt).components), default=8)
 
 
-def default_matrix(width: int, height: int) -> str:
-    """The matrix players assume for untagged video: BT.709 for HD, BT.601 for SD."""
-    return "bt709" if width >= 1280 or height > 576 else "smpte170m"
-
-
-def effective_matrix(info: VideoInfo) -> str:
-    """The Y'CbCr matrix the source decoded with (tag, or the size-based default)."""
-    m = info.color.matrix
-    return m if m in _SWS_MATRIX else default_matrix(info.width, info.height)
-
-
-def effective_range(info: VideoInfo) -> str:
-    """"pc" for full-range input, else "tv"."""
-    return "pc" if info.color.range == "pc" else "tv"
-
-
-def sws_matrix(name: str) -> Colorspace:
-    """swscale's coefficient table for a matrix name (BT.601 when unknown)."""
-    return _SWS_MATRIX.get(name, Colorspace.ITU601)
-
-
-def sws_range(name: str) -> ColorRange:
-    return ColorRange.JPEG if name == "pc" else ColorRange.MPEG
-
-
 class Source:
     """Yields `Frame`s in presentation order; a context manager that closes the input."""
 
@@ -158,10 +110,6 @@ class Source:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _natural_key(path: Path) -> list:
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
 
 
 def check_window(start: float | None, duration: float | None) -> None:
@@ -196,94 +144,6 @@ def check_frames(frames: int | None) -> None:
         raise ConfigError(f"--frames must be a whole number of frames, 1 or more, got {frames!r}")
 
 
-_NOT_MOVING = av.stream.Disposition.attached_pic | av.stream.Disposition.timed_thumbnails
-
-
-def _stream_pixels(s) -> int:
-    cc = s.codec_context
-    return (cc.width or 0) * (cc.height or 0) if cc is not None else 0
-
-
-def main_video_stream(container: av.container.InputContainer):
-    """The video stream to upscale, or None: never an attached picture (cover art) or a
-    thumbnail track; among the others the default-disposition one, then the largest picture,
-    then the first. A cover image can come first in a file (MP4 with its tags before the
-    tracks); picking streams.video[0] would upscale the cover."""
-    moving = [s for s in container.streams.video if not s.disposition & _NOT_MOVING]
-    if not moving:
-        return None
-    default = av.stream.Disposition.default
-    return min(moving, key=lambda s: (not s.disposition & default, -_stream_pixels(s), s.index))
-
-
-def _describe_streams(container: av.container.InputContainer, chosen) -> str:
-    """'#0 (attached picture, 32x32)' etc. for the video streams not taken."""
-    out = []
-    for s in container.streams.video:
-        if s is chosen:
-            continue
-        cc = s.codec_context
-        kind = "attached picture" if s.disposition & _NOT_MOVING else "video"
-        size = f"{cc.width}x{cc.height}" if cc is not None else "?"
-        out.append(f"#{s.index} ({kind}, {size})")
-    return ", ".join(out)
-
-
-def _check_pixels(uri: str, width: int, height: int, max_pixels: int | None) -> None:
-    if width <= 0 or height <= 0:
-        raise InputError(f"{uri}: video stream has no size ({width}x{height})")
-    if max_pixels and width * height > max_pixels:
-        raise InputError(f"{uri}: {width}x{height} frames are larger than the limit of "
-                         f"{max_pixels} pixels (raise --max-pixels to allow them)")
-
-
-def _av_message(exc: Exception) -> str:
-    text = getattr(exc, "strerror", None) or str(exc)
-    return str(text).splitlines()[0][:200]
-
-
-def open_input(uri: str, options: dict[str, str],
-               hwaccel: HWAccel | None = None) -> av.container.InputContainer:
-    """av.open, tolerating damaged (non-UTF-8) tags, which PyAV 18 refuses to open."""
-    try:
-        return av.open(uri, options=options, hwaccel=hwaccel)
-    except UnicodeDecodeError:
-        try:
-            return av.open(uri, options=options, metadata_encoding="latin-1", hwaccel=hwaccel)
-        except (TypeError, UnicodeDecodeError):
-            raise InputError(f"{uri} has damaged metadata tags that cannot be read") from None
-
-
-def cuda_hwaccel(gpu: int | None = None) -> HWAccel:
-    """PyAV's NVDEC settings: frames come back to system memory (nv12, p010) for the usual
-    swscale conversion; a stream NVDEC cannot take (a profile it lacks) falls back to FFmpeg's
-    software decoder; FFmpeg uses the GPU's primary CUDA context, the one torch uses, instead
-    of creating a second one."""
-    return HWAccel("cuda", device=None if gpu is None else str(gpu), allow_software_fallback=True,
-                   options={"primary_ctx": "1"})
-
-
-@contextmanager
-def ffmpeg_errors() -> Iterator[list[tuple[int, str, str]]]:
-    """FFmpeg's error lines logged by this thread while the block runs. PyAV logs nothing by
-    default, and a hardware device that cannot open says only "Operation not permitted";
-    FFmpeg's own line says why ("Cannot load libcuda.so.1")."""
-    old = av.logging.get_level()
-    av.logging.set_level(av.logging.ERROR)
-    try:
-        with av.logging.Capture() as logs:
-            yield logs
-    finally:
-        av.logging.set_level(old)
-
-
-def ffmpeg_reason(exc: Exception, logs: list[tuple[int, str, str]]) -> str:
-    """The last line FFmpeg logged (see `ffmpeg_errors`), else the exception's message."""
-    lines = [f"{name}: {text.strip()}" if name else text.strip() for _, name, text in logs
-             if text and text.strip()]
-    return lines[-1] if lines else _av_message(exc)
-
-
 class VideoSource(Source):
     """A file (or URL) decoded with PyAV: frame threads, flush at the end, skip damage.
 
@@ -312,9 +172,9 @@ class VideoSource(Source):
             raise InputError(f"{uri} is not a video file FFmpeg can read") from None
         except av.error.FFmpegError as exc:
             if is_live:
-                raise InputError(f"cannot open {uri}: {_av_message(exc)}") from None
+                raise InputError(f"cannot open {uri}: {av_message(exc)}") from None
             raise InputError(f"{uri} is not a video file FFmpeg can read (damaged header or an "
-                             f"impossible frame size; FFmpeg said: {_av_message(exc)})") from None
+                             f"impossible frame size; FFmpeg said: {av_message(exc)})") from None
         try:
             self._setup(start, duration, max_pixels, is_live)
         except BaseException:
@@ -362,7 +222,7 @@ class VideoSource(Source):
         if len(c.streams.video) > 1:
             log.info("%s: upscaling video stream #%d (%dx%d); not the other video streams: %s",
                      self.uri, vs.index, vs.codec_context.width if vs.codec_context else 0,
-                     vs.codec_context.height if vs.codec_context else 0, _describe_streams(c, vs))
+                     vs.codec_context.height if vs.codec_context else 0, describe_streams(c, vs))
         # audio is demuxed alongside (not decoded) so that the end of the file is known: video
         # that stops before the audio does is shorter, not truncated
         self._audio = tuple(s for s in c.streams.audio)
@@ -371,8 +231,7 @@ class VideoSource(Source):
         if cc is None:
             raise InputError(f"{self.uri}: FFmpeg has no decoder for its video stream (unknown "
                              f"or damaged codec)")
-        _check_pixels(self.uri, cc.width, cc.height, max_pixels)
-        self._max_pixels = max_pixels
+        check_pixels(self.uri, cc.width, cc.height, max_pixels)
         cc.thread_type = "AUTO"  # frame + slice threads
         cc.thread_count = 0
         self.time_base = vs.time_base or Fraction(1, 90000)
@@ -385,7 +244,7 @@ class VideoSource(Source):
             try:
                 c.seek(int(self._start / self.time_base), stream=vs, backward=True)
             except av.error.FFmpegError as exc:
-                log.warning("%s: cannot seek (%s); decoding from the beginning", self.uri, _av_message(exc))
+                log.warning("%s: cannot seek (%s); decoding from the beginning", self.uri, av_message(exc))
         self._warned: set[str] = set()
         self._frames = self._decode()
         self._first = next(self._frames, None)  # proves the file decodes; gives tags and rotation
@@ -395,11 +254,8 @@ class VideoSource(Source):
         if self._first is None:
             raise InputError(self._no_frames_message())
         f = self._first
-        _check_pixels(self.uri, f.width, f.height, max_pixels)  # headers can understate it
-        color = ColorInfo(PRIMARIES.get(f.color_primaries or cc.color_primaries),
-                          TRANSFERS.get(f.color_trc or cc.color_trc),
-                          MATRICES.get(f.colorspace or cc.colorspace),
-                          RANGES.get(f.color_range or cc.color_range))
+        check_pixels(self.uri, f.width, f.height, max_pixels)  # headers can understate it
+        color = read_color(f, cc)
         fps = vs.average_rate or vs.guessed_rate or None
         total = None
         file_duration = None
@@ -421,10 +277,8 @@ class VideoSource(Source):
                               time_base=self.time_base, frames=total, duration=file_duration,
                               pix_fmt=f.format.name, color=color, rotation=int(round(f.rotation or 0)),
                               is_live=is_live, uri=self.uri)
-        self._matrix = sws_matrix(effective_matrix(self.info))
-        self._range = sws_range(effective_range(self.info))
         self.deep = self.deep and component_bits(f.format.name) > 8
-        self._rgb_format = "rgb48le" if self.deep else "rgb24"
+        self._to_rgb = RgbConverter(self.uri, self.info, deep=self.deep, max_pixels=max_pixels)
         log.info("input %s: %dx%d %s, %s fps, colour %s/%s (%s), rotation %d, %s decoder",
                  self.uri, f.width, f.height, f.format.name, fps, effective_matrix(self.info),
                  effective_range(self.info), color, self.info.rotation, self.decoder)
@@ -511,7 +365,7 @@ class VideoSource(Source):
                 errors += 1
                 self.truncated = True
                 self._warn_once("demux", "%s: damaged or truncated input (%s); keeping every "
-                                "frame that decodes", self.uri, _av_message(exc))
+                                "frame that decodes", self.uri, av_message(exc))
                 if errors >= 8:
                     return
 
@@ -527,7 +381,7 @@ class VideoSource(Source):
             except av.error.FFmpegError as exc:
                 self.skipped_packets += 1
                 self._warn_once("packet", "%s: skipping undecodable packet(s) (%s)", self.uri,
-                                _av_message(exc))
+                                av_message(exc))
                 continue
             if packet.size == 0 and packet.dts is None:
                 flushed = True
@@ -567,30 +421,10 @@ class VideoSource(Source):
                                 self.uri)
                 pts = last_pts + 1
             last_pts, last_time = pts, t
-            if (f.width, f.height) != (self.info.width, self.info.height):
-                f = self._to_first_size(f, index)
-            rgb = f.to_ndarray(format=self._rgb_format, src_colorspace=self._matrix,
-                               src_color_range=self._range, dst_color_range=ColorRange.JPEG,
-                               interpolation=TO_RGB_FLAGS)
-            yield Frame(np.ascontiguousarray(rgb), pts, self.time_base, index, time.monotonic(),
+            yield Frame(self._to_rgb(f, index), pts, self.time_base, index, time.monotonic(),
                         duration=f.duration or None)
             index += 1
         self._check_complete(last_time, index)
-
-    def _to_first_size(self, f: av.VideoFrame, index: int) -> av.VideoFrame:
-        """A frame whose size differs from the first frame's, scaled back to it (one warning).
-
-        Streams can change size mid-way (spliced MPEG-TS, cameras switching modes); the output
-        keeps one size, as the live source does. A size past --max-pixels is refused first.
-        """
-        w, h = self.info.width, self.info.height
-        change = f"frame size changes at frame {index + 1}: {w}x{h} -> {f.width}x{f.height}"
-        if self._max_pixels and f.width * f.height > self._max_pixels:
-            raise InputError(f"{self.uri}: {change}, larger than the limit of {self._max_pixels} "
-                             f"pixels (raise --max-pixels to allow them)")
-        self._warn_once("size", "%s: %s; scaling frames of other sizes to %dx%d", self.uri,
-                        change, w, h)
-        return f.reformat(width=w, height=h, interpolation=Interpolation.BICUBIC)
 
     def _check_complete(self, last_time: float | None, yielded: int = 0) -> None:
         """Warn when the file stops well before the duration (or frame count) its header announced."""
@@ -622,164 +456,6 @@ class VideoSource(Source):
         self.container.close()
 
 
-# EXIF orientation (1-8) -> the numpy steps that show the picture upright, as
-# PIL.ImageOps.exif_transpose does: 2 mirror, 3 turn 180, 4 flip, 5 transpose, 6 turn 90
-# clockwise, 7 transverse, 8 turn 90 counter-clockwise
-_ORIENT = {
-    2: lambda a: a[:, ::-1],
-    3: lambda a: a[::-1, ::-1],
-    4: lambda a: a[::-1],
-    5: lambda a: a.transpose(1, 0, 2),
-    6: lambda a: np.rot90(a, -1),
-    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
-    8: lambda a: np.rot90(a, 1),
-}
-
-
-def exif_orientation(path: Path) -> int:
-    """The EXIF orientation tag of an image file (1, upright, when it has none)."""
-    try:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            if im.format == "PNG" and "exif" not in im.info:
-                return 1  # Pillow would decode the whole PNG looking for a late eXIf chunk
-            value = im.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001 - no Pillow, not an image Pillow knows, damaged EXIF
-        return 1
-    return value if isinstance(value, int) and value in _ORIENT else 1
-
-
-def _read_image(path: Path) -> np.ndarray | None:
-    """An image file as RGB uint8 (16-bit scaled down, alpha dropped, grey expanded), turned
-    upright by its EXIF orientation (a portrait photo from a phone is stored on its side)."""
-    import cv2
-
-    try:
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_COLOR)
-        if img is None:
-            img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    except cv2.error:  # OpenCV's own limits (e.g. more than 2^30 pixels)
-        return None
-    if img is None:
-        return None
-    if img.dtype == np.uint16:
-        img = (img.astype(np.uint32) * 255 + 32767) // 65535
-    img = img.astype(np.uint8) if img.dtype != np.uint8 else img
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    elif img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    else:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    orientation = exif_orientation(path)
-    if orientation != 1:  # IMREAD_UNCHANGED keeps the pixels as stored, ignoring EXIF
-        img = _ORIENT[orientation](img)
-    return np.ascontiguousarray(img)
-
-
-def _image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the image header, without decoding the pixels."""
-    try:
-        with av.open(str(path)) as c:
-            cc = c.streams.video[0].codec_context
-            if cc.width and cc.height:
-                return cc.width, cc.height
-    except (av.error.FFmpegError, IndexError):
-        pass
-    try:  # FFmpeg gives no size for images it will not decode (too large): read the header
-        from PIL import Image
-
-        with Image.open(path) as im:
-            return im.size
-    except ImportError:
-        return None
-    except Image.DecompressionBombError as exc:
-        raise InputError(f"{path}: image too large to decode ({str(exc).splitlines()[0][:120]})") from None
-    except Exception:  # not an image Pillow knows: OpenCV decides
-        return None
-
-
-class ImageSource(Source):
-    """A single image or a folder of images (natural sort order), one frame per image.
-
-    Each image keeps its own size unless `one_size` is set (a video output has one frame
-    size): then images of another size are scaled to `info`'s (the first image's), with one
-    warning naming the first such file, as a size change inside a video is.
-    """
-
-    one_size = False
-
-    def __init__(self, uri: str, paths: list[Path], *, start: float | None = None,
-                 duration: float | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
-        self.uri = uri
-        check_window(start, duration)
-        tb = IMAGE_TIME_BASE
-        first = int(round((start or 0) / tb))
-        last = first + int(round(duration / tb)) if duration else None
-        self.paths = paths[first:last]
-        self.window = (start, (start or 0) + duration if duration else None)
-        if not self.paths:
-            raise InputError(f"{uri}: no images in the requested --start/--duration window")
-        self._first_index = first
-        size = _image_size(self.paths[0])
-        if size:
-            _check_pixels(str(self.paths[0]), *size, max_pixels)
-        self._max_pixels = max_pixels
-        self._warned_size = False
-        img = _read_image(self.paths[0])
-        if img is None:
-            raise InputError(f"{self.paths[0]} is not an image OpenCV can read")
-        h, w = img.shape[:2]
-        self._first = img
-        self.info = VideoInfo(width=w, height=h, fps=Fraction(1) / tb, time_base=tb,
-                              frames=len(self.paths), duration=None, pix_fmt="rgb24",
-                              color=ColorInfo(transfer="iec61966-2-1", range="pc"), rotation=0,
-                              is_live=False, uri=uri)
-
-    def __iter__(self) -> Iterator[Frame]:
-        index = 0
-        for k, path in enumerate(self.paths):
-            img = self._first if k == 0 else None
-            self._first = None
-            if img is None:
-                size = _image_size(path)
-                if size:
-                    _check_pixels(str(path), *size, self._max_pixels)
-                img = _read_image(path)
-            if img is None:
-                self.skipped_packets += 1
-                log.warning("skipping %s: not a readable image", path)
-                continue
-            if self.one_size and img.shape[:2] != (self.info.height, self.info.width):
-                img = self._to_first_size(img, path)
-            yield Frame(img, self._first_index + k, IMAGE_TIME_BASE, index, time.monotonic(),
-                        name=path.stem)
-            index += 1
-
-
-    def _to_first_size(self, img: np.ndarray, path: Path) -> np.ndarray:
-        """An image of another size scaled to the first image's (area when it shrinks,
-        bicubic when it grows); the first one warns."""
-        import cv2
-
-        w, h = self.info.width, self.info.height
-        if not self._warned_size:
-            self._warned_size = True
-            log.warning("%s: %dx%d, not the %dx%d of the first image; scaling images of other "
-                        "sizes to %dx%d (a video has one frame size)", path, img.shape[1],
-                        img.shape[0], w, h, w, h)
-        shrink = img.shape[1] >= w and img.shape[0] >= h
-        return np.ascontiguousarray(cv2.resize(
-            img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC))
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside `folder`, in natural order (img2 before img10)."""
-    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS),
-                  key=_natural_key)
-
-
 def is_url(uri: str) -> bool:
     """True for URLs (scheme://...), which are opened by FFmpeg as they are."""
     scheme = urlsplit(str(uri)).scheme
@@ -796,6 +472,8 @@ def open_source(uri: str | os.PathLike, *, start: float | None = None,
     `decoder`: "software", "cuda" (NVDEC on GPU `gpu`, software after a warning when it cannot
     be used) or "auto" (NVDEC when it can be used); images are always decoded in software.
     """
+    from streamsr.video.images import ImageSource, list_images  # images.py builds on this module
+
     uri = str(uri)
     if decoder not in DECODERS:
         raise ConfigError(f"unknown decoder {decoder!r}; use {', '.join(DECODERS)}")

@@ -24,8 +24,8 @@ from pathlib import Path
 import av
 
 from streamsr.errors import InputError, OutputError
+from streamsr.video.ffmpeg import main_video_stream, open_input
 from streamsr.video.output_paths import ffmpeg_name
-from streamsr.video.source import main_video_stream, open_input
 
 log = logging.getLogger(__name__)
 
