@@ -19,9 +19,7 @@ import torch
 from click.testing import CliRunner
 
 from streamsr.cli import main
-from streamsr.cli.video_cmds import find_preset, load_preset
-from streamsr.engine import Engine, EngineConfig
-from streamsr.errors import ConfigError
+from streamsr.inference.engine import Engine, EngineConfig
 from streamsr.models.weights import load_model, save_model
 from streamsr.video.overlay import side_by_side
 from streamsr.video.source import open_source
@@ -95,22 +93,22 @@ def contrasty_weights(tiny_weights, tmp_path) -> Path:
 
 def test_window_tile_precision_and_side_by_side_reach_the_run(tmp_path, contrasty_weights,
                                                               monkeypatch):
-    import streamsr.engine
-    import streamsr.scale_out
+    import streamsr.api
+    import streamsr.inference.engine
 
     calls, configs = [], []
-    real_upscale, real_init = streamsr.scale_out.pipeline_upscale, streamsr.engine.Engine.__init__
+    real_upscale, real_init = streamsr.api.upscale_stream, streamsr.inference.engine.Engine.__init__
 
     def spy_upscale(*args, **kwargs):
-        calls.append(kwargs)
+        calls.append(args[2])  # the UpscaleOptions the CLI built
         return real_upscale(*args, **kwargs)
 
     def spy_init(self, model, config=None):
         configs.append(config)
         real_init(self, model, config)
 
-    monkeypatch.setattr(streamsr.scale_out, "pipeline_upscale", spy_upscale)
-    monkeypatch.setattr(streamsr.engine.Engine, "__init__", spy_init)
+    monkeypatch.setattr(streamsr.api, "upscale_stream", spy_upscale)
+    monkeypatch.setattr(streamsr.inference.engine.Engine, "__init__", spy_init)
     src = media.make_index_clip(tmp_path / "in.mkv", n=25)  # 64x48, 25 fps
     out = tmp_path / "out.mkv"
     r = _invoke("upscale", src, out, "--model", contrasty_weights, "--device", "cpu", "-q",
@@ -119,9 +117,9 @@ def test_window_tile_precision_and_side_by_side_reach_the_run(tmp_path, contrast
                 "--encoder-preset", "ultrafast")  # lossless RGB: the output can be compared exactly
     assert r.exit_code == 0, r.stderr
     assert len(calls) == 1 and len(configs) == 1
-    kw = calls[0]
-    assert (kw["start"], kw["duration"], kw["tile"], kw["precision"], kw["side_by_side_view"]) == \
-        (0.4, 0.32, 16, "fp32", True)
+    opts = calls[0]
+    assert (opts.input.start, opts.input.duration, opts.engine.tile, opts.engine.precision,
+            opts.output.side_by_side) == (0.4, 0.32, 16, "fp32", True)
     assert (configs[0].tile, configs[0].precision) == (16, "fp32")
 
     # frames 10..17 (0.4 s to 0.72 s at 25 fps), restarting at 0 s, at x4 and not twice as wide
@@ -147,31 +145,19 @@ def test_preset_sets_values_and_command_line_wins(tmp_path, clip, tiny_weights, 
     (tmp_path / "pipelines" / "mine.toml").write_text(
         f'description = "test"\nmodel = "{tiny_weights}"\ncodec = "libx264"\npix_fmt = "yuv444p"\n'
         f'encoder_preset = "ultrafast"\ndevice = "cpu"\n[encoder_opt]\ntune = "zerolatency"\n')
-    r = _invoke("upscale", clip, "a.mp4", "--preset", "mine", "-q")
+    r = _invoke("upscale", clip, "a.mp4", "--preset", "pipelines/mine.toml", "-q")
     assert r.exit_code == 0, r.stderr
     with av.open("a.mp4") as c:
         assert c.streams.video[0].codec_context.pix_fmt == "yuv444p"
-    r = _invoke("upscale", clip, "b.mp4", "--preset", "mine", "--pix-fmt", "yuv420p", "-q")
+    r = _invoke("upscale", clip, "b.mp4", "--preset", "pipelines/mine.toml", "--pix-fmt", "yuv420p",
+                "-q")
     assert r.exit_code == 0, r.stderr
     with av.open("b.mp4") as c:
         assert c.streams.video[0].codec_context.pix_fmt == "yuv420p"
     (tmp_path / "pipelines" / "typo.toml").write_text('crf = "high"\n')
-    _one_line_error(_invoke("upscale", clip, "c.mp4", "--preset", "typo"), "crf")
+    _one_line_error(_invoke("upscale", clip, "c.mp4", "--preset", "pipelines/typo.toml"), "crf")
     (tmp_path / "pipelines" / "class.toml").write_text('network = "my.module.Net"\n')
-    _one_line_error(_invoke("upscale", clip, "c.mp4", "--preset", "class"), "unknown option")
-
-
-def test_bundled_presets_load():
-    for name in ("dashcam", "handheld", "archive"):
-        assert find_preset(name).parent.name == "pipelines"
-        values = load_preset(name)
-        assert values["model"] == "lite" and "codec" in values and "crf" in values
-    assert load_preset("archive")["pix_fmt"] == "yuv420p10le"
-    for bad in ("../etc/passwd", "a/b", "..", ".hidden"):
-        with pytest.raises(ConfigError, match="bad preset name"):
-            find_preset(bad)
-    with pytest.raises(ConfigError, match="no pipeline preset"):
-        find_preset("nosuchpreset")
+    _one_line_error(_invoke("upscale", clip, "c.mp4", "--preset", "pipelines/class.toml"), "unknown option")
 
 
 def test_user_errors_are_one_line_with_exit_code_2(tmp_path, clip, tiny_weights):
@@ -269,7 +255,7 @@ class _StopOnceX4(media.BicubicX4):
 def test_resume_and_part_frames_via_the_cli(tmp_path, monkeypatch):
     import json
 
-    import streamsr.scale_out as scale_out
+    import streamsr.jobs.parts as parts_job
 
     src = media.make_index_clip(tmp_path / "in.mp4", n=24,
                                 options={"crf": "12", "preset": "ultrafast", "g": "6",
@@ -278,7 +264,7 @@ def test_resume_and_part_frames_via_the_cli(tmp_path, monkeypatch):
     args = ["upscale", src, out, "--resume", "--part-frames", "6", "--device", "cpu", "--batch",
             "2", "--encoder-preset", "ultrafast", "-q"]
     model = _StopOnceX4(stop_after=8)  # Ctrl-C during the second of four 6-frame parts
-    monkeypatch.setattr(scale_out, "resolve_model", lambda name: model)  # reads `model` per call
+    monkeypatch.setattr(parts_job, "resolve_model", lambda name: model)  # reads `model` per call
     first = _invoke(*args)
     assert first.exit_code == 130, (first.exit_code, first.stderr)  # 128 + SIGINT
     assert not out.exists()
@@ -295,8 +281,8 @@ def test_resume_and_part_frames_via_the_cli(tmp_path, monkeypatch):
     assert not parts.exists()
 
     # An output cut off by a run without --resume is refused in one line, not taken as finished.
+    from streamsr.api import upscale
     from streamsr.errors import Interrupted
-    from streamsr.pipeline import upscale
 
     short = tmp_path / "short.mp4"
     with pytest.raises(Interrupted):

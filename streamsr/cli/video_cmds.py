@@ -1,70 +1,18 @@
-"""`streamsr upscale IN OUT`: the main job, a thin shell over `streamsr.pipeline.upscale`."""
+"""`streamsr upscale IN OUT`: flags (over a preset) -> `UpscaleOptions` -> `streamsr.api.upscale`."""
 
 from __future__ import annotations
 
-import re
 import sys
 import threading
-from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
 from streamsr.cli import common_options, main, threads_option
 from streamsr.errors import ConfigError
 
-PRESET_DIRS = (Path("pipelines"), Path(__file__).resolve().parents[2] / "pipelines",
-               Path(__file__).resolve().parents[1] / "presets")  # installed: package data
-# Options a preset may set (TOML keys; "-" and "_" both accepted) -> click parameter names.
-PRESET_KEYS = {"model": "model", "batch": "batch", "tile": "tile", "precision": "precision",
-               "device": "device", "backend": "backend", "compile": "compile_", "codec": "codec", "crf": "crf",
-               "encoder_preset": "encoder_preset",
-               "pix_fmt": "pix_fmt", "bitrate": "bitrate", "encoder_opt": "encoder_opt",
-               "side_by_side": "side_by_side", "outscale": "outscale", "size": "out_size",
-               "ext": "image_ext", "start": "start", "duration": "duration",
-               "frames": "frames", "live": "live", "rtsp_transport": "rtsp_transport",
-               "drop": "drop", "max_latency": "max_latency", "reconnect_max": "reconnect_max",
-               "timeout": "live_timeout", "segment_time": "segment_time",
-               "status_interval": "status_interval"}
-
-
-def find_preset(name: str) -> Path:
-    """The file of pipeline preset `name`: ./pipelines/NAME.toml, else the repo's pipelines/."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
-        raise ConfigError(f"bad preset name {name!r}: use a plain name like dashcam (no paths)")
-    for folder in PRESET_DIRS:
-        path = folder / f"{name}.toml"
-        if path.is_file():
-            return path
-    known = sorted({p.stem for d in PRESET_DIRS if d.is_dir() for p in d.glob("*.toml")})
-    raise ConfigError(f"no pipeline preset named {name!r} (known: {', '.join(known) or 'none'})")
-
-
-def load_preset(name: str) -> dict:
-    """Option values from a preset file, keyed by click parameter name."""
-    path = find_preset(name)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read preset {path}: {exc}") from None
-    data.pop("description", None)
-    values = {}
-    for key, value in data.items():
-        param = PRESET_KEYS.get(key.replace("-", "_"))
-        if param is None:
-            raise ConfigError(f"preset {path}: unknown option {key!r} "
-                              f"(allowed: {', '.join(sorted(PRESET_KEYS))})")
-        if param == "encoder_opt":
-            if not isinstance(value, dict):
-                raise ConfigError(f"preset {path}: encoder_opt must be a table of key = value")
-            value = tuple(f"{k}={v}" for k, v in value.items())
-        values[param] = value
-    return values
+# flags whose value is not one option of the same name (see options_from_flags)
+_SPECIAL_FLAGS = {"encoder_opt": ("encoder_options",), "timeout": ("open_timeout", "read_timeout")}
 
 
 def parse_encoder_opts(items: tuple[str, ...]) -> dict[str, str]:
@@ -117,8 +65,8 @@ def _status_line(line: str) -> None:
 @click.argument("input_path", metavar="INPUT")
 @click.argument("output_path", metavar="OUTPUT")
 @click.option("--preset", "preset_name", metavar="NAME",
-              help="Pipeline preset pipelines/NAME.toml (dashcam, handheld, archive); options "
-                   "given here win over it.")
+              help="Pipeline preset: a bundled name (dashcam, handheld, archive, rtsp-live) or a "
+                   ".toml file; options given here win over it.")
 @click.option("--model", default="lite", show_default=True, help="lite, paper, or a weights file.")
 @click.option("--batch", type=click.IntRange(min=1), help="Frames per model call (default: from free memory).")
 @click.option("--tile", type=click.IntRange(min=0), help="Tile size in input pixels (0: never tile; default: when needed).")
@@ -130,7 +78,7 @@ def _status_line(line: str) -> None:
               help="What runs the model: torch; openvino or onnxruntime on the CPU, tensorrt on "
                    "a GPU (the exported model, cached; pip extras [openvino], [onnx], [tensorrt]); "
                    "auto: tensorrt on a GPU, openvino on the CPU when installed, else torch.")
-@click.option("--compile", "compile_", is_flag=True,
+@click.option("--compile", is_flag=True,
               help="torch.compile the model (slow to start; the eager model after a warning "
                    "when compiling fails).")
 @click.option("--cuda-graphs", type=click.Choice(["auto", "on", "off"]), default="auto",
@@ -153,7 +101,7 @@ def _status_line(line: str) -> None:
 @click.option("--outscale", type=click.FloatRange(0.25, 4), metavar="FACTOR",
               help="Output size as a factor of the input (0.25-4, e.g. 2): the model's x4, "
                    "then an antialiased bicubic downscale; video sides are rounded to even.")
-@click.option("--size", "out_size", metavar="WxH",
+@click.option("--size", metavar="WxH",
               help="Output size that fits in WxH keeping the aspect ratio; -1 for a side follows "
                    "the other (1280x-1, -1x720). At most x4 of the input.")
 @click.option("--ext", "image_ext", type=click.Choice(["png", "jpg", "jpeg", "webp", "bmp", "tif",
@@ -179,7 +127,7 @@ def _status_line(line: str) -> None:
               help="Live: drop frames older than this when inference reaches them.")
 @click.option("--reconnect-max", type=click.IntRange(min=0), default=10, show_default=True,
               help="Live: give up after this many failed connection attempts in a row (0: forever).")
-@click.option("--timeout", "live_timeout", type=click.FloatRange(min=0, min_open=True),
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
               default=10.0, show_default=True, metavar="SECONDS",
               help="Live: wait this long for a connection or for data before reconnecting.")
 @click.option("--segment-time", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
@@ -197,48 +145,55 @@ def _status_line(line: str) -> None:
 @common_options()
 @click.pass_context
 def upscale(ctx: click.Context, input_path: str, output_path: str, preset_name: str | None,
-            progress: bool, quiet: bool, **options) -> None:
+            progress: bool, quiet: bool, **flags) -> None:
     """Upscale a blurry low-resolution video (or image, or image folder) x4 into OUTPUT.
 
     OUTPUT is a video file (.mp4, .mkv, .mov, ...), an image file, or a folder for PNGs.
     Audio, subtitles, chapters, colour tags and rotation are kept.
     """
-    from streamsr.scale_out import upscale_job as run_upscale  # plain, folder or parts/torchrun
-    from streamsr.video.live import LiveOptions
-    from streamsr.video.source import DEFAULT_MAX_PIXELS
+    from streamsr.api import upscale as run_upscale  # file, images, folder, live, parts/torchrun
 
-    if preset_name:
-        params = {p.name: p for p in ctx.command.params}
-        for key, value in load_preset(preset_name).items():
-            if ctx.get_parameter_source(key) in (ParameterSource.DEFAULT, None):
-                try:
-                    options[key] = params[key].type_cast_value(ctx, value)
-                except click.BadParameter as exc:
-                    raise ConfigError(f"preset {preset_name}: bad value for {key}: {exc.message}") from None
+    options = options_from_flags(ctx, flags, preset_name)
     bar = _Bar(enabled=progress)
     try:
-        stats = run_upscale(
-            input_path, output_path, model=options["model"], device=options["device"],
-            precision=options["precision"], batch=options["batch"], tile=options["tile"],
-            compile=options["compile_"], cuda_graphs=options["cuda_graphs"],
-            backend=options["backend"],
-            decoder=options["decoder"],
-            codec=options["codec"], crf=options["crf"], encoder_preset=options["encoder_preset"],
-            pix_fmt=options["pix_fmt"], bitrate=options["bitrate"],
-            encoder_options=parse_encoder_opts(tuple(options["encoder_opt"])),
-            side_by_side_view=bool(options["side_by_side"]), overwrite=options["overwrite"],
-            outscale=options["outscale"], size=options["out_size"], image_ext=options["image_ext"],
-            start=options["start"], duration=options["duration"], progress=bar,
-            max_pixels=(DEFAULT_MAX_PIXELS if options["max_pixels"] is None
-                        else options["max_pixels"] or None),
-            frames=options["frames"], live=options["live"], segment_time=options["segment_time"],
-            live_options=LiveOptions(
-                rtsp_transport=options["rtsp_transport"], drop=options["drop"],
-                max_latency=options["max_latency"], reconnect_max=options["reconnect_max"],
-                open_timeout=options["live_timeout"], read_timeout=options["live_timeout"]),
-            status=None if quiet else _status_line, status_interval=options["status_interval"],
-            resume=options["resume"], part_frames=options["part_frames"])
+        stats = run_upscale(input_path, output_path, options, progress=bar,
+                            status=None if quiet else _status_line)
     finally:
         bar.close()
     if not quiet and stats is not None:  # None: a torchrun rank other than 0
         click.echo(stats.summary(), err=True)
+
+
+def options_from_flags(ctx: click.Context, flags: dict, preset_name: str | None):
+    """`UpscaleOptions` from the command's flags; a preset's values fill the flags not given."""
+    from streamsr.options import UpscaleOptions, load_preset
+    from streamsr.video.source import DEFAULT_MAX_PIXELS
+
+    keywords: dict = {}
+    given: set[str] = set()
+    for name, value in flags.items():
+        names = _SPECIAL_FLAGS.get(name, (name,))
+        if name == "encoder_opt":
+            value = parse_encoder_opts(tuple(value))
+        elif name == "max_pixels":  # 0: no limit
+            value = DEFAULT_MAX_PIXELS if value is None else value or None
+        keywords.update(dict.fromkeys(names, value))
+        if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None):
+            given.update(names)
+    if preset_name:
+        params = {p.name: p for p in ctx.command.params}
+        flag_of = {kw: flag for flag, kws in _SPECIAL_FLAGS.items() for kw in kws}
+        for key, value in load_preset(preset_name).items():
+            if key in given:
+                continue
+            param = params.get(flag_of.get(key, key))
+            if param is not None and key != "encoder_options":
+                try:  # the flag's own checks (ranges, choices) apply to a preset's value too
+                    value = param.type_cast_value(ctx, value)
+                except click.BadParameter as exc:
+                    raise ConfigError(f"preset {preset_name}: bad value for {param.name}: "
+                                      f"{exc.message}") from None
+            if key == "max_pixels":
+                value = value or None
+            keywords[key] = value
+    return UpscaleOptions.from_keywords(**keywords)
