@@ -29,7 +29,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from streamsr.bench import bench_model, parse_resolution
-from streamsr.engine import ALIGN, Engine, EngineConfig
+from streamsr.inference.engine import ALIGN, Engine, EngineConfig
 
 # op family -> patterns for aten op names without the "aten::" prefix (first match wins)
 FAMILIES = (

@@ -14,13 +14,13 @@ import torch
 from click.testing import CliRunner
 from media import decode_all, make_smooth_clip
 
-from streamsr import backends
-from streamsr.backends import BackendMissing, resolve_backend
-from streamsr.backends.cache import ArtifactCache
-from streamsr.backends.trt_backend import engine_key
 from streamsr.cli import main
-from streamsr.engine import Engine, EngineConfig
 from streamsr.errors import ConfigError
+from streamsr.inference import backends
+from streamsr.inference.backends import BackendMissing, resolve_backend
+from streamsr.inference.backends.cache import ArtifactCache
+from streamsr.inference.backends.trt_backend import engine_key
+from streamsr.inference.engine import Engine, EngineConfig
 from streamsr.models import TINY, DeblurSR
 from streamsr.models.weights import save_model
 
@@ -189,7 +189,7 @@ def test_tensorrt_engine_key_separates_shape_precision_and_gpu():
 
 def test_runtime_graph_is_exported_once_and_rebuilt_when_corrupt(tmp_path, monkeypatch):
     pytest.importorskip("onnx")
-    from streamsr.backends import onnx_export
+    from streamsr.inference.backends import onnx_export
 
     calls = []
     real = onnx_export.onnx_bytes
@@ -236,7 +236,7 @@ def test_backend_tiles_like_torch(backend):
 def test_pipeline_with_a_backend_keeps_every_frame(tmp_path, backend):
     """The whole pipeline (yuv420p packing on the device included): every frame, in order,
     as torch's pipeline makes them."""
-    from streamsr.pipeline import upscale
+    from streamsr.api import upscale
 
     model = skip_model()
     clip = make_smooth_clip(tmp_path / "in.mp4", n=5)

@@ -6,8 +6,8 @@ import media
 import pytest
 import torch
 
+from streamsr.api import upscale
 from streamsr.inference.cpu_threads import CpuThreads
-from streamsr.pipeline import upscale
 
 FAST = dict(encoder_preset="ultrafast", device="cpu", batch=3)  # odd batch: partial last batch
 

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from streamsr.data.transforms import scale_bicubic
-from streamsr.engine import Engine, EngineConfig, is_oom, model_scale
 from streamsr.errors import ConfigError
+from streamsr.inference.engine import Engine, EngineConfig, is_oom, model_scale
+from streamsr.inference.tiling import plan_axis, run_tiled
 from streamsr.models import TINY, DeblurSR
-from streamsr.tiling import plan_axis, run_tiled
+from streamsr.models.ops import scale_bicubic
 
 CPU = EngineConfig(device="cpu")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -285,7 +285,7 @@ def test_oom_on_large_batches_retries_with_half_the_batch(cuda_error, caplog):
     model = FakeOOM(Nearest(), max_batch=2, cuda_error=cuda_error)
     engine = Engine(model, EngineConfig(device="cpu", batch=8, tile=0))
     x = frames(7, 8, 12)
-    with caplog.at_level(logging.WARNING, logger="streamsr.engine"):
+    with caplog.at_level(logging.WARNING, logger="streamsr.inference.engine"):
         y = engine.upscale_batch(x)
     np.testing.assert_array_equal(y, x.repeat(4, axis=1).repeat(4, axis=2))
     assert model.failures >= 1 and "out of memory" in caplog.text
@@ -309,7 +309,7 @@ def test_oom_on_large_frames_falls_back_to_tiles():
 
 
 def test_auto_tiles_when_a_frame_does_not_fit_in_free_memory(monkeypatch):
-    import streamsr.engine as engine_module
+    import streamsr.inference.engine as engine_module
 
     engine = Engine(LocalNet(), EngineConfig(device="cpu"))
     budget_px = 80 * 80  # memory for one 80x80 frame, as the engine estimates it
@@ -393,7 +393,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
     monkeypatch.setattr(torch, "compile", lambda model, **kw: broken)
     engine = Engine(Nearest(), EngineConfig(device="cpu", compile=True))
     x = frames(3, 8, 8)
-    with caplog.at_level(logging.WARNING, logger="streamsr.engine"):
+    with caplog.at_level(logging.WARNING, logger="streamsr.inference.engine"):
         y = engine.upscale_batch(x)
     np.testing.assert_array_equal(y, x.repeat(4, 1).repeat(4, 2))
     assert "falling back to the eager model" in caplog.text
@@ -409,7 +409,7 @@ def test_compile_unavailable_at_construction_runs_eagerly(monkeypatch, caplog):
 
     monkeypatch.setattr(torch, "compile", unavailable)
     model = FakeOOM(Nearest())  # records the shape of every call; never fails here
-    with caplog.at_level(logging.WARNING, logger="streamsr.engine"):
+    with caplog.at_level(logging.WARNING, logger="streamsr.inference.engine"):
         engine = Engine(model, EngineConfig(device="cpu", compile=True, batch=4))
         x = frames(3, 8, 8)
         y = engine.upscale_batch(x)

@@ -11,11 +11,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from streamsr.backends.graph import SeparableBicubic, weights_hash
 from streamsr.cli import main
-from streamsr.data.transforms import resize_bicubic
-from streamsr.export import ExportOptions, export_model, read_export
+from streamsr.inference.backends.graph import SeparableBicubic, weights_hash
+from streamsr.inference.export import ExportOptions, export_model, read_export
 from streamsr.models import TINY, DeblurSR
+from streamsr.models.ops import resize_bicubic
 from streamsr.models.weights import save_model
 
 ort = pytest.importorskip("onnxruntime")

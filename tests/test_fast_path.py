@@ -15,21 +15,21 @@ import av
 import media
 import numpy as np
 import pytest
-import streamsr.engine as engine_mod
 import torch
 from click.testing import CliRunner
-from streamsr.engine import Engine, EngineConfig, _Graphs, resolve_cuda_graphs
-from streamsr.video.encoder import EncodeOptions, check_encoder, encoder_options
 from torch import Tensor, nn
 
+import streamsr.inference.engine as engine_mod
 import streamsr.video.source as source_mod
 from streamsr.cli import main
 from streamsr.errors import ConfigError, InputError
+from streamsr.inference.engine import Engine, EngineConfig, _Graphs, resolve_cuda_graphs
 from streamsr.models import TINY, DeblurSR
+from streamsr.video.encoder import EncodeOptions, check_encoder, encoder_options
 from streamsr.video.source import component_bits, open_source
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-GRAPH_LOG = "streamsr.engine"
+GRAPH_LOG = "streamsr.inference.engine"
 
 
 class LocalNet(nn.Module):
@@ -199,8 +199,8 @@ def test_out_of_memory_during_capture_shrinks_the_batch_and_keeps_graphs(monkeyp
 
 
 def test_cuda_graphs_option_reaches_the_engine(monkeypatch, tmp_path):
-    import streamsr.scale_out
-    from streamsr.pipeline import upscale
+    import streamsr.api
+    from streamsr.api import upscale
 
     seen = {}
 
@@ -216,12 +216,12 @@ def test_cuda_graphs_option_reaches_the_engine(monkeypatch, tmp_path):
     assert seen["config"].cuda_graphs == "off"
 
     calls = {}
-    monkeypatch.setattr(streamsr.scale_out, "upscale_job",
-                        lambda src, dst, **kw: calls.update(kw))
+    monkeypatch.setattr(streamsr.api, "upscale",
+                        lambda src, dst, options, **kw: calls.update(options=options))
     res = CliRunner().invoke(main, ["upscale", str(src), str(tmp_path / "o.mp4"), "-q",
                                     "--cuda-graphs", "on"])
     assert res.exit_code == 0, res.output
-    assert calls["cuda_graphs"] == "on"
+    assert calls["options"].engine.cuda_graphs == "on"
     res = CliRunner().invoke(main, ["upscale", str(src), str(tmp_path / "o.mp4"),
                                     "--cuda-graphs", "maybe"])
     assert res.exit_code == 2
@@ -239,7 +239,7 @@ def test_bench_cuda_graphs_option_reaches_its_config(monkeypatch):
     monkeypatch.setattr(streamsr.bench, "run_bench", fake_run)
     res = CliRunner().invoke(main, ["bench", "--device", "cpu", "--cuda-graphs", "off"])
     assert res.exit_code == 2 and seen["config"].cuda_graphs == "off"
-    assert streamsr.bench._engine_config(seen["config"]).cuda_graphs == "off"
+    assert streamsr.bench.engine_config(seen["config"]).cuda_graphs == "off"
 
 
 @pytest.mark.cuda
@@ -309,7 +309,7 @@ def test_cuda_decoder_here_gives_the_software_frames(tmp_path, caplog):
 
 
 def test_pipeline_with_cuda_decoder_falls_back_and_writes_the_same_video(tmp_path, caplog):
-    from streamsr.pipeline import upscale
+    from streamsr.api import upscale
 
     clip = media.make_smooth_clip(tmp_path / "in.mp4", n=5)
     kw = dict(model=media.BicubicX4(), device="cpu", encoder_preset="ultrafast",
@@ -327,7 +327,7 @@ def test_pipeline_with_cuda_decoder_falls_back_and_writes_the_same_video(tmp_pat
 
 
 def test_auto_decoder_does_not_try_nvdec_for_a_cpu_model(tmp_path, monkeypatch, caplog):
-    from streamsr.pipeline import upscale
+    from streamsr.api import upscale
 
     def no(gpu=None):
         raise AssertionError("NVDEC tried for a CPU run")
@@ -373,26 +373,27 @@ def test_nvdec_download_formats_convert_like_the_software_decoders(sw, hw, rgb):
 
 
 def test_decoder_option_reaches_the_source_from_both_commands(monkeypatch, tmp_path):
+    import streamsr.api
     import streamsr.bench
-    import streamsr.pipeline
-    import streamsr.scale_out
 
     calls = {}
-    monkeypatch.setattr(streamsr.scale_out, "upscale_job", lambda src, dst, **kw: calls.update(kw))
+    monkeypatch.setattr(streamsr.api, "upscale",
+                        lambda src, dst, options, **kw: calls.update(options=options))
     src = media.make_index_clip(tmp_path / "in.mp4", n=2, size=(16, 16))
     res = CliRunner().invoke(main, ["upscale", str(src), str(tmp_path / "o.mp4"), "-q",
                                     "--decoder", "cuda"])
     assert res.exit_code == 0, res.output
-    assert calls["decoder"] == "cuda"
+    assert calls["options"].input.decoder == "cuda"
+    monkeypatch.undo()
 
     seen = []
-    real = streamsr.pipeline.upscale
+    real = streamsr.api.upscale
 
-    def spy(*args, **kw):
-        seen.append(kw["decoder"])
-        return real(*args, **kw)
+    def spy(src, dst, options, **kw):
+        seen.append(options.input.decoder)
+        return real(src, dst, options, **kw)
 
-    monkeypatch.setattr(streamsr.pipeline, "upscale", spy)
+    monkeypatch.setattr(streamsr.api, "upscale", spy)
     res = CliRunner().invoke(main, ["bench", "--device", "cpu", "--model", "tiny", "--resolution",
                                     "32x16", "--frames", "2", "--skip", "naive", "--skip", "io",
                                     "--decoder", "auto", "--json", "-"], catch_exceptions=False)
@@ -439,7 +440,7 @@ def test_nvenc_maps_crf_to_cq_and_keeps_its_preset(codec):
 
 @pytest.mark.skipif(nvenc_opens(), reason="NVENC opens on this machine")
 def test_nvenc_that_cannot_open_is_one_clear_config_error_before_any_work(tmp_path):
-    from streamsr.pipeline import upscale
+    from streamsr.api import upscale
 
     for codec in ("h264_nvenc", "hevc_nvenc"):
         with pytest.raises(ConfigError) as err:
@@ -463,7 +464,7 @@ def test_encoders_are_trial_opened_once_per_settings(monkeypatch):
     # every encoder is opened once on a small frame (unknown --encoder-opt keys, bitrates and
     # pixel formats it refuses fail there, before any work); settings that opened are not
     # opened again by the sink, the next part or the next file
-    import streamsr.video.sink as sink_mod
+    import streamsr.video.encoder as sink_mod
 
     opened = []
     real = av.codec.CodecContext.create
@@ -481,22 +482,22 @@ def test_encoders_are_trial_opened_once_per_settings(monkeypatch):
 
 
 def test_bench_codec_and_preset_reach_every_part_that_encodes(monkeypatch):
+    import streamsr.api
     import streamsr.bench as bench
-    import streamsr.pipeline
 
     used = []  # (part, codec, preset)
-    real_upscale, real_open = streamsr.pipeline.upscale, bench.open_encoder
+    real_upscale, real_open = streamsr.api.upscale, bench.open_encoder
 
-    def spy_upscale(*args, **kw):
-        used.append(("pipeline", kw["codec"], kw["encoder_preset"]))
-        return real_upscale(*args, **kw)
+    def spy_upscale(src, dst, options, **kw):
+        used.append(("pipeline", options.encode.codec, options.encode.preset))
+        return real_upscale(src, dst, options, **kw)
 
     def spy_open(path, width, height, rate, enc):
         used.append(("naive/ffmpeg", enc.codec, enc.preset))
         return real_open(path, width, height, rate, enc)
 
-    monkeypatch.setattr(streamsr.pipeline, "upscale", spy_upscale)
-    monkeypatch.setattr(bench, "open_encoder", spy_open)
+    monkeypatch.setattr(streamsr.api, "upscale", spy_upscale)
+    monkeypatch.setattr(bench.encoding, "open_encoder", spy_open)
     args = ["bench", "--device", "cpu", "--model", "tiny", "--resolution", "32x16", "--frames", "2",
             "--io-frames", "2", "--ffmpeg", "pyav", "--codec", "libx264", "--encoder-preset",
             "ultrafast", "--json", "-"]
@@ -513,7 +514,7 @@ def test_bench_codec_and_preset_reach_every_part_that_encodes(monkeypatch):
 @pytest.mark.cuda
 @cuda
 def test_nvenc_encodes_on_the_gpu(tmp_path):
-    from streamsr.pipeline import upscale
+    from streamsr.api import upscale
 
     check_encoder(EncodeOptions(codec="h264_nvenc", preset="p4"))
     src = media.make_index_clip(tmp_path / "in.mp4", n=12)

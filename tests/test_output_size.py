@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from streamsr.errors import ConfigError
-from streamsr.output_size import OutputSize, parse_size
+from streamsr.inference.output_size import OutputSize, parse_size
 
 
 @pytest.mark.parametrize("rule, size, expected", [

@@ -1,4 +1,4 @@
-"""Frames handed to the encoder as yuv420p planes made in torch (streamsr/pack.py)."""
+"""Frames handed to the encoder as yuv420p planes made in torch (streamsr/inference/pack.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 from av.video.reformatter import ColorRange, Colorspace, Interpolation
 from skimage import data
-from streamsr.engine import Engine, EngineConfig
-from streamsr.pack import Yuv420, to_rgb24, to_yuv420p
 
-from streamsr.pipeline import upscale
+from streamsr.api import upscale
+from streamsr.inference.engine import Engine, EngineConfig
+from streamsr.inference.pack import Yuv420, to_rgb24, to_yuv420p
 from streamsr.video.ffmpeg import FROM_RGB_FLAGS, TO_RGB_FLAGS
 
 SWS = {"smpte170m": Colorspace.ITU601, "bt709": Colorspace.ITU709, "bt2020nc": Colorspace.BT2020}

@@ -34,7 +34,7 @@ def export_cmd(out: str, model_name: str, fmt: str | None, precision: str, resol
     (`streamsr info OUT` shows them).
     """
     from streamsr.bench import parse_resolution
-    from streamsr.export import ExportOptions, export_model, format_for
+    from streamsr.inference.export import ExportOptions, export_model, format_for
     from streamsr.models.weights import load_model
 
     if resolution and dynamic:

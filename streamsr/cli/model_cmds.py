@@ -33,7 +33,7 @@ def info(file: str | None, model_name: str, as_json: bool) -> None:
     whose metadata is shown.
     """
     if file is not None:
-        from streamsr.export import is_export_file
+        from streamsr.inference.export import is_export_file
 
         if is_export_file(file):
             _export_info(file, as_json)
@@ -70,7 +70,7 @@ def info(file: str | None, model_name: str, as_json: bool) -> None:
 
 def _export_info(path: str, as_json: bool) -> None:
     """`streamsr info OUT` for an exported file: its streamsr metadata, read back."""
-    from streamsr.export import read_export
+    from streamsr.inference.export import read_export
 
     meta = read_export(path)
     config = json.loads(meta.get("config", "{}"))

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from streamsr.data.transforms import resize_bicubic
 from streamsr.errors import ConfigError
+from streamsr.models.ops import resize_bicubic
 
 MIN_OUTSCALE = 0.25  # below this the model's work is thrown away: use a smaller input instead
 

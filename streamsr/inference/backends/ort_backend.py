@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from streamsr.backends import BackendError, require
-from streamsr.backends.base import BackendForward
-from streamsr.backends.onnx_export import runtime_onnx
 from streamsr.errors import ConfigError
+from streamsr.inference.backends import BackendError, require
+from streamsr.inference.backends.base import BackendForward
+from streamsr.inference.backends.onnx_export import runtime_onnx
 
 log = logging.getLogger(__name__)
 

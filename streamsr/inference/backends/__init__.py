@@ -86,15 +86,15 @@ def make_forward(backend: str, model: torch.nn.Module, device: torch.device, dty
                  threads: int):
     """The engine's model call for a non-torch backend (see `base.BackendForward`)."""
     if backend == "openvino":
-        from streamsr.backends.ov_backend import OpenVinoForward
+        from streamsr.inference.backends.ov_backend import OpenVinoForward
 
         return OpenVinoForward(model, dtype, threads)
     if backend == "onnxruntime":
-        from streamsr.backends.ort_backend import OnnxRuntimeForward
+        from streamsr.inference.backends.ort_backend import OnnxRuntimeForward
 
         return OnnxRuntimeForward(model, dtype, threads)
     if backend == "tensorrt":
-        from streamsr.backends.trt_backend import TensorRTForward
+        from streamsr.inference.backends.trt_backend import TensorRTForward
 
         return TensorRTForward(model, device, dtype)
     raise ConfigError(f"no model call for backend {backend!r}")

@@ -26,13 +26,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from streamsr.backends import make_forward, resolve_backend
 from streamsr.errors import ConfigError
+from streamsr.inference.backends import make_forward, resolve_backend
+from streamsr.inference.output_size import OutputSize
+from streamsr.inference.pack import Yuv420, to_rgb24, to_yuv420p
+from streamsr.inference.tiling import run_tiled
 from streamsr.models.mprnet import pad_to_multiple
-from streamsr.output_size import OutputSize
-from streamsr.pack import Yuv420, to_rgb24, to_yuv420p
 from streamsr.runtime import cpu_threads_fixed, resolve_device, resolve_precision, use_cpu_threads
-from streamsr.tiling import run_tiled
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ MIN_TILE = 32
 # Automatic tiles stay at most this big (LR px). On an H200, the first 4K frame in 2512-px tiles
 # took 71 s (cuDNN autotuning the huge shape), the next 1.75 s; 1024-px tiles: 3.3 s, then 2.1 s.
 MAX_AUTO_TILE = 1024
-TILE_FEATHER = 1.0  # cross-fade tiles over this fraction of the overlap (see streamsr.tiling)
+TILE_FEATHER = 1.0  # cross-fade tiles over this fraction of the overlap (see streamsr.inference.tiling)
 MEMORY_HEADROOM = 0.6  # fraction of free memory a batch may plan to use
 CUDA_GRAPH_MODES = ("auto", "on", "off")
 GRAPH_WARMUP = 2  # eager calls on a side stream before capture: cuDNN autotuning, lazy inits
@@ -62,7 +62,7 @@ class EngineConfig:
     channels_last: bool = True
     compile: bool = False  # torch.compile, falling back to eager (logged) if it fails
     # what runs the model: torch, openvino, onnxruntime (CPU), tensorrt (CUDA), auto (see
-    # streamsr/backends/__init__.py for the rule)
+    # streamsr/inference/backends/__init__.py for the rule)
     backend: str = "torch"
     threads: int | None = None  # CPU: torch threads (None: all CPUs, or --threads / OMP_NUM_THREADS)
     # CUDA graphs for full batches: "auto" (on for CUDA without compile), "on", "off"; no-op on CPU
@@ -288,7 +288,7 @@ class Engine:
         if self.backend == "torch":
             self._forward = _Forward(model, self.device, self.dtype, config.channels_last,
                                      config.compile, graphs)
-        else:  # the exported model on a runtime, behind the same call (streamsr/backends/)
+        else:  # the exported model on a runtime, behind the same call (streamsr/inference/backends/)
             if config.compile:
                 raise ConfigError("--compile applies to the torch backend only")
             graphs = False
@@ -303,7 +303,7 @@ class Engine:
         # made on the device (the pipeline sets it when its encoder takes yuv420p, see pack.py)
         self.pack: Yuv420 | None = None
         # None: outputs are x scale; else downscaled on the device to this rule's size (the
-        # pipeline sets it for --outscale/--size, see streamsr/output_size.py)
+        # pipeline sets it for --outscale/--size, see streamsr/inference/output_size.py)
         self.output_size: OutputSize | None = None
         # wall time spent in upscale_batch and frames done there (see pipeline._CpuThreads)
         self.busy_seconds, self.frames_done = 0.0, 0

@@ -17,11 +17,11 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
-from streamsr.backends import BackendError, require
-from streamsr.backends.base import BackendForward
-from streamsr.backends.cache import ArtifactCache, key_name
-from streamsr.backends.graph import model_scale, output_shape
-from streamsr.backends.onnx_export import runtime_key, runtime_onnx
+from streamsr.inference.backends import BackendError, require
+from streamsr.inference.backends.base import BackendForward
+from streamsr.inference.backends.cache import ArtifactCache, key_name
+from streamsr.inference.backends.graph import model_scale, output_shape
+from streamsr.inference.backends.onnx_export import runtime_key, runtime_onnx
 
 log = logging.getLogger(__name__)
 

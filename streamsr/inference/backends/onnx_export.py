@@ -21,16 +21,16 @@ import torch
 from torch import nn
 
 from streamsr import __version__
-from streamsr.backends import require_module
-from streamsr.backends.cache import ArtifactCache
-from streamsr.backends.graph import (
+from streamsr.errors import ConfigError
+from streamsr.inference.backends import require_module
+from streamsr.inference.backends.cache import ArtifactCache
+from streamsr.inference.backends.graph import (
     GRAPH_VERSION,
     export_ready,
     model_config_json,
     model_scale,
     weights_hash,
 )
-from streamsr.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

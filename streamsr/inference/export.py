@@ -1,6 +1,6 @@
 """`streamsr export`: the model as a file to deploy elsewhere (ONNX, or OpenVINO IR).
 
-The graph is the one the ONNX-based backends run (`streamsr.backends.onnx_export`): float32
+The graph is the one the ONNX-based backends run (`streamsr.inference.backends.onnx_export`): float32
 RGB frames in [0, 1] (NCHW) in, the x4 image out, equal to eager torch fp32 to float rounding
 (the bicubic skip is written as exact convolutions). Every file carries the model config, the
 weights' sha256, the precision and the input shape in its metadata (ONNX `metadata_props`,
@@ -21,15 +21,15 @@ from pathlib import Path
 
 from torch import nn
 
-from streamsr.backends import require
-from streamsr.backends.onnx_export import (
+from streamsr.errors import ConfigError, InputError, OutputError
+from streamsr.inference.backends import require
+from streamsr.inference.backends.onnx_export import (
     EXPORT_PRECISIONS,
     add_metadata,
     export_metadata,
     onnx_bytes,
     read_onnx_metadata,
 )
-from streamsr.errors import ConfigError, InputError, OutputError
 
 FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
 OV_HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
