@@ -8,10 +8,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from streamsr import backends
-from streamsr.bench import BenchConfig
-from streamsr.bench_backends import format_backends, run_backends
+from streamsr.bench import BenchConfig, format_backends, run_backends
 from streamsr.cli import main
+from streamsr.inference import backends
 
 RUNTIMES = [b for b in ("openvino", "onnxruntime") if backends.installed(b)]
 

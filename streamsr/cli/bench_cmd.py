@@ -63,10 +63,12 @@ def bench(resolution: str, frames: int | None, io_frames: int | None, model_name
     """Measure throughput: model only, pipeline, naive loop and I/O vs FFmpeg, in one process."""
     from streamsr.bench import (
         BenchConfig,
+        format_backends,
         format_result,
         format_sweep,
         parse_batches,
         parse_resolution,
+        run_backends,
         run_bench,
         run_sweep,
     )
@@ -86,8 +88,6 @@ def bench(resolution: str, frames: int | None, io_frames: int | None, model_name
     if len(names) == 1:
         config.backend = names[0]
     if len(names) > 1:
-        from streamsr.bench_backends import format_backends, run_backends
-
         if sweep:
             raise ConfigError("--sweep takes one --backend")
         result = run_backends(config, names, progress=step)
@@ -105,11 +105,15 @@ def bench(resolution: str, frames: int | None, io_frames: int | None, model_name
     if json_path == "-":
         sys.stdout.write(result.to_json() + "\n")
     elif json_path:
-        path = Path(json_path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(result.to_json() + "\n")
-        except OSError as exc:
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-        if progress:
-            click.secho(f"bench: wrote {path}", err=True, dim=True)
+        _write_json(Path(json_path), result.to_json(), progress)
+
+
+def _write_json(path: Path, text: str, progress: bool) -> None:
+    """`--json PATH`: the result as one JSON object; a path that cannot be written is a user error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if progress:
+        click.secho(f"bench: wrote {path}", err=True, dim=True)
