@@ -30,8 +30,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 from streamsr.errors import ConfigError
 from streamsr.inference.engine import EngineConfig
+from streamsr.video.encoder import EncodeOptions
 from streamsr.video.live import LiveOptions
-from streamsr.video.sink import EncodeOptions
 from streamsr.video.source import DEFAULT_MAX_PIXELS
 
 # A field marked with this metadata describes one run, not a way of processing: presets cannot set it.

@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 import torch
 
-from streamsr.batch import output_for, temp_for, upscale_folder
+from streamsr.api import upscale
 from streamsr.errors import ConfigError, InputError, Interrupted, OutputError
-from streamsr.pipeline import upscale
+from streamsr.jobs.folder import output_for, temp_for, upscale_folder
+from streamsr.jobs.parts import assign_contiguous, parts_dir_for, upscale_parts
 from streamsr.runtime import DistEnv, ProcessGroup, device_for, dist_env
-from streamsr.scale_out import assign_contiguous, parts_dir_for, upscale_parts
 from streamsr.video.split import KeyframeIndex, Segment, plan_segments, read_keyframe_index
 
 REPO = Path(__file__).resolve().parents[1]

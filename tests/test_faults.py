@@ -31,11 +31,11 @@ from click.testing import CliRunner
 from test_live import fast_options, gst, rtsp  # noqa: F401  (RTSP server fixtures)
 from test_training import prepared  # noqa: F401  (a tiny prepared triplet folder)
 
+from streamsr.api import upscale
 from streamsr.cli import main
-from streamsr.data.transforms import bicubic_uint8
 from streamsr.errors import InputError, OutputError, SourceError, WeightsError
 from streamsr.models import TINY, DeblurSR
-from streamsr.pipeline import upscale
+from streamsr.models.ops import bicubic_uint8
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -257,7 +257,7 @@ _FUZZ_WORKER = r"""
 import json, sys, time, traceback
 import media
 from streamsr.errors import StreamsrError
-from streamsr.pipeline import upscale
+from streamsr.api import upscale
 for line in sys.stdin:
     src, dst = line.split()
     print(json.dumps({"start": src}), flush=True)
@@ -503,7 +503,7 @@ _DISK_FULL_CHILD = r"""
 import resource, signal, sys
 import media
 from streamsr.errors import OutputError
-from streamsr.pipeline import upscale
+from streamsr.api import upscale
 written = []
 try:
     upscale(sys.argv[1], sys.argv[2], model=media.BicubicX4(), device="cpu", batch=2,
@@ -562,7 +562,7 @@ def test_15_disk_full_keeps_a_playable_partial_output(tmp_path, noisy_clip, ext)
 
 def test_15_full_file_system_stops_in_time(tmp_path, noisy_clip, monkeypatch):
     """A file system with a fixed budget (statvfs reports what is left of it) is never overrun."""
-    import streamsr.video.space as space
+    import streamsr.video.disk_guard as space
 
     src, n = noisy_clip
     budget = run_api(src, tmp_path / "full.mp4", crf=0).output_bytes // 2
@@ -765,8 +765,9 @@ def test_19_safetensors_that_do_not_match(tmp_path, clip, tiny_weights):
 
 
 def test_20_preset_names_with_paths_are_refused(tmp_path, clip, tiny_weights, monkeypatch):
-    # Presets are read from ./pipelines/NAME.toml. Plant valid presets where each traversal
-    # would land, so a traversal that got through would load one and run (exit 0), not fail.
+    # A preset NAME is read from the package's presets only; a file is given as a .toml path.
+    # Plant valid presets where each traversal would land (from the current folder too), so a
+    # traversal that got through would load one and run (exit 0), not fail.
     work = tmp_path / "a" / "b"
     (work / "pipelines").mkdir(parents=True)
     monkeypatch.chdir(work)
@@ -776,7 +777,8 @@ def test_20_preset_names_with_paths_are_refused(tmp_path, clip, tiny_weights, mo
         target.write_text(preset)
     assert (work / "pipelines" / ".." / "x.toml").is_file()
     assert (work / "pipelines" / ".." / ".." / "x.toml").is_file()
-    r = invoke("upscale", clip, tmp_path / "ok.mp4", "--preset", "mine", *model_args(tiny_weights))
+    r = invoke("upscale", clip, tmp_path / "ok.mp4", "--preset", "pipelines/mine.toml",
+               *model_args(tiny_weights))
     assert r.exit_code == 0, r.stderr
     assert len(decodable(tmp_path / "ok.mp4")) == 1  # the control preset was read: 1 of 4 frames
     for name in ("../../x", "../x", str(tmp_path / "abs"), "/etc/passwd", "..", ".x", "a/b",

@@ -26,10 +26,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from streamsr.api import upscale
 from streamsr.cli import main
-from streamsr.cli.video_cmds import find_preset, load_preset
 from streamsr.errors import ConfigError, Interrupted, OutputError, SourceError
-from streamsr.pipeline import upscale
+from streamsr.options import find_preset, load_preset
 from streamsr.video.live import (
     DropQueue,
     LiveOptions,
@@ -37,7 +37,8 @@ from streamsr.video.live import (
     ffmpeg_options,
     is_network_uri,
 )
-from streamsr.video.segments import PushSink, SegmentSink, is_push_url, live_output_path
+from streamsr.video.push import PushSink
+from streamsr.video.segments import SegmentSink, is_push_url, live_output_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = Path(__file__).with_name("rtsp_server.py")
@@ -509,8 +510,8 @@ def test_push_repairs_packets_the_muxer_would_refuse():
     sink.repair_timestamps); a push must send it with timestamps the muxer accepts, not fail."""
     import av
 
-    from streamsr.video.segments import PushSink
-    from streamsr.video.sink import TimestampRepair
+    from streamsr.video.encoder import TimestampRepair
+    from streamsr.video.push import PushSink
 
     class Muxer:
         def __init__(self) -> None:
@@ -754,7 +755,7 @@ def test_live_push_to_rtsp_and_read_back(rtsp, tmp_path):
 @pytest.fixture
 def stand_in_model(monkeypatch):
     """The CLI loads the bicubic stand-in instead of a real model (fast on a loaded CPU)."""
-    monkeypatch.setattr("streamsr.pipeline.resolve_model",
+    monkeypatch.setattr("streamsr.jobs.stream.resolve_model",
                         lambda model, device="cpu": media.BicubicX4())
 
 
@@ -775,15 +776,15 @@ def test_rtsp_live_preset_loads():
     assert find_preset("rtsp-live").parent.name == "pipelines"
     values = load_preset("rtsp-live")
     expected = {"model": "lite", "live": True, "rtsp_transport": "tcp", "drop": "oldest",
-                "max_latency": 1.0, "reconnect_max": 0, "live_timeout": 10,
+                "max_latency": 1.0, "reconnect_max": 0, "open_timeout": 10, "read_timeout": 10,
                 "status_interval": 10, "crf": 23, "encoder_preset": "veryfast",
-                "encoder_opt": ("tune=zerolatency",)}
+                "encoder_options": {"tune": "zerolatency"}}
     assert {k: values.get(k) for k in expected} == expected
 
 
 def test_cli_live_options_reach_the_pipeline(rtsp, tmp_path, stand_in_model, monkeypatch):
     """The rtsp-live preset's values reach the pipeline unless the command line overrides them."""
-    import streamsr.pipeline as pipeline
+    import streamsr.jobs.stream as pipeline
 
     seen: dict[str, object] = {}
 
@@ -823,10 +824,10 @@ _CLI_CHILD = """
 import sys
 sys.path.insert(0, {here!r})
 import media
-import streamsr.pipeline
-streamsr.pipeline.resolve_model = lambda model, device="cpu": media.BicubicX4()
+import streamsr.jobs.stream
+streamsr.jobs.stream.resolve_model = lambda model, device="cpu": media.BicubicX4()
 from streamsr.cli import main
-from streamsr.cli.video_cmds import find_preset, load_preset
+from streamsr.options import find_preset, load_preset
 main(["upscale", {url!r}, {out!r}, "--device", "cpu", "--batch", "1",
       "--encoder-preset", "ultrafast", "--status-interval", "0.2"])
 """

@@ -14,9 +14,9 @@ import media
 import pytest
 from click.testing import CliRunner
 
+from streamsr.api import upscale
 from streamsr.cli import main
 from streamsr.errors import ConfigError, InputError, OutputError
-from streamsr.pipeline import upscale
 from streamsr.video.output_paths import local_file, output_file, side_files, url_scheme
 
 N = 4

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from streamsr.data.transforms import bicubic_uint8, scale_bicubic
-from streamsr.training.metrics import ssim
+from streamsr.metrics import ssim
+from streamsr.models.ops import bicubic_uint8, scale_bicubic
 from streamsr.video.source import open_source
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"

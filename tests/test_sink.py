@@ -11,10 +11,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from streamsr.api import upscale
 from streamsr.cli import main
 from streamsr.errors import ConfigError
-from streamsr.pipeline import upscale
-from streamsr.video.sink import EncodeOptions, check_encoder, parse_bitrate
+from streamsr.video.encoder import EncodeOptions, check_encoder, parse_bitrate
 
 
 class Counting(media.BicubicX4):

@@ -29,7 +29,7 @@ import json, os, sys
 from fractions import Fraction
 import av, numpy as np
 import media
-from streamsr.pipeline import upscale
+from streamsr.api import upscale
 
 src, dst, n, every = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 # the input: n frames of 32x24 written one at a time (never all in memory)

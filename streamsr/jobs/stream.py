@@ -28,6 +28,7 @@ from streamsr.jobs.stats import Stats
 from streamsr.options import UpscaleOptions, options_from
 from streamsr.runtime import StopSignals
 from streamsr.video import source as video_source
+from streamsr.video.encoder import check_encoder
 from streamsr.video.images import ImageSource
 from streamsr.video.live import is_network_uri, live_progress, open_live_source
 from streamsr.video.output_paths import check_input_name, check_not_input, output_name
@@ -37,11 +38,7 @@ from streamsr.video.segments import (
     live_output_path,
     open_live_sink,
 )
-from streamsr.video.sink import (
-    check_encoder,
-    check_image_ext,
-    is_image_output,
-)
+from streamsr.video.sink import check_image_ext, is_image_output
 from streamsr.video.sink import open_sink as open_file_sink
 from streamsr.video.source import (
     DECODERS,
@@ -157,8 +154,8 @@ def plan_frames(source: Source, engine, job: StreamJob, options: UpscaleOptions)
     if isinstance(source, ImageSource):  # a video has one frame size; images keep theirs
         source.one_size = not job.image_out or input_size is not None
     if input_size is not None and (info.width, info.height) != tuple(input_size):
-        # the source scales every frame whose size differs from its info's
-        source.info = info = dataclasses.replace(info, width=input_size[0], height=input_size[1])
+        source.scale_to(*input_size)  # every frame whose size differs is scaled to it
+        info = source.info
     frames = options.input.frames
     if frames is not None and not job.live and (info.frames is None or info.frames > frames):
         info = dataclasses.replace(info, frames=frames)  # progress total; one frame: an image

@@ -20,7 +20,7 @@ import operator
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -101,6 +101,11 @@ class Source:
 
     def __iter__(self) -> Iterator[Frame]:
         raise NotImplementedError
+
+    def scale_to(self, width: int, height: int) -> None:
+        """Frames of any other size are scaled to `width` x `height` (a part of a longer video:
+        the size of the video's first frame)."""
+        self.info = replace(self.info, width=width, height=height)
 
     def close(self) -> None:
         pass
@@ -391,6 +396,10 @@ class VideoSource(Source):
                 yield from cc.decode(None)
             except av.error.FFmpegError:
                 pass
+
+    def scale_to(self, width: int, height: int) -> None:
+        super().scale_to(width, height)
+        self._to_rgb.width, self._to_rgb.height = width, height
 
     def __iter__(self) -> Iterator[Frame]:
         index = 0

@@ -17,10 +17,11 @@ import media
 import pytest
 import torch
 
+from streamsr.api import upscale
 from streamsr.errors import ConfigError, OutputError
+from streamsr.jobs.parts import parts_dir_for, upscale_parts
 from streamsr.lock import MARK, OutputLock, lock_path_for
 from streamsr.runtime import DistEnv
-from streamsr.scale_out import parts_dir_for, upscale_job, upscale_parts
 
 GOP6 = {"crf": "12", "preset": "ultrafast", "g": "6", "x264-params": "scenecut=0"}
 OPTS = dict(part_frames=6, device="cpu", batch=2, encoder_preset="ultrafast", env=DistEnv())
@@ -174,10 +175,10 @@ def test_a_file_url_output_of_a_resumed_job_is_the_local_file(tmp_path, src, mon
     monkeypatch.chdir(tmp_path)
     before = src.read_bytes()
     with pytest.raises(ConfigError, match="same file"):
-        upscale_job(src, f"file://{src}", resume=True, overwrite=True, model=media.BicubicX4(),
+        upscale(src, f"file://{src}", resume=True, overwrite=True, model=media.BicubicX4(),
                     device="cpu")
     assert src.read_bytes() == before
-    stats = upscale_job(src, "file:out.mp4", resume=True, model=media.BicubicX4(), device="cpu",
+    stats = upscale(src, "file:out.mp4", resume=True, model=media.BicubicX4(), device="cpu",
                         part_frames=6, encoder_preset="ultrafast")
     assert stats.frames == 18 and indices(tmp_path / "out.mp4") == list(range(18))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out.mp4"]
@@ -186,7 +187,7 @@ def test_a_file_url_output_of_a_resumed_job_is_the_local_file(tmp_path, src, mon
 def test_segment_outputs_are_not_split_into_parts(tmp_path, src):
     with pytest.raises(ConfigError, match="HLS output"):
         upscale_parts(src, tmp_path / "out.m3u8", resume=True, model=media.BicubicX4(), **OPTS)
-    stats = upscale_job(src, tmp_path / "out.m3u8", resume=True, model=media.BicubicX4(),
+    stats = upscale(src, tmp_path / "out.m3u8", resume=True, model=media.BicubicX4(),
                         device="cpu", encoder_preset="ultrafast")  # the plain pipeline instead
     assert stats.frames == 18 and (tmp_path / "out0.ts").exists()
 
@@ -222,6 +223,6 @@ def test_a_resumed_job_refuses_a_window_no_input_can_have(tmp_path, src, option,
     # 0 is falsy: it must not pass for "not given" and quietly upscale the whole input
     out = tmp_path / "out.mp4"
     with pytest.raises(ConfigError, match=words):
-        upscale_job(src, out, resume=True, model=media.BicubicX4(), part_frames=6, device="cpu",
+        upscale(src, out, resume=True, model=media.BicubicX4(), part_frames=6, device="cpu",
                     encoder_preset="ultrafast", **option)
     assert not out.exists() and not parts_dir_for(out).exists()

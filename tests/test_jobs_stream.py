@@ -18,10 +18,10 @@ import pytest
 import torch
 
 import streamsr
-from streamsr.data.transforms import bicubic_uint8, resize_bicubic
+from streamsr.api import upscale
 from streamsr.errors import ConfigError, InputError, OutputError
 from streamsr.models import TINY, DeblurSR
-from streamsr.pipeline import upscale
+from streamsr.models.ops import bicubic_uint8, resize_bicubic
 from streamsr.video.overlay import side_by_side
 from streamsr.video.source import open_source
 
@@ -136,7 +136,7 @@ def test_10bit_input_to_a_10bit_output_keeps_10_bits(tmp_path, monkeypatch):
     sbs = run("sbs.mkv", side_by_side_view=True)  # labels drawn into 16-bit frames too
     assert sbs.shape == out.shape and np.abs(sbs - ref)[:, 40:, 136:].max() <= 1
     # the same run with an 8-bit hand-over (how it was before): the checks above tell it apart
-    monkeypatch.setattr("streamsr.pipeline.component_bits", lambda pix_fmt: 8)
+    monkeypatch.setattr("streamsr.jobs.stream.component_bits", lambda pix_fmt: 8)
     old = run("eight_inside.mkv")
     assert len(np.unique(old)) <= 256 and np.abs(old - ref).mean() > bound * 0.9
 
@@ -297,7 +297,7 @@ import json, sys, time
 sys.path.insert(0, {here!r})
 import media
 from streamsr.errors import Interrupted
-from streamsr.pipeline import upscale
+from streamsr.api import upscale
 
 class Slow(media.BicubicX4):
     def forward(self, x):
@@ -345,7 +345,7 @@ _RSS_CHILD = """
 import resource, sys
 sys.path.insert(0, {here!r})
 import media
-from streamsr.pipeline import upscale
+from streamsr.api import upscale
 src = media.make_smooth_clip({src!r}, n={n}, size=(160, 120))
 upscale(src, {dst!r}, model=media.BicubicX4(), batch=2, device="cpu", encoder_preset="ultrafast")
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -495,10 +495,8 @@ def test_outscale_with_side_by_side_and_resume_parts(tmp_path):
     stats = _run(src, tmp_path / "sbs.mp4", outscale=2, side_by_side_view=True)
     assert stats.output_size == (128, 96)
     assert media.decode_all(tmp_path / "sbs.mp4")[0][0].shape == (96, 128, 3)
-    from streamsr.scale_out import upscale_job
-
-    stats = upscale_job(src, tmp_path / "parts.mp4", resume=True, outscale=2,
-                        **{"model": media.BicubicX4(), **FAST})
+    stats = upscale(src, tmp_path / "parts.mp4", resume=True, outscale=2,
+                    **{"model": media.BicubicX4(), **FAST})
     assert stats.output_size == (128, 96) and stats.frames == 5
     assert media.decode_all(tmp_path / "parts.mp4")[0][0].shape == (96, 128, 3)
 

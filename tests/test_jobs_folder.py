@@ -1,4 +1,4 @@
-"""A folder of videos (`streamsr.batch`): progress over all the files, options it refuses."""
+"""A folder of videos (`streamsr.jobs.folder`): progress over all the files, options it refuses."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import media
 import pytest
 from click.testing import CliRunner
 
-from streamsr.batch import estimate_frames, upscale_folder
 from streamsr.cli import main
 from streamsr.errors import ConfigError
+from streamsr.jobs.folder import estimate_frames, upscale_folder
 
 FAST = dict(encoder_preset="ultrafast", device="cpu")
 
