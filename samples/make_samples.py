@@ -28,7 +28,8 @@ from av.video.reformatter import ColorRange, Colorspace
 from skimage import data as skdata
 
 from streamsr.data.synthetic import camera_path, pose_matrix, render_exposure
-from streamsr.data.transforms import linear_to_srgb, scale_bicubic, srgb_to_linear
+from streamsr.data.transforms import linear_to_srgb, srgb_to_linear
+from streamsr.models.ops import scale_bicubic
 from streamsr.video.ffmpeg import FROM_RGB_FLAGS
 
 HERE = Path(__file__).resolve().parent

@@ -3,7 +3,7 @@
 Protocol (as the paper's): the blurry HR frame (cropped to a multiple of 4) is shrunk x4 with the
 project's bicubic kernel and rounded to 8 bits, which is the LR input; each method returns a x4
 image, rounded to 8 bits as it would be saved, and is compared with the sharp HR frame. PSNR and
-SSIM are on RGB in [0, 1] (`streamsr.training.metrics`). Methods:
+SSIM are on RGB in [0, 1] (`streamsr.metrics`). Methods:
 
 - the joint model (`--model`);
 - bicubic: the blurry LR input up-sampled x4 (what a plain resize would show);
@@ -30,12 +30,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from streamsr.data.dataset import PairFolder, to_tensor
-from streamsr.data.transforms import bicubic_uint8, scale_bicubic
 from streamsr.errors import OutputError
+from streamsr.metrics import psnr, ssim
 from streamsr.models import count_parameters
 from streamsr.models.mprnet import pad_to_multiple
+from streamsr.models.ops import bicubic_uint8, scale_bicubic
 from streamsr.models.weights import load_model, load_mprnet
-from streamsr.training.metrics import psnr, ssim
 
 log = logging.getLogger(__name__)
 

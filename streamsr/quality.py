@@ -1,7 +1,7 @@
 """How close an upscaled video is to its ground truth, and how much better than bicubic it is.
 
 Videos are decoded with the pipeline's own `open_source` (so colours are read the way the
-pipeline reads them), compared frame by frame with `streamsr.training.metrics` (PSNR and SSIM
+pipeline reads them), compared frame by frame with `streamsr.metrics` (PSNR and SSIM
 on RGB in [0, 1], or on luma with `y_channel=True`), and the per-frame values averaged, the
 usual way video SR results are reported. With the low-resolution input, the same is measured for
 its bicubic x4 upscale (the project's kernel): the margin is what the model adds.
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from streamsr.data.transforms import bicubic_uint8
 from streamsr.errors import InputError
-from streamsr.training.metrics import psnr, rgb_to_y, ssim
+from streamsr.metrics import psnr, rgb_to_y, ssim
+from streamsr.models.ops import bicubic_uint8
 from streamsr.video.source import open_source
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from streamsr.data.transforms import resize_bicubic
+from streamsr.models.ops import resize_bicubic
 
 # ---------------------------------------------------------------------------------------------
 # Frame content

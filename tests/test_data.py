@@ -22,8 +22,8 @@ from streamsr.data.prepare import (
     read_index,
     write_triplets,
 )
-from streamsr.data.transforms import bicubic_uint8
 from streamsr.errors import ConfigError, InputError
+from streamsr.models.ops import bicubic_uint8
 
 MOTION = np.zeros((9, 9), np.float32)
 MOTION[4, :] = 1 / 9  # a horizontal 9 px box: a crude but real motion blur

@@ -17,10 +17,10 @@ from skimage.metrics import structural_similarity
 from torch import nn
 
 from streamsr.cli import main
-from streamsr.data.transforms import bicubic_uint8, resize_bicubic
 from streamsr.evaluate import evaluate, lpips_metric
 from streamsr.models import TINY, DeblurSR, MPRNet
 from streamsr.models.mprnet import pad_to_multiple
+from streamsr.models.ops import bicubic_uint8, resize_bicubic
 from streamsr.models.weights import load_weights, save_model
 
 MOTION = np.zeros((7, 7), np.float32)

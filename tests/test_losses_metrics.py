@@ -10,9 +10,9 @@ import torch
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from streamsr.metrics import psnr, rgb_to_y, ssim
 from streamsr.models import DeblurSROutput
 from streamsr.training.losses import charbonnier, edge_loss, joint_loss, laplacian
-from streamsr.training.metrics import psnr, rgb_to_y, ssim
 
 
 def nchw(a: np.ndarray) -> torch.Tensor:

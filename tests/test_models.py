@@ -458,7 +458,7 @@ def test_lite_is_cpu_sized():
 def test_lite_starts_as_bicubic_and_paper_has_no_skip():
     # lite adds a bicubic x4 of its input to a zero-initialised correction: untrained, it is
     # exactly the project's bicubic upscale (clamped to [0, 1]); the paper model is unchanged.
-    from streamsr.data.transforms import resize_bicubic
+    from streamsr.models.ops import resize_bicubic
 
     assert LITE.bicubic_skip and not PAPER.bicubic_skip
     torch.manual_seed(0)

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from media import write_clip
 
 from streamsr.cli import main
-from streamsr.data.transforms import bicubic_uint8
 from streamsr.errors import InputError
+from streamsr.models.ops import bicubic_uint8
 from streamsr.quality import compare_videos
 
 LOSSLESS = dict(codec="libx264rgb", pix_fmt="rgb24", options={"crf": "0", "preset": "ultrafast"})

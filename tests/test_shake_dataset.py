@@ -9,9 +9,9 @@ import torch
 from skimage import data
 
 from streamsr.data.shake_dataset import ShakeDataset
-from streamsr.data.transforms import bicubic_uint8
 from streamsr.errors import InputError
-from streamsr.training.metrics import psnr
+from streamsr.metrics import psnr
+from streamsr.models.ops import bicubic_uint8
 
 
 @pytest.fixture(scope="module")

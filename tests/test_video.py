@@ -14,8 +14,8 @@ import media
 import numpy as np
 import pytest
 
-from streamsr.data.transforms import bicubic_uint8
 from streamsr.errors import ConfigError, InputError, OutputError
+from streamsr.models.ops import bicubic_uint8
 from streamsr.video.color import default_matrix
 from streamsr.video.sink import (
     EncodeOptions,

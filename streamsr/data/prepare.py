@@ -12,7 +12,7 @@ Cropping follows the paper: HR blurry and sharp images are cut into `patch` x `p
 at `stride` (256 / 128), a plain sliding window from the top-left corner; the strip of fewer than
 `patch` pixels left at the right or bottom when (size - patch) is not a multiple of the stride is
 not covered, and images smaller than a patch give none. L_blur and L are each HR crop shrunk x4
-with `streamsr.data.transforms.bicubic_uint8`, the project's one bicubic kernel.
+with `streamsr.models.ops.bicubic_uint8`, the project's one bicubic kernel.
 
 Resuming: a source image counts as done once its index line is written (one line, after all of
 its files); re-running skips done images, rewrites half-written ones, and drops a torn last line.
@@ -40,8 +40,9 @@ import numpy as np
 from tqdm import tqdm
 
 from streamsr.data.gopro import IMAGE_EXTS, ImagePair, find_pairs, read_pair, read_rgb, write_rgb
-from streamsr.data.transforms import bicubic_uint8, linear_to_srgb, srgb_to_linear
+from streamsr.data.transforms import linear_to_srgb, srgb_to_linear
 from streamsr.errors import ConfigError, InputError, OutputError
+from streamsr.models.ops import bicubic_uint8
 
 log = logging.getLogger(__name__)
 

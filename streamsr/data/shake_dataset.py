@@ -21,8 +21,9 @@ from streamsr.data.dataset import to_tensor
 from streamsr.data.gopro import read_rgb
 from streamsr.data.prepare import INDEX, SETTINGS, _still_images, held_out
 from streamsr.data.synthetic import camera_pair, h264_roundtrip, synthetic_pair
-from streamsr.data.transforms import bicubic_uint8, srgb_to_linear
+from streamsr.data.transforms import srgb_to_linear
 from streamsr.errors import ConfigError, InputError
+from streamsr.models.ops import bicubic_uint8
 
 
 def _refuse_non_photo_folder(root: Path) -> None:

@@ -12,9 +12,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from streamsr.data.transforms import resize_bicubic
 from streamsr.models.configs import PAPER, DeblurSRConfig
 from streamsr.models.mprnet import CAB, MPRNet, conv, pad_to_multiple
+from streamsr.models.ops import resize_bicubic
 
 
 class ResBlock(nn.Module):

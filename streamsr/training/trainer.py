@@ -44,7 +44,6 @@ from tqdm import tqdm
 
 from streamsr.data.dataset import TripletDataset
 from streamsr.data.shake_dataset import ShakeDataset
-from streamsr.data.transforms import resize_bicubic
 from streamsr.errors import (
     ConfigError,
     InputError,
@@ -53,7 +52,9 @@ from streamsr.errors import (
     StreamsrError,
     WeightsError,
 )
+from streamsr.metrics import psnr, ssim
 from streamsr.models import DeblurSR, count_parameters, get_config
+from streamsr.models.ops import resize_bicubic
 from streamsr.models.weights import import_mprnet, load_weights, model_config, save_model
 from streamsr.runtime import (
     DistEnv,
@@ -65,7 +66,6 @@ from streamsr.runtime import (
     resolve_precision,
 )
 from streamsr.training.losses import joint_loss
-from streamsr.training.metrics import psnr, ssim
 from streamsr.training.recipe import Recipe, apply_overrides, recipe_from_dict
 
 log = logging.getLogger(__name__)

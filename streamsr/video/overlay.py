@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from streamsr.data.transforms import resize_bicubic
+from streamsr.models.ops import resize_bicubic
 
 
 def _label(img: np.ndarray, text: str, x: int) -> None:
