@@ -17,13 +17,8 @@ import pytest
 from streamsr.errors import ConfigError, InputError, OutputError
 from streamsr.models.ops import bicubic_uint8
 from streamsr.video.color import default_matrix
-from streamsr.video.sink import (
-    EncodeOptions,
-    TimestampRepair,
-    open_sink,
-    parse_bitrate,
-    repair_timestamps,
-)
+from streamsr.video.encoder import EncodeOptions, TimestampRepair, parse_bitrate, repair_timestamps
+from streamsr.video.sink import open_sink
 from streamsr.video.source import open_source
 
 FAST = EncodeOptions(preset="ultrafast")

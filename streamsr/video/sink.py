@@ -1,13 +1,12 @@
-"""Encode x4 frames and mux them with everything else the input had.
+"""Outputs: the `Sink` interface, `open_sink` (a video file, one image or a folder of images),
+`VideoSink` and `ImageSink`.
 
 The video is encoded with PyAV (libx264 CRF 18, preset medium, yuv420p, MP4 with faststart by
-default; MKV when the name says so; any FFmpeg video encoder on request) at the input's own
-timestamps, so variable frame rate survives. RGB -> Y'CbCr uses the same matrix and range the
-source decoded with and the output is tagged with them; rotation is kept as a display matrix.
-Audio and subtitle packets are copied from the input without re-encoding (audio is re-encoded
-only when the output container cannot hold its codec), interleaved by time as the video is
-written, so memory stays flat. Chapters and metadata tags are copied. `close()` always finalises
-the container, also after an error, so a partial output is still playable.
+default; MKV when the name says so; any FFmpeg video encoder on request, see `encoder`) at the
+input's own timestamps, so variable frame rate survives. RGB -> Y'CbCr uses the same matrix and
+range the source decoded with and the output is tagged with them; rotation is kept as a display
+matrix. The input's audio, subtitles, chapters and tags are copied in (`remux`). `close()`
+always finalises the container, also after an error, so a partial output is still playable.
 """
 
 from __future__ import annotations
@@ -16,9 +15,6 @@ import errno
 import logging
 import math
 import os
-import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -28,16 +24,24 @@ import numpy as np
 from streamsr.errors import ConfigError, OutputError
 from streamsr.inference.pack import Yuv420
 from streamsr.video.color import (
-    MATRICES,
-    PRIMARIES,
-    RANGES,
-    TRANSFERS,
+    ColorInfo,
     effective_matrix,
     effective_range,
     sws_matrix,
     sws_range,
+    tag_color,
 )
-from streamsr.video.ffmpeg import FROM_RGB_FLAGS, ffmpeg_errors, ffmpeg_reason
+from streamsr.video.disk_guard import SpaceGuard
+from streamsr.video.encoder import (
+    EncodeOptions,
+    TimestampRepair,
+    check_encoder,
+    encoder_options,
+    mux_repaired,
+    parse_bitrate,
+    tag_hevc,
+)
+from streamsr.video.ffmpeg import FROM_RGB_FLAGS
 from streamsr.video.output_paths import (
     check_output_name,
     check_overwrite,
@@ -46,174 +50,13 @@ from streamsr.video.output_paths import (
     output_file,
     short,
 )
+from streamsr.video.remux import CopiedStreams, trimmed_chapters
 from streamsr.video.source import IMAGE_EXTS, VideoInfo
-from streamsr.video.space import SpaceGuard
 
 log = logging.getLogger(__name__)
 
-_CRF_OPTION = {"libx264": "crf", "libx264rgb": "crf", "libx265": "crf", "libsvtav1": "crf",
-               "libaom-av1": "crf", "libvpx-vp9": "crf", "libvpx": "crf", "librav1e": "qp",
-               "h264_nvenc": "cq", "hevc_nvenc": "cq", "av1_nvenc": "cq",
-               "h264_qsv": "global_quality", "hevc_qsv": "global_quality"}
-_PRESET_ENCODERS = {"libx264", "libx264rgb", "libx265", "h264_nvenc", "hevc_nvenc", "av1_nvenc",
-                    "libsvtav1", "h264_qsv", "hevc_qsv"}
 _FASTSTART_FORMATS = {"mp4", "mov", "ipod", "ismv"}
 _NOFILE = 0x0001  # AVFMT_NOFILE: the muxer opens its files itself
-_HVC1_FORMATS = {"mp4", "mov"}  # HEVC tagged hvc1 (parameter sets in the header), as Apple wants
-_DROP_META = {"major_brand", "minor_version", "compatible_brands", "encoder", "duration",
-              "number_of_frames", "number_of_bytes", "bps", "_statistics_tags",
-              "_statistics_writing_app", "_statistics_writing_date_utc"}
-_DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
-_TEXT_SUBS = {"subrip", "srt", "mov_text", "ass", "ssa", "webvtt", "text"}
-
-
-@dataclass
-class EncodeOptions:
-    """How the x4 video is encoded (`options` are passed to the FFmpeg encoder as they are)."""
-
-    codec: str = "libx264"
-    crf: int | None = 18
-    preset: str | None = "medium"
-    pix_fmt: str = "yuv420p"
-    bitrate: str | None = None  # "8M", "2500k", "4000000": constant-bitrate-ish mode, no CRF
-    options: dict[str, str] = field(default_factory=dict)
-
-
-MAX_BITRATE = 10**12  # bits/s: x264's limit is near 2^31 kbit/s; svt-av1's is 100 Mbit/s
-
-
-def parse_bitrate(text: str) -> int:
-    """'8M' / '2500k' / '4000000' -> bits per second."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*(?:bps|b)?\s*", str(text))
-    if not m:
-        raise ConfigError(f"bad bitrate {text!r}: use e.g. 8M, 2500k or 4000000")
-    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2).lower()]
-    value = float(m.group(1)) * scale
-    if not value >= 1:
-        raise ConfigError(f"bitrate must be positive, got {text!r}")
-    if value > MAX_BITRATE:
-        raise ConfigError(f"bitrate {text!r} is more than any encoder takes (at most "
-                          f"{MAX_BITRATE // 10**9}G)")
-    return int(value)
-
-
-def check_encoder(encode: EncodeOptions) -> av.codec.Codec:
-    """The FFmpeg video encoder named by `encode.codec`, or a ConfigError that says why not."""
-    try:
-        codec = av.codec.Codec(encode.codec, "w")
-    except av.codec.codec.UnknownCodecError:
-        raise ConfigError(f"unknown encoder {encode.codec!r} (try libx264, libx265, libsvtav1, "
-                          f"h264_nvenc, ...)") from None
-    if codec.type != "video":
-        raise ConfigError(f"{encode.codec!r} is a {codec.type} encoder, not a video encoder")
-    try:
-        av.VideoFormat(encode.pix_fmt)
-    except (ValueError, TypeError):
-        raise ConfigError(f"unknown pixel format {encode.pix_fmt!r} (e.g. yuv420p, "
-                          f"yuv420p10le, yuv444p)") from None
-    formats = [f.name for f in (codec.video_formats or [])]
-    if formats and encode.pix_fmt not in formats:
-        raise ConfigError(f"encoder {encode.codec} cannot write pixel format {encode.pix_fmt!r} "
-                          f"(it can: {', '.join(formats[:12])})")
-    if encode.crf is not None and not 0 <= encode.crf <= 63:
-        raise ConfigError(f"crf must be between 0 and 63, got {encode.crf}")
-    if encode.bitrate is not None:
-        parse_bitrate(encode.bitrate)
-    _check_opens(encode)
-    return codec
-
-
-# Encoder settings that opened in this process: the pipeline checks its encoder, then the sink
-# does again (and every part or file of a job), and each trial open of NVENC costs a CUDA
-# context. Failures are not kept.
-_OPENED: set[tuple] = set()
-
-
-def _check_opens(encode: EncodeOptions) -> None:
-    """Open the encoder once on a small frame (CIF, a size nearly every encoder takes; 1080p for
-    those that take only broadcast sizes, such as DNxHD) with every setting, before any work: a
-    bitrate or pixel format it refuses, a bad preset or option value, and NVENC without an
-    NVIDIA GPU fail here in one line. An `--encoder-opt` key the encoder does not know is left
-    unused by FFmpeg, which would otherwise ignore it silently: that is refused too."""
-    opts = encoder_options(encode)
-    key = (encode.codec, encode.pix_fmt, encode.bitrate, tuple(sorted(opts.items())))
-    if key in _OPENED:
-        return
-    nvenc = encode.codec.endswith("_nvenc")
-    try:
-        with ffmpeg_errors() as logs:
-            try:
-                unused = _trial_open(encode, opts, 352, 288)
-            except av.error.FFmpegError:
-                if nvenc:
-                    raise
-                unused = _trial_open(encode, opts, 1920, 1080)
-    except av.error.FFmpegError as exc:
-        if nvenc:
-            raise ConfigError(f"encoder {encode.codec} cannot be opened here: "
-                              f"{ffmpeg_reason(exc, logs)} (NVENC needs an NVIDIA GPU and its "
-                              f"driver; --codec libx264 encodes on the CPU)") from None
-        raise ConfigError(f"encoder {encode.codec} refuses these settings: "
-                          f"{ffmpeg_reason(exc, logs)} (check --bitrate, --pix-fmt, "
-                          f"--encoder-preset and --encoder-opt)") from None
-    unknown = sorted(unused & set(encode.options))
-    if unknown:
-        raise ConfigError(f"encoder {encode.codec} has no option {unknown[0]!r} (from "
-                          f"--encoder-opt; `ffmpeg -h encoder={encode.codec}` lists its options)")
-    try:  # the sink hands the encoder RGB converted to its pixel format: that must work too
-        av.VideoFrame(16, 16, "rgb24").reformat(format=encode.pix_fmt)
-    except (ValueError, av.error.FFmpegError) as exc:
-        raise ConfigError(f"cannot convert frames to pixel format {encode.pix_fmt!r} for "
-                          f"{encode.codec}: {str(exc).splitlines()[0][:200]}") from None
-    _OPENED.add(key)
-
-
-def _trial_open(encode: EncodeOptions, options: dict[str, str], width: int,
-                height: int) -> set[str]:
-    """Open the encoder on `width` x `height` frames; the names of the options it left unused.
-    The encoder is freed on return (GPUs allow only a few sessions at once)."""
-    cc = av.codec.CodecContext.create(encode.codec, "w")
-    cc.width, cc.height, cc.pix_fmt = width, height, encode.pix_fmt
-    cc.time_base = Fraction(1, 25)
-    if encode.bitrate:
-        cc.bit_rate = parse_bitrate(encode.bitrate)
-    cc.options = dict(options)
-    cc.open()
-    return set(cc.options or {})
-
-
-def encoder_options(encode: EncodeOptions) -> dict[str, str]:
-    """FFmpeg options for the encoder: CRF/preset mapped to its own option names, then user options."""
-    opts: dict[str, str] = {}
-    name = encode.codec
-    if encode.crf is not None and encode.bitrate is None:
-        key = _CRF_OPTION.get(name)
-        if key:
-            opts[key] = str(encode.crf)
-            if name.startswith("libvpx"):
-                opts["b"] = "0"  # constant quality mode
-        else:
-            log.info("encoder %s has no CRF option; using its default rate control", name)
-    if encode.preset and name in _PRESET_ENCODERS:
-        if name == "libsvtav1" and not encode.preset.isdigit():
-            log.info("libsvtav1 presets are numbers (0-13); keeping its default")
-        else:
-            opts["preset"] = encode.preset
-    opts.update({str(k): str(v) for k, v in encode.options.items()})
-    return opts
-
-
-def _clean_meta(meta: dict) -> dict[str, str]:
-    return {k: v for k, v in meta.items() if k.lower() not in _DROP_META and not k.startswith("_STAT")}
-
-
-def _read_meta(obj) -> dict[str, str]:
-    """Metadata tags worth copying; undecodable (non-UTF-8) tags are skipped, not fatal."""
-    try:
-        return _clean_meta(dict(obj.metadata))
-    except (UnicodeDecodeError, ValueError) as exc:
-        log.warning("not copying metadata tags that cannot be decoded: %s", exc)
-        return {}
 
 
 def _output_error(path: Path, exc: BaseException) -> OutputError:
@@ -242,83 +85,6 @@ def check_output_path(path: Path, overwrite: bool) -> None:
         raise OutputError(f"cannot write {path}: {parent} is not a folder")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"cannot write {path}: folder {parent} is not writable")
-
-
-def tag_hevc(stream, container: str) -> None:
-    """Tag an HEVC stream in MP4/MOV `hvc1` (FFmpeg's default is `hev1`, which Apple's players
-    refuse to play); the encoder keeps its parameter sets in the header there, as hvc1 wants."""
-    if container in _HVC1_FORMATS and stream.codec_context.codec.id == _HEVC_ID:
-        stream.codec_context.codec_tag = "hvc1"
-
-
-_HEVC_ID = av.codec.Codec("hevc", "r").id
-
-
-def repair_timestamps(pts: int | None, dts: int, last_dts: int | None) -> tuple[int | None, int]:
-    """A packet's (pts, dts) made acceptable to the muxer, which refuses the whole write otherwise.
-
-    Encoders are trusted to give pts >= dts with dts strictly increasing, but libx265 was seen
-    (about once in a hundred short encodes on a loaded machine) handing out a first packet with
-    dts after pts, even an uninitialised one: MKV and MP4 muxers answer EINVAL and the output
-    would be lost. The repair is the one FFmpeg's command line applies: a packet with dts > pts
-    gets the middle value of pts, dts and last dts + 1 as both; a dts that does not increase is
-    moved to last dts + 1 (pts no earlier). `TimestampRepair` handles a broken first packet.
-    """
-    if pts is not None and dts > pts:
-        if last_dts is None:
-            dts = pts
-        else:
-            dts = pts = sorted((pts, dts, last_dts + 1))[1]
-    if last_dts is not None and dts <= last_dts:
-        dts = last_dts + 1
-        if pts is not None and pts < dts:
-            pts = dts
-    return pts, dts
-
-
-class TimestampRepair:
-    """`repair_timestamps` over a stream of packets, holding back a broken first packet.
-
-    A first packet with dts > pts has no earlier dts to repair against; setting its dts to its
-    pts would push every later dts of a B-frame stream (whose real dts start below 0) forward and
-    raise B-frames' pts onto their neighbours'. So it waits for the next packet and takes a dts
-    just before that one's (never after its own pts). `push` and `flush` return the
-    (item, pts, dts) triples to mux now, in order.
-    """
-
-    def __init__(self) -> None:
-        self.last: int | None = None
-        self.held: tuple | None = None
-        self.repaired = 0
-
-    def push(self, item, pts: int | None, dts: int | None) -> list[tuple]:
-        out = []
-        if self.held is not None:
-            held, hpts, hdts = self.held
-            self.held = None
-            if dts is not None and dts - 1 < hdts:
-                hdts = min(hpts, dts - 1)
-            out += self._emit(held, hpts, hdts)
-        if self.last is None and dts is not None and pts is not None and dts > pts:
-            self.held = (item, pts, dts)
-            self.repaired += 1
-            return out
-        return out + self._emit(item, pts, dts)
-
-    def flush(self) -> list[tuple]:
-        if self.held is None:
-            return []
-        held, self.held = self.held, None
-        return self._emit(*held)
-
-    def _emit(self, item, pts: int | None, dts: int | None) -> list[tuple]:
-        if dts is None:
-            return [(item, pts, dts)]
-        fixed = repair_timestamps(pts, dts, self.last)
-        if fixed != (pts, dts):
-            self.repaired += 1
-        self.last = fixed[1]
-        return [(item, *fixed)]
 
 
 class Sink:
@@ -350,194 +116,6 @@ class Sink:
         self.close(trim=exc[0] is not None)
 
 
-class _CopiedStreams:
-    """Audio/subtitle packets of the input, muxed into the output in time order with the video."""
-
-    def __init__(self, out: av.container.OutputContainer, uri: str,
-                 start: float | None, end: float | None) -> None:
-        self.out = out
-        self.start = start
-        self.end = end
-        self.map: dict[int, tuple] = {}  # input stream index -> (output stream, how)
-        self.container = None
-        self.pending: av.Packet | None = None
-        self.last_video_time = -math.inf
-        self.audio_end: float | None = None  # end of the last audio packet muxed (input time)
-        self.chapters: list = []
-        self.metadata: dict[str, str] = {}
-        self.packets: Iterator[av.Packet] = iter(())
-        self.guard: SpaceGuard | None = None  # counts what is muxed (set by the sink)
-        try:
-            self.container = av.open(uri)
-        except (av.error.FFmpegError, UnicodeDecodeError) as exc:  # damaged input: video only
-            log.warning("not copying audio/subtitles from %s: %s", uri, exc)
-            return
-        try:
-            self.chapters = self.container.chapters()
-        except (av.error.FFmpegError, AttributeError):
-            pass
-        self.metadata = _read_meta(self.container)
-        supported = out.supported_codecs
-        for s in self.container.streams:
-            if s.type not in ("audio", "subtitle"):
-                continue
-            name = s.codec_context.name if s.codec_context else None
-            if name is None:
-                continue
-            if s.type == "audio":
-                self._add_audio(s, name, supported)
-            else:
-                self._add_subtitle(s, name, supported)
-        self.packets = self._demux() if self.map else iter(())
-
-    def _add_audio(self, s, name: str, supported: set[str]) -> None:
-        if name in supported and not _refused(self.out.format.name, name):
-            o = self.out.add_stream_from_template(s)
-            self.map[s.index] = (o, "copy", None)
-            log.info("copying audio stream #%d (%s)", s.index, name)
-            return
-        target = self.out.default_audio_codec
-        if not target or target == "none":
-            log.warning("dropping audio stream #%d: %s cannot hold %s", s.index, self.out.format.name, name)
-            return
-        o = self.out.add_stream(target, rate=s.codec_context.sample_rate or 48000)
-        channels = getattr(s.codec_context.layout, "nb_channels", 2) or 2
-        o.layout = _DEFAULT_LAYOUTS.get(channels, "stereo")  # "2 channels" (unordered) -> stereo
-        formats = av.codec.Codec(target, "w").audio_formats or []
-        if formats:
-            o.format = formats[0].name
-        o.time_base = Fraction(1, o.codec_context.sample_rate)
-        log.warning("re-encoding audio stream #%d from %s to %s: the %s container cannot hold %s",
-                    s.index, name, target, self.out.format.name, name)
-        self.map[s.index] = (o, "encode", None)
-        o.metadata.update(_read_meta(s))
-
-    def _add_subtitle(self, s, name: str, supported: set[str]) -> None:
-        if name in supported:
-            o = self.out.add_stream_from_template(s)
-            self.map[s.index] = (o, "copy", None)
-            log.info("copying subtitle stream #%d (%s)", s.index, name)
-            return
-        if name in _TEXT_SUBS:
-            for target in ("mov_text", "subrip", "ass", "webvtt"):
-                if target in supported:
-                    o = self.out.add_mux_stream(target)
-                    o.time_base = s.time_base
-                    o.metadata.update(_read_meta(s))
-                    self.map[s.index] = (o, "text", (name, target))
-                    log.warning("converting subtitle stream #%d from %s to %s for %s (text only)",
-                                s.index, name, target, self.out.format.name)
-                    return
-        log.warning("dropping subtitle stream #%d: %s cannot hold %s", s.index, self.out.format.name, name)
-
-    def _demux(self) -> Iterator[av.Packet]:
-        streams = [self.container.streams[i] for i in self.map]
-        if self.start is not None:
-            try:
-                self.container.seek(int(max(0.0, self.start - 1.0) * 1_000_000), backward=True)
-            except av.error.FFmpegError:
-                pass
-        try:
-            for packet in self.container.demux(*streams):
-                if packet.size == 0 or packet.pts is None and packet.dts is None:
-                    continue
-                yield packet
-        except av.error.FFmpegError as exc:
-            log.warning("stopped copying audio/subtitles early: %s", exc)
-
-    @staticmethod
-    def _time(packet: av.Packet) -> float:
-        ts = packet.pts if packet.pts is not None else packet.dts
-        return float(ts * packet.time_base)
-
-    def pump(self, until: float) -> None:
-        """Mux every copied packet that starts before `until` seconds (input time)."""
-        if not self.map:
-            return
-        while True:
-            if self.pending is None:
-                self.pending = next(self.packets, None)
-                if self.pending is None:
-                    return
-            t = self._time(self.pending)
-            if t > until:
-                return
-            packet, self.pending = self.pending, None
-            if self.start is not None and t < self.start:
-                continue
-            if self.end is not None and t >= self.end:
-                continue
-            self._mux(packet)
-
-    def _mux(self, packet: av.Packet) -> None:
-        out_stream, how, extra = self.map[packet.stream.index]
-        if packet.stream.type == "audio":
-            end = self._time(packet) + float((packet.duration or 0) * packet.time_base)
-            self.audio_end = end if self.audio_end is None else max(self.audio_end, end)
-        shift = round(self.start / packet.time_base) if self.start else 0
-        if how == "encode":
-            for frame in packet.decode():
-                if frame.pts is not None:
-                    frame.pts -= shift
-                for p in out_stream.encode(frame):
-                    self._out(p)
-            return
-        if how == "text":
-            text = _subtitle_text(bytes(packet), extra[0])
-            payload = (len(text).to_bytes(2, "big") + text) if extra[1] == "mov_text" else text
-            new = av.Packet(payload)
-            new.pts, new.dts, new.duration = packet.pts, packet.dts, packet.duration
-            new.time_base = packet.time_base
-            packet = new
-        if shift:
-            if packet.pts is not None:
-                packet.pts -= shift
-            if packet.dts is not None:
-                packet.dts -= shift
-        packet.stream = out_stream
-        self._out(packet)
-
-    def _out(self, packet: av.Packet) -> None:
-        if self.guard is not None:
-            self.guard.muxed(packet.size, video=False)
-        self.out.mux(packet)
-
-    def finish(self, until: float, video_end: float | None = None) -> None:
-        """Mux what is left (up to `until`) and flush re-encoders. Audio that goes on well past
-        `video_end` (input time) is kept whole, and said once: players hold the last picture."""
-        self.pump(until)
-        if (video_end is not None and self.audio_end is not None
-                and self.audio_end > video_end + 0.5):
-            log.info("the audio runs %.2f s past the last video frame (%.2f s): kept whole; "
-                     "players show the last picture until it ends", self.audio_end - video_end,
-                     video_end - (self.start or 0.0))
-        for out_stream, how, _ in self.map.values():
-            if how == "encode":
-                for p in out_stream.encode(None):
-                    self._out(p)
-
-    def close(self) -> None:
-        if self.container is not None:
-            self.container.close()
-
-
-def _refused(container: str, codec: str) -> bool:
-    """Codecs FFmpeg lists for a muxer that its trailer then rejects (PCM in MP4)."""
-    return codec.startswith("pcm_") and container in ("mp4", "ipod", "ismv", "3gp", "3g2")
-
-
-def _subtitle_text(data: bytes, codec: str) -> bytes:
-    """Plain text of one text-subtitle packet (styling dropped)."""
-    if codec == "mov_text":
-        n = int.from_bytes(data[:2], "big") if len(data) >= 2 else 0
-        return data[2:2 + n]
-    text = data.decode("utf-8", "replace")
-    if codec in ("ass", "ssa"):
-        text = text.split(",", 8)[-1].replace("\\N", "\n").replace("\\n", "\n")
-        text = re.sub(r"\{[^}]*\}", "", text)
-    return text.encode("utf-8")
-
-
 class VideoSink(Sink):
     """An encoded video file (MP4, MKV, MOV, ...) with the input's other streams copied in."""
 
@@ -558,7 +136,7 @@ class VideoSink(Sink):
         # the last frame last an hour instead of the input's own duration
         self._durations: dict[int, int] = {}
         self._last_duration: float | None = None  # seconds the last written frame shows
-        self._copies: _CopiedStreams | None = None
+        self._copies: CopiedStreams | None = None
         codec = check_encoder(encode)
         check_output_path(path, overwrite)
         fmt = None
@@ -613,15 +191,9 @@ class VideoSink(Sink):
         self.range = effective_range(info)
         self._yuv420 = (None if self.rgb_out or encode.pix_fmt != "yuv420p"
                         else Yuv420.for_matrix(self.matrix, self.range))
-        inv = {v: k for k, v in PRIMARIES.items()}
-        if info.color.primaries in inv:
-            cc.color_primaries = inv[info.color.primaries]
-        inv = {v: k for k, v in TRANSFERS.items()}
-        if info.color.transfer in inv:
-            cc.color_trc = inv[info.color.transfer]
-        if not self.rgb_out:
-            cc.colorspace = {v: k for k, v in MATRICES.items()}[self.matrix]
-            cc.color_range = {v: k for k, v in RANGES.items()}[self.range]
+        tag_color(cc, ColorInfo(info.color.primaries, info.color.transfer,
+                                None if self.rgb_out else self.matrix,
+                                None if self.rgb_out else self.range))
         if encode.bitrate:
             cc.bit_rate = parse_bitrate(encode.bitrate)
         cc.options = encoder_options(encode)
@@ -629,10 +201,11 @@ class VideoSink(Sink):
             vs.set_display_rotation(info.rotation)
         self.vstream = vs
         if copy_from:
-            self._copies = _CopiedStreams(self.out, copy_from, self.start, self.end)
+            self._copies = CopiedStreams(self.out, copy_from, self.start, self.end)
             self._copies.guard = self._guard
             self.out.metadata.update(self._copies.metadata)
-            self._copy_chapters(self._copies.chapters)
+            if self._copies.chapters:
+                self._copy_chapters(trimmed_chapters(self._copies.chapters, self.start, self.end))
         try:
             self.out.start_encoding()
         except OSError as exc:  # the file is opened here: permission denied, read-only, ...
@@ -647,21 +220,8 @@ class VideoSink(Sink):
                  self.height, encode.pix_fmt, self.matrix, self.range)
 
     def _copy_chapters(self, chapters: list[dict]) -> None:
-        if not chapters:
-            return
-        kept = []
-        for ch in chapters:
-            tb = ch["time_base"]
-            lo, hi = float(ch["start"] * tb), float(ch["end"] * tb)
-            if self.end is not None and lo >= self.end:
-                continue
-            if self.start is not None:
-                if hi <= self.start:
-                    continue
-                lo, hi = max(lo, self.start) - self.start, hi - self.start
-            kept.append({**ch, "id": len(kept) + 1, "start": round(lo / tb), "end": round(hi / tb)})
         try:
-            self.out.set_chapters(kept)
+            self.out.set_chapters(chapters)
         except (av.error.FFmpegError, ValueError, TypeError) as exc:
             log.warning("could not copy chapters: %s", exc)
 
@@ -730,15 +290,11 @@ class VideoSink(Sink):
                 packet.duration = duration
         repair = self._timestamps
         before = repair.repaired
-        ready = repair.flush() if packet is None else repair.push(packet, packet.pts, packet.dts)
+        given = (packet.pts, packet.dts) if packet is not None else ("?", "?")
+        mux_repaired(repair, packet, self._mux_one)
         if repair.repaired and not before:
             log.warning("the encoder gave a packet with pts %s, dts %s: muxing it with repaired "
-                        "timestamps (see repair_timestamps)", packet.pts if packet else "?",
-                        packet.dts if packet else "?")
-        for pkt, pts, dts in ready:
-            if (pkt.pts, pkt.dts) != (pts, dts):
-                pkt.pts, pkt.dts = pts, dts
-            self._mux_one(pkt)
+                        "timestamps (see repair_timestamps)", *given)
 
     def _mux_one(self, packet: av.Packet) -> None:
         if self._copies is not None and packet.dts is not None:

@@ -24,8 +24,10 @@ from pathlib import Path
 import av
 
 from streamsr.errors import InputError, OutputError
+from streamsr.video.encoder import tag_hevc
 from streamsr.video.ffmpeg import main_video_stream, open_input
 from streamsr.video.output_paths import ffmpeg_name
+from streamsr.video.remux import CopiedStreams
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +165,6 @@ def join_parts(parts: list[tuple[Path, int, int]], dst: str | os.PathLike, *, ti
     from `copy_from` (the input). Returns the number of video packets (frames) written. `dst`
     is replaced if it exists.
     """
-    # The sink's own copier of audio/subtitles: same streams, same order, same interleaving.
-    from streamsr.video.sink import _CopiedStreams, tag_hevc
-
     dst = Path(dst)
     fmt = dst.suffix.lstrip(".").lower()
     try:
@@ -189,7 +188,7 @@ def join_parts(parts: list[tuple[Path, int, int]], dst: str | os.PathLike, *, ti
         if rotation:
             vs.set_display_rotation(rotation)
         if copy_from:
-            copies = _CopiedStreams(out, copy_from, None, None)
+            copies = CopiedStreams(out, copy_from, None, None)  # as the file output copies
             out.metadata.update(copies.metadata)
             if copies.chapters:
                 try:

@@ -1,4 +1,4 @@
-"""SpaceGuard (streamsr/video/space.py): when it stops a run, and when it must not."""
+"""SpaceGuard (streamsr/video/disk_guard.py): when it stops a run, and when it must not."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from types import SimpleNamespace
 
 import pytest
 
-import streamsr.video.space as space
+import streamsr.video.disk_guard as disk_guard
 from streamsr.errors import OutputError
-from streamsr.video.space import MARGIN, SpaceGuard
+from streamsr.video.disk_guard import MARGIN, SpaceGuard
 
 
 def fake_statvfs(monkeypatch, *, blocks: int, free: int, avail: int, frsize: int = 4096) -> None:
-    monkeypatch.setattr(space.os, "statvfs", lambda path: SimpleNamespace(
+    monkeypatch.setattr(disk_guard.os, "statvfs", lambda path: SimpleNamespace(
         f_blocks=blocks, f_bfree=free, f_bavail=avail, f_frsize=frsize))
 
 
@@ -26,7 +26,7 @@ def out(tmp_path):
 
 def test_stops_when_the_file_system_is_nearly_full(out, monkeypatch):
     fake_statvfs(monkeypatch, blocks=1000, free=10, avail=10)  # 40 kB: less than the margin
-    monkeypatch.setattr(space.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(disk_guard.os, "geteuid", lambda: 1000)
     with pytest.raises(OutputError, match=r"disk nearly full \(41.0 kB left.*stopped after 7 frames"):
         SpaceGuard(out).check(in_flight=0, frames=7)
 
@@ -34,9 +34,9 @@ def test_stops_when_the_file_system_is_nearly_full(out, monkeypatch):
 def test_root_may_use_the_reserved_blocks(out, monkeypatch):
     # ext4 past its 5 % reserve: nothing left for users, plenty for root (who writes in containers)
     fake_statvfs(monkeypatch, blocks=10**6, free=50_000, avail=0)
-    monkeypatch.setattr(space.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(disk_guard.os, "geteuid", lambda: 0)
     SpaceGuard(out).check(in_flight=0, frames=0)  # 200 MB free for root: goes on
-    monkeypatch.setattr(space.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(disk_guard.os, "geteuid", lambda: 1000)
     with pytest.raises(OutputError, match="disk nearly full"):
         SpaceGuard(out).check(in_flight=0, frames=0)
 
@@ -59,13 +59,13 @@ def test_a_fifo_is_not_guarded(tmp_path, monkeypatch):
 
 def test_far_from_full_it_looks_again_only_after_a_quarter_of_the_slack(out, monkeypatch):
     calls = []
-    monkeypatch.setattr(space.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(disk_guard.os, "geteuid", lambda: 1000)
 
     def statvfs(path):
         calls.append(path)
         return SimpleNamespace(f_blocks=10**6, f_bfree=1000, f_bavail=1000, f_frsize=4096)
 
-    monkeypatch.setattr(space.os, "statvfs", statvfs)
+    monkeypatch.setattr(disk_guard.os, "statvfs", statvfs)
     guard = SpaceGuard(out)
     guard.check(in_flight=0, frames=0)
     slack = 1000 * 4096 - guard.needed(1, 1000)
