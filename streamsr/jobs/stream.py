@@ -30,7 +30,8 @@ from streamsr.runtime import StopSignals
 from streamsr.video import source as video_source
 from streamsr.video.encoder import check_encoder
 from streamsr.video.images import ImageSource
-from streamsr.video.live import is_network_uri, live_progress, open_live_source
+from streamsr.video.live import is_network_uri, open_live_source
+from streamsr.video.live_stats import live_progress
 from streamsr.video.output_paths import check_input_name, check_not_input, output_name
 from streamsr.video.segments import (
     is_push_url,
