@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 # FFmpeg reference conversions: the pipeline's swscale settings, or FFmpeg's defaults
 CONVERSIONS = ("pipeline", "default")
-SWS_TO_RGB = "bicubic+accurate_rnd+full_chroma_int"  # as TO_RGB_FLAGS (video/source.py)
+SWS_TO_RGB = "bicubic+accurate_rnd+full_chroma_int"  # as TO_RGB_FLAGS (video/ffmpeg.py)
 SWS_FROM_RGB = "bicubic+accurate_rnd+full_chroma_inp"  # as FROM_RGB_FLAGS
 _SCALE_MATRIX = {"bt709": "bt709", "smpte170m": "bt601", "bt470bg": "bt601", "fcc": "fcc",
                  "smpte240m": "smpte240m", "bt2020nc": "bt2020", "bt2020c": "bt2020"}
