@@ -4,7 +4,7 @@ For each backend: its output on the clip's first frames against torch fp32 (PSNR
 largest difference, uint8), model-only fps at one thread and at every available CPU (the best
 count is kept: on a shared machine one thread can win), then the whole pipeline at that count;
 the torch pipeline instead runs as `streamsr upscale` does, measuring one thread against all of
-them in the run (`pipeline._CpuThreads`), unless --threads fixes the count.
+them in the run (`streamsr.inference.cpu_threads.CpuThreads`), unless --threads fixes the count.
 The model-only rounds are interleaved (every backend once, then again), so a change in the
 machine's load hits all rows alike; the best of the rounds is reported. Compiled models are
 built (and cached) before anything is timed; the pipeline timing still includes opening the

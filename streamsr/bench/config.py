@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from streamsr.bench.encoding import encode_options
 from streamsr.errors import ConfigError
-from streamsr.inference.engine import CUDA_GRAPH_MODES
+from streamsr.inference.graphs import CUDA_GRAPH_MODES
 from streamsr.video.encoder import check_encoder
 from streamsr.video.source import DECODERS
 

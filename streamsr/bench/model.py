@@ -17,7 +17,8 @@ from torch import nn
 from streamsr.bench.config import BenchConfig
 from streamsr.bench.timing import Timing, sync
 from streamsr.errors import WeightsError
-from streamsr.inference.engine import ALIGN, Engine, EngineConfig, is_oom
+from streamsr.inference.engine import Engine, EngineConfig
+from streamsr.inference.memory import ALIGN, is_oom
 from streamsr.models import DeblurSR
 from streamsr.models.configs import CONFIGS, get_config
 from streamsr.models.weights import load_model
