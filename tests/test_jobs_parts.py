@@ -226,3 +226,24 @@ def test_a_resumed_job_refuses_a_window_no_input_can_have(tmp_path, src, option,
         upscale(src, out, resume=True, model=media.BicubicX4(), part_frames=6, device="cpu",
                     encoder_preset="ultrafast", **option)
     assert not out.exists() and not parts_dir_for(out).exists()
+
+
+def test_a_resumed_job_takes_the_geometry_from_its_manifest(tmp_path, monkeypatch):
+    """The input is probed for its frame size once per job, not again by every resumed run."""
+    import json
+
+    import streamsr.jobs.parts as parts
+
+    src = media.make_index_clip(tmp_path / "in.mp4", n=12, options=GOP6)
+    out = tmp_path / "out.mp4"
+    upscale_parts(src, out, resume=True, keep_parts=True, model=media.BicubicX4(), **OPTS)
+    manifest = json.loads((parts_dir_for(out) / "manifest.json").read_text())
+    assert manifest["geometry"] == [64, 48, 0]
+    calls = []
+    real = parts.video_geometry
+    monkeypatch.setattr(parts, "video_geometry", lambda path: calls.append(path) or real(path))
+    assert upscale_parts(src, out, resume=True, model=media.BicubicX4(), **OPTS).frames == 12
+    assert calls == []
+    # another output: a new plan, which probes the input
+    upscale_parts(src, tmp_path / "other.mp4", resume=True, model=media.BicubicX4(), **OPTS)
+    assert calls == [src]

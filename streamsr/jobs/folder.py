@@ -2,11 +2,11 @@
 
 Files are found recursively (hidden files skipped) and mirrored under OUT_DIR with the same
 relative path; containers that cannot hold H.264 plus the usual audio become .mkv. Each rank
-takes every WORLD_SIZE-th file of the sorted list (round-robin) and runs the ordinary
-pipeline on its own device. An output is written under a hidden temporary name and renamed
-when complete, so a file with its final name is always finished: `resume=True` skips those,
-and an interrupted batch continues where it stopped. One bad file does not stop the others;
-the failures are reported together at the end.
+takes every WORLD_SIZE-th file of the sorted list (round-robin) and runs an ordinary stream
+job (`jobs.stream`) on its own device. An output is written under a hidden temporary name and
+renamed when complete, so a file with its final name is always finished: `resume=True` skips
+those, and an interrupted folder run continues where it stopped. One bad file does not stop
+the others; the failures are reported together at the end.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """One video file in keyframe-aligned parts: over many torchrun processes, and resumable.
 
 Rank 0 reads the input's keyframe index and plans contiguous parts (at least one per process,
-about `part_frames` frames each); every rank upscales its share of the parts with the ordinary
-pipeline (seek to the part's keyframe, decode up to the next part's first timestamp) into
+about `part_frames` frames each); every rank upscales its share of the parts as ordinary streams
+(`jobs.stream`: seek to the part's keyframe, decode up to the next part's first timestamp) into
 `OUT.parts/part_NNNNN.mp4`; rank 0 then stream-copies the parts into OUT and copies audio,
 subtitles and chapters once from the input. A part is finished when its final name exists
 (it is written under a temporary name and renamed), and `OUT.parts/manifest.json` records the
@@ -150,6 +150,39 @@ def _prepare(src: Path, dst: Path, *, world: int, resume: bool, overwrite: bool,
              out_size: Callable[[int, int], tuple[int, int]]) -> PartsPlan:
     """Rank 0 (holding the output's lock): check paths, reuse or make the plan and the parts
     folder, share out the work. `out_size(w, h)`: the output frame size of a w x h input."""
+    _check_paths(src, dst)
+    parts_dir = parts_dir_for(dst)
+    recorded = (_read_manifest(parts_dir / MANIFEST) or {}) if parts_dir.is_dir() else {}
+    same_input = recorded.get("input") == _input_id(src)
+    # a resumed run takes the input's geometry from its manifest: the input is not probed again
+    geometry = recorded.get("geometry") if same_input else None
+    width, height, rotation = tuple(geometry) if geometry else video_geometry(src)
+    if dst.exists():
+        if resume and not overwrite:
+            check_finished(src, dst, out_size(width, height),
+                           recorded=recorded.get("joined") if same_input else None)
+            log.info("%s exists: already finished", dst)
+            return PartsPlan(parts_dir, "", Fraction(1), None, [], [[] for _ in range(world)],
+                             width, height, rotation, finished=True)
+        if not overwrite:
+            raise OutputError(f"{dst} exists; pass --overwrite to replace it (or --resume to keep it)")
+    manifest = _reuse_or_plan(src, parts_dir, world=world, resume=resume, overwrite=overwrite,
+                              part_frames=part_frames, settings=settings,
+                              geometry=[width, height, rotation])
+    plan = PartsPlan(parts_dir, manifest["part_ext"], Fraction(manifest["time_base"]),
+                     manifest["start_time"], [Segment(**s) for s in manifest["segments"]], [],
+                     width, height, rotation)
+    for path in parts_dir.glob(f"part_*.tmp{plan.part_ext}"):
+        path.unlink(missing_ok=True)  # left by an interrupted run
+    todo = [s for s in plan.segments if not plan.part_path(s.index).exists()]
+    if len(todo) < len(plan.segments):
+        log.info("%d of %d parts already finished", len(plan.segments) - len(todo), len(plan.segments))
+    plan.assignments = assign_contiguous(todo, world) if todo else [[] for _ in range(world)]
+    return plan
+
+
+def _check_paths(src: Path, dst: Path) -> None:
+    """The input is a non-empty regular file, the output a file (not HLS/DASH) in a folder."""
     check_input_name(src)
     check_output_name(dst)
     if not src.exists():
@@ -161,22 +194,16 @@ def _prepare(src: Path, dst: Path, *, world: int, resume: bool, overwrite: bool,
         raise ConfigError(f"{dst.name}: --resume and torchrun join parts into one file; an "
                           f"{side_format(dst).upper()} output (with its own segment files) runs "
                           f"without them")
-    parts_dir = parts_dir_for(dst)
     if not dst.parent.is_dir():
         raise OutputError(f"cannot write {dst}: folder {dst.parent} does not exist")
     if src.stat().st_size == 0:
         raise InputError(f"{src} is empty (0 bytes)")
-    width, height, rotation = video_geometry(src)
-    if dst.exists():
-        if resume and not overwrite:
-            recorded = (_read_manifest(parts_dir / MANIFEST) or {}) if parts_dir.is_dir() else {}
-            check_finished(src, dst, out_size(width, height),
-                           recorded=recorded.get("joined") if recorded.get("input") == _input_id(src) else None)
-            log.info("%s exists: already finished", dst)
-            return PartsPlan(parts_dir, "", Fraction(1), None, [], [[] for _ in range(world)],
-                             width, height, rotation, finished=True)
-        if not overwrite:
-            raise OutputError(f"{dst} exists; pass --overwrite to replace it (or --resume to keep it)")
+
+
+def _reuse_or_plan(src: Path, parts_dir: Path, *, world: int, resume: bool, overwrite: bool,
+                   part_frames: int, settings: dict, geometry: list[int]) -> dict:
+    """The manifest of the parts folder when `resume` may keep it, else a new plan (old parts
+    are removed only with `overwrite`)."""
     want = {"format": MANIFEST_FORMAT, "version": 1, "input": _input_id(src), "settings": settings}
     manifest = None
     if parts_dir.exists():
@@ -209,19 +236,11 @@ def _prepare(src: Path, dst: Path, *, world: int, resume: bool, overwrite: bool,
         manifest = {**want, "part_ext": ".mp4" if codec in _MP4_CODECS else ".mkv",
                     "time_base": str(index.time_base if index else Fraction(1, 90000)),
                     "start_time": index.start_time if index else None,
-                    "frames": frames, "segments": [s.as_dict() for s in segments]}
+                    "frames": frames, "segments": [s.as_dict() for s in segments],
+                    "geometry": geometry}
         _write_manifest(parts_dir, manifest)
         log.info("%s: %d frames in %d keyframe-aligned parts", src, frames, len(segments))
-    plan = PartsPlan(parts_dir, manifest["part_ext"], Fraction(manifest["time_base"]),
-                     manifest["start_time"], [Segment(**s) for s in manifest["segments"]], [],
-                     width, height, rotation)
-    for path in parts_dir.glob(f"part_*.tmp{plan.part_ext}"):
-        path.unlink(missing_ok=True)  # left by an interrupted run
-    todo = [s for s in plan.segments if not plan.part_path(s.index).exists()]
-    if len(todo) < len(plan.segments):
-        log.info("%d of %d parts already finished", len(plan.segments) - len(todo), len(plan.segments))
-    plan.assignments = assign_contiguous(todo, world) if todo else [[] for _ in range(world)]
-    return plan
+    return manifest
 
 
 def output_size_of(module: nn.Module, options: UpscaleOptions) -> Callable[[int, int], tuple[int, int]]:
