@@ -27,7 +27,8 @@ from streamsr.models import TINY, DeblurSR
 from streamsr.models.weights import load_model
 from streamsr.training.losses import joint_loss
 from streamsr.training.recipe import Recipe, apply_overrides, load_recipe
-from streamsr.training.trainer import _build_model, list_checkpoints, load_latest_checkpoint, train
+from streamsr.training.setup import build_model
+from streamsr.training.trainer import list_checkpoints, load_latest_checkpoint, train
 
 REPO = Path(__file__).resolve().parent.parent
 MOTION = np.zeros((9, 9), np.float32)
@@ -188,14 +189,14 @@ def test_corrupt_latest_checkpoint_falls_back(prepared, reference_run, tmp_path,
 
 
 def test_init_from_weights_file(reference_run):
-    model = _build_model(RECIPE, None, reference_run / "model.safetensors")
+    model = build_model(RECIPE, None, reference_run / "model.safetensors")
     ref = _weights(reference_run / "model.safetensors")
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in ref.items())
     with pytest.raises(WeightsError):
-        _build_model(replace(RECIPE, model="lite"), None, reference_run / "model.safetensors")
+        build_model(replace(RECIPE, model="lite"), None, reference_run / "model.safetensors")
     with pytest.raises(ConfigError):
-        _build_model(RECIPE, reference_run / "x.pth", None)  # --init-mprnet needs model=paper
+        build_model(RECIPE, reference_run / "x.pth", None)  # --init-mprnet needs model=paper
 
 
 def test_init_mprnet_loads_the_official_trunk(tmp_path):
@@ -205,7 +206,7 @@ def test_init_mprnet_loads_the_official_trunk(tmp_path):
     official = MPRNet()
     ckpt = tmp_path / "model_deblurring.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in official.state_dict().items()}}, ckpt)
-    model = _build_model(replace(RECIPE, model="paper"), ckpt, None)
+    model = build_model(replace(RECIPE, model="paper"), ckpt, None)
     trunk = model.trunk.state_dict()
     assert all(torch.equal(trunk[k], v) for k, v in official.state_dict().items())
     assert sum(p.numel() for p in model.parameters()) == 21_839_972
