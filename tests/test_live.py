@@ -25,10 +25,11 @@ import media
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from video_io import PUSH_LISTENER, free_port, wait_listening
 
 from streamsr.api import upscale
 from streamsr.cli import main
-from streamsr.errors import ConfigError, Interrupted, OutputError, SourceError
+from streamsr.errors import ConfigError, Interrupted, SourceError
 from streamsr.options import find_preset, load_preset
 from streamsr.video.live import (
     DropQueue,
@@ -37,8 +38,7 @@ from streamsr.video.live import (
     ffmpeg_options,
     is_network_uri,
 )
-from streamsr.video.push import PushSink
-from streamsr.video.segments import SegmentSink, is_push_url, live_output_path
+from streamsr.video.segments import is_push_url, live_output_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = Path(__file__).with_name("rtsp_server.py")
@@ -79,12 +79,6 @@ def gst() -> None:
     if proc.returncode != 0 or not _gst_ready():
         no_rtsp_server("RTSP test server (GStreamer gst-rtsp-server, python3-gi) not installable "
                        f"here: {proc.stderr.strip()[-300:]}")
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RtspServer:
@@ -392,183 +386,6 @@ def test_no_live_reads_a_url_like_a_file(rtsp, tmp_path):
     assert {_colour(f) for f in frames} == {"blue"}
 
 
-# -- outputs -------------------------------------------------------------------------------
-
-
-class _MemorySink:
-    def __init__(self, path: str) -> None:
-        self.path, self.frames_written, self.pts, self.closed = path, 0, [], False
-
-    def write(self, rgb, pts, time_base, name=None, duration=None) -> None:
-        self.pts.append(pts)
-        self.frames_written += 1
-
-    def close(self, trim: bool = False) -> None:
-        self.closed = True
-
-
-def test_segments_roll_on_stream_time(tmp_path):
-    opened: list[_MemorySink] = []
-
-    def open_file(path: str) -> _MemorySink:
-        opened.append(_MemorySink(path))
-        return opened[-1]
-
-    tb = Fraction(1, 90000)
-    clock = iter(range(1_700_000_000, 1_700_000_100, 7))
-    seg = SegmentSink(str(tmp_path / "cam_%Y%m%d_%H%M%S"), open_file, 1.0,
-                      clock=lambda: next(clock))
-    rgb = np.zeros((4, 4, 3), np.uint8)
-    for i in range(60):  # 2.4 s at 25 fps, with a 2 s outage after frame 30
-        seg.write(rgb, i * 3600 + (180000 if i >= 30 else 0), tb)
-    seg.close()
-    assert [s.frames_written for s in opened] == [25, 5, 25, 5]
-    assert all(s.closed for s in opened) and seg.frames_written == 60
-    assert all(s.pts[0] == 0 for s in opened), "each segment starts at time zero"
-    assert all(p.endswith(".mkv") for p in seg.segments) and len(set(seg.segments)) == 4
-
-
-def _wait_listening(port: int, timeout: float = 5.0) -> None:
-    """Wait until something listens on `port` (our own bind starts failing)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-LISTENER = """
-import av, json, sys
-url = sys.argv[1]
-opts = ({"rtsp_flags": "listen", "listen_timeout": "10", "rtsp_transport": "tcp"}
-        if url.startswith("rtsp") else {"listen": "1", "timeout": "10"})
-c = av.open(url, options=opts, timeout=(15, 5))
-got = []
-try:
-    for f in c.decode(video=0):
-        got.append((f.width, f.height, f.to_ndarray(format="rgb24").reshape(-1, 3).mean(0).tolist(),
-                    float(f.time) if f.time is not None else None))
-except av.error.OSError:  # rtmp: the pusher hanging up reads as an I/O error
-    pass
-c.close()
-json.dump(got, open(sys.argv[2], "w"))
-"""
-
-
-@pytest.mark.parametrize("scheme", ["rtsp", "rtmp"])
-def test_push_to_server_and_read_back(tmp_path, scheme):
-    port = free_port()
-    url = f"{scheme}://127.0.0.1:{port}/live/x4"
-    result = tmp_path / "got.json"
-    listener = subprocess.Popen([sys.executable, "-c", LISTENER, url, str(result)])
-    try:
-        _wait_listening(port)
-        tb = Fraction(1, 90000)
-        with PushSink(url, 4 * W, 4 * H, FPS) as push:
-            for i in range(30):
-                rgb = np.full((4 * H, 4 * W, 3), (200, 30, 30) if i < 15 else (30, 30, 200),
-                              np.uint8)
-                push.write(rgb, i * 3600 + (45000 if i >= 15 else 0), tb)  # 0.5 s gap
-                time.sleep(1 / FPS)
-        listener.wait(10)
-    finally:
-        listener.kill()
-    got = json.loads(result.read_text())
-    assert len(got) == 30 and push.frames_written == 30
-    assert all((w, h) == (4 * W, 4 * H) for w, h, _, _ in got)
-    assert got[5][2][0] > 150 and got[25][2][2] > 150
-    times = [t for *_, t in got if t is not None]
-    assert times[-1] - times[0] >= 29 / FPS + 0.45, "the gap survives the push"
-
-
-def test_ten_bit_file_pushed_to_a_server(tmp_path):
-    """A 10-bit input with a 10-bit pix_fmt pushed live: the push encodes from 8-bit RGB (the
-    16-bit path is for file outputs), so this must work rather than fail on uint16 frames."""
-    src = media.make_10bit_clip(tmp_path / "in10.mkv", n=6)
-    port = free_port()
-    url = f"rtsp://127.0.0.1:{port}/live/x4.stream"  # a dot in the path: not taken for an image
-    result = tmp_path / "got.json"
-    listener = subprocess.Popen([sys.executable, "-c", LISTENER, url, str(result)])
-    try:
-        _wait_listening(port)
-        stats = upscale(src, url, model=media.BicubicX4(), device="cpu", pix_fmt="yuv420p10le",
-                        handle_signals=False)
-        listener.wait(10)
-    finally:
-        listener.kill()
-    got = json.loads(result.read_text())
-    assert stats.frames == 6 and len(got) == 6
-    assert all((w, h) == (4 * W, 4 * H) for w, h, _, _ in got)
-
-
-def test_push_repairs_packets_the_muxer_would_refuse():
-    """libx265 under load can hand out a first packet whose dts is after its pts (see
-    sink.repair_timestamps); a push must send it with timestamps the muxer accepts, not fail."""
-    import av
-
-    from streamsr.video.encoder import TimestampRepair
-    from streamsr.video.push import PushSink
-
-    class Muxer:
-        def __init__(self) -> None:
-            self.sent: list[tuple[int, int]] = []
-
-        def mux(self, packet) -> None:
-            if self.sent and packet.dts <= self.sent[-1][1] or packet.pts < packet.dts:
-                raise av.error.ValueError(22, "non-monotonic or pts < dts")  # as FFmpeg refuses
-            self.sent.append((packet.pts, packet.dts))
-
-    sink = PushSink.__new__(PushSink)  # no server: only the packet path is under test
-    sink._container, sink._timestamps, sink._bytes = Muxer(), TimestampRepair(), 0
-    truth = [(0, -2), (3, -1), (1, 0), (2, 1), (6, 2), (4, 3), (5, 4)]  # I P B B P B B
-    stream = [(0, 8618642335881972446)] + truth[1:]  # garbage in the first dts (as x265 gave)
-    for pts, dts in stream:
-        packet = av.Packet(b"\0" * 10)
-        packet.pts, packet.dts = pts, dts
-        sink._send(packet)
-    sink._send(None)
-    assert sink._container.sent == truth  # every packet, in order, with its true timestamps
-    assert sink._bytes == 70
-
-
-def test_push_to_nobody_is_an_output_error():
-    with pytest.raises(OutputError, match="cannot push"):
-        PushSink(f"rtsp://127.0.0.1:{free_port()}/x4", 4 * W, 4 * H, FPS)
-
-
-def test_push_reconnects_when_the_server_comes_back(tmp_path):
-    port = free_port()
-    url = f"rtsp://127.0.0.1:{port}/live/x4"
-    first = subprocess.Popen([sys.executable, "-c", LISTENER, url, str(tmp_path / "first.json")])
-    second = None
-    try:
-        _wait_listening(port)
-        tb = Fraction(1, 90000)
-        with PushSink(url, 4 * W, 4 * H, FPS) as push:
-            for i in range(100):
-                if i == 20:  # the server dies ...
-                    first.kill()
-                    first.wait()
-                if i == 35:  # ... and comes back
-                    second = subprocess.Popen([sys.executable, "-c", LISTENER, url,
-                                               str(tmp_path / "second.json")])
-                push.write(np.full((4 * H, 4 * W, 3), 120, np.uint8), i * 3600, tb)
-                time.sleep(1 / FPS)
-        second.wait(10)
-    finally:
-        first.kill()
-        if second is not None:
-            second.kill()
-    got = json.loads((tmp_path / "second.json").read_text())
-    assert push.reconnects == 1 and push.frames_lost > 0
-    assert push.frames_written + push.frames_lost == 100
-    assert 0 < len(got) <= push.frames_written - 20, "the new server gets the frames after it came back"
-
-
 # -- the whole pipeline on a live source ----------------------------------------------------
 
 
@@ -739,9 +556,9 @@ def test_live_push_to_rtsp_and_read_back(rtsp, tmp_path):
     port = free_port()
     url = f"rtsp://127.0.0.1:{port}/x4"
     result = tmp_path / "got.json"
-    listener = subprocess.Popen([sys.executable, "-c", LISTENER, url, str(result)])
+    listener = subprocess.Popen([sys.executable, "-c", PUSH_LISTENER, url, str(result)])
     try:
-        _wait_listening(port)
+        wait_listening(port)
         stats = upscale(rtsp.url, url, model=media.BicubicX4(), frames=20,
                         live_options=fast_options(drop="none"), **LIVE_FAST)
         listener.wait(10)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 import av
 import media
 import numpy as np
@@ -52,3 +55,40 @@ class Counting(media.BicubicX4):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         return super().forward(x)
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, timeout: float = 5.0) -> None:
+    """Wait until something listens on `port` (our own bind starts failing)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+PUSH_LISTENER = """
+import av, json, sys
+url = sys.argv[1]
+opts = ({"rtsp_flags": "listen", "listen_timeout": "10", "rtsp_transport": "tcp"}
+        if url.startswith("rtsp") else {"listen": "1", "timeout": "10"})
+c = av.open(url, options=opts, timeout=(15, 5))
+got = []
+try:
+    for f in c.decode(video=0):
+        got.append((f.width, f.height, f.to_ndarray(format="rgb24").reshape(-1, 3).mean(0).tolist(),
+                    float(f.time) if f.time is not None else None))
+except av.error.OSError:  # rtmp: the pusher hanging up reads as an I/O error
+    pass
+c.close()
+json.dump(got, open(sys.argv[2], "w"))
+"""
