@@ -1,5 +1,5 @@
 """Decoded video frames -> RGB arrays: the one conversion every video input uses (files, URLs
-and live feeds), and the --max-pixels check.
+and live feeds), the --max-pixels check, and the way back (RGB -> an encoder's Y'CbCr).
 
 Y'CbCr -> RGB uses the input's matrix and range (see `color`) with swscale's exact flags.
 Frames are RGB uint8, or RGB uint16 (rgb48) for `deep` inputs, so a 10-bit output keeps 10 bits.
@@ -20,7 +20,7 @@ from av.video.reformatter import ColorRange, Interpolation
 
 from streamsr.errors import InputError
 from streamsr.video.color import effective_matrix, effective_range, sws_matrix, sws_range
-from streamsr.video.ffmpeg import TO_RGB_FLAGS
+from streamsr.video.ffmpeg import FROM_RGB_FLAGS, TO_RGB_FLAGS
 
 if TYPE_CHECKING:
     from streamsr.video.source import VideoInfo
@@ -71,3 +71,10 @@ class RgbConverter:
             self._warned = True
             log.warning("%s: %s; scaling frames of other sizes to %dx%d", self.uri, change, w, h)
         return frame.reformat(width=w, height=h, interpolation=Interpolation.BICUBIC)
+
+
+def rgb_to_yuv(frame: av.VideoFrame, pix_fmt: str, matrix: str, color_range: str) -> av.VideoFrame:
+    """An RGB frame (rgb24 or rgb48) in an encoder's Y'CbCr `pix_fmt`, converted with the matrix
+    and range ("tv" or "pc") the output is tagged with: the inverse of `RgbConverter`."""
+    return frame.reformat(format=pix_fmt, dst_colorspace=sws_matrix(matrix),
+                          dst_color_range=sws_range(color_range), interpolation=FROM_RGB_FLAGS)

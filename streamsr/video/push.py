@@ -14,7 +14,7 @@ import av
 import numpy as np
 
 from streamsr.errors import ConfigError, OutputError
-from streamsr.video.color import ColorInfo, default_matrix, sws_matrix, sws_range, tag_color
+from streamsr.video.color import ColorInfo, default_matrix, tag_color
 from streamsr.video.encoder import (
     EncodeOptions,
     TimestampRepair,
@@ -22,7 +22,7 @@ from streamsr.video.encoder import (
     mux_repaired,
     parse_bitrate,
 )
-from streamsr.video.ffmpeg import FROM_RGB_FLAGS
+from streamsr.video.frame import rgb_to_yuv
 from streamsr.video.sink import Sink
 
 log = logging.getLogger(__name__)
@@ -140,9 +140,8 @@ class PushSink(Sink):
         if self._container is None and not self._retry():
             self.frames_lost += 1
             return
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(
-            format=self._encode.pix_fmt, dst_colorspace=sws_matrix(self._matrix),
-            dst_color_range=sws_range("tv"), interpolation=FROM_RGB_FLAGS)
+        frame = rgb_to_yuv(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"),
+                           self._encode.pix_fmt, self._matrix, "tv")
         out = round(pts * time_base / self._tb) if pts is not None else None
         if out is not None and self._first_pts is None:
             self._first_pts = out

@@ -23,14 +23,7 @@ import numpy as np
 
 from streamsr.errors import ConfigError, OutputError
 from streamsr.inference.pack import Yuv420
-from streamsr.video.color import (
-    ColorInfo,
-    effective_matrix,
-    effective_range,
-    sws_matrix,
-    sws_range,
-    tag_color,
-)
+from streamsr.video.color import ColorInfo, effective_matrix, effective_range, tag_color
 from streamsr.video.disk_guard import SpaceGuard
 from streamsr.video.encoder import (
     EncodeOptions,
@@ -41,7 +34,7 @@ from streamsr.video.encoder import (
     parse_bitrate,
     tag_hevc,
 )
-from streamsr.video.ffmpeg import FROM_RGB_FLAGS
+from streamsr.video.frame import rgb_to_yuv
 from streamsr.video.output_paths import (
     check_output_name,
     check_overwrite,
@@ -250,8 +243,7 @@ class VideoSink(Sink):
         if yuv:  # already in the output's format, matrix and range
             pass
         elif not self.rgb_out:
-            frame = frame.reformat(format=self.encode_opts.pix_fmt, dst_colorspace=sws_matrix(self.matrix),
-                                   dst_color_range=sws_range(self.range), interpolation=FROM_RGB_FLAGS)
+            frame = rgb_to_yuv(frame, self.encode_opts.pix_fmt, self.matrix, self.range)
         elif frame.format.name != self.encode_opts.pix_fmt:
             frame = frame.reformat(format=self.encode_opts.pix_fmt)
         if pts is None:
