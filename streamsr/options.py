@@ -113,15 +113,6 @@ class UpscaleOptions:
                  for part, values in changes.items()}
         return dataclasses.replace(out, **parts) if parts else out
 
-    def keywords(self) -> dict[str, Any]:
-        """The options as `from_keywords` takes them (one name per field)."""
-        out: dict[str, Any] = {}
-        for key, (part, name) in keyword_fields().items():
-            if name is None or key in _ALIASES:
-                continue
-            out[key] = getattr(self if part is None else getattr(self, part), name)
-        return out
-
     def content_settings(self) -> dict:
         """The options that change what an output contains (a resumed run must use the same
         ones): precision, backend and tiles, the encoder, the side-by-side view and the output
