@@ -156,6 +156,48 @@ def _first_video(container) -> av.video.stream.VideoStream:
     return container.streams.video[0]
 
 
+def _mux_part(out: av.container.OutputContainer, vs, path: Path, offset: int, start_pts: int, *,
+              time_base: Fraction, extradata, copies: CopiedStreams | None,
+              last_dts: float) -> tuple[int, float]:
+    """Mux one part's video packets into `vs`, shifted back by `offset` to the input's times,
+    copied streams interleaved; (packets written, decode time of the last one)."""
+    written = 0
+    with av.open(ffmpeg_name(path)) as part:
+        ps = _first_video(part)
+        if ps.codec_context.extradata != extradata:
+            raise OutputError(f"part {path.name} was encoded with other codec parameters "
+                              f"than the first part; remove the parts folder and start over")
+        shift = offset * time_base / ps.time_base
+        if shift.denominator != 1:
+            log.warning("part %s: offset %s is not a whole number of its time-base units",
+                        path.name, shift)
+        shift = round(shift)
+        first_pts = None
+        for packet in part.demux(ps):
+            if packet.size == 0:
+                continue
+            if packet.pts is not None:
+                packet.pts += shift
+                first_pts = packet.pts if first_pts is None else min(first_pts, packet.pts)
+            if packet.dts is not None:
+                packet.dts += shift
+                t = float(packet.dts * packet.time_base)
+                if t <= last_dts:
+                    log.warning("part %s: decode timestamps overlap the previous part",
+                                path.name)
+                last_dts = t
+                if copies is not None:
+                    copies.pump(t)
+            packet.stream = vs
+            out.mux(packet)
+            written += 1
+        want = start_pts * time_base / ps.time_base
+        if first_pts is not None and first_pts != want:
+            log.warning("part %s starts at %s, expected %s (time base %s)", path.name,
+                        first_pts, want, ps.time_base)
+    return written, last_dts
+
+
 def join_parts(parts: list[tuple[Path, int, int]], dst: str | os.PathLike, *, time_base: Fraction,
                copy_from: str | None = None, rotation: int = 0) -> int:
     """Stream-copy the video of `parts` [(file, offset, start_pts)] into `dst`.
@@ -198,39 +240,9 @@ def join_parts(parts: list[tuple[Path, int, int]], dst: str | os.PathLike, *, ti
         out.start_encoding()
         last_dts = -math.inf
         for path, offset, start_pts in parts:
-            with av.open(ffmpeg_name(path)) as part:
-                ps = _first_video(part)
-                if ps.codec_context.extradata != extradata:
-                    raise OutputError(f"part {path.name} was encoded with other codec parameters "
-                                      f"than the first part; remove the parts folder and start over")
-                shift = offset * time_base / ps.time_base
-                if shift.denominator != 1:
-                    log.warning("part %s: offset %s is not a whole number of its time-base units",
-                                path.name, shift)
-                shift = round(shift)
-                first_pts = None
-                for packet in part.demux(ps):
-                    if packet.size == 0:
-                        continue
-                    if packet.pts is not None:
-                        packet.pts += shift
-                        first_pts = packet.pts if first_pts is None else min(first_pts, packet.pts)
-                    if packet.dts is not None:
-                        packet.dts += shift
-                        t = float(packet.dts * packet.time_base)
-                        if t <= last_dts:
-                            log.warning("part %s: decode timestamps overlap the previous part",
-                                        path.name)
-                        last_dts = t
-                        if copies is not None:
-                            copies.pump(t)
-                    packet.stream = vs
-                    out.mux(packet)
-                    written += 1
-                want = start_pts * time_base / ps.time_base
-                if first_pts is not None and first_pts != want:
-                    log.warning("part %s starts at %s, expected %s (time base %s)", path.name,
-                                first_pts, want, ps.time_base)
+            done, last_dts = _mux_part(out, vs, path, offset, start_pts, time_base=time_base,
+                                       extradata=extradata, copies=copies, last_dts=last_dts)
+            written += done
         if copies is not None:
             copies.finish(math.inf)
     except (OSError, av.error.FFmpegError) as exc:
