@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 
+import av
 import media
 import pytest
 
+from streamsr.api import upscale
 from streamsr.errors import InputError
 from streamsr.video.live import LiveOptions, LiveSource
 from streamsr.video.source import open_source
@@ -54,3 +56,16 @@ def test_a_feed_larger_than_max_pixels_is_refused_when_it_opens(tmp_path):
     src = _spliced(tmp_path, 4, 0)
     with pytest.raises(InputError, match="32x24 frames are larger than the limit of 100 pixels"):
         LiveSource(str(src), LiveOptions(drop="none"), max_pixels=100)
+
+
+def test_a_live_run_whose_feed_grows_past_max_pixels_stops_with_the_files_error(tmp_path):
+    # through the API as a live run (drop none: every frame before the change is kept)
+    src = _spliced(tmp_path, 24, 4)
+    with pytest.raises(InputError, match="frame size changes at frame 25: 32x24 -> 64x48, larger "
+                                         "than the limit of 768 pixels"):
+        upscale(src, tmp_path / "out", model=media.BicubicX4(), live=True, max_pixels=W * H,
+                live_options=LiveOptions(drop="none"), device="cpu", encoder_preset="ultrafast",
+                batch=2)
+    with av.open(str(tmp_path / "out.mkv")) as c:  # the frames done are in a finalised file
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert [media.read_index(f) for f in frames] == list(range(24))
