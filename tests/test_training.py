@@ -463,3 +463,15 @@ def test_bad_device_and_incomplete_checkpoint_are_one_line_errors(prepared, refe
                run / "checkpoints" / "step-00000004.pt")
     with pytest.raises(WeightsError, match="unreadable"):
         train(prepared, run, None, resume=True)
+
+
+def test_a_run_saved_before_a_recipe_key_existed_still_resumes():
+    """A checkpoint's recipe without `degradations` (runs started before the key existed) counts
+    as the default, so `--resume` with today's recipe is not refused as a changed recipe."""
+    from streamsr.training.trainer import resolve_recipe
+
+    old = {k: v for k, v in RECIPE.to_dict().items() if k != "degradations"}
+    assert resolve_recipe(None, [], {"recipe": old}) == RECIPE
+    assert resolve_recipe(RECIPE, [], {"recipe": old}) == RECIPE
+    with pytest.raises(ConfigError, match="degradations"):
+        resolve_recipe(RECIPE, ["degradations=shake"], {"recipe": old})

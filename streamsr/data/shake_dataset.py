@@ -11,6 +11,8 @@ see the same data as an uninterrupted single run.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +20,15 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from streamsr.data.dataset import to_tensor
+from streamsr.data.degradations import (
+    DEFAULT_DEGRADATIONS,
+    DEGRADATIONS,
+    check_degradations,
+    no_blur,
+)
 from streamsr.data.gopro import read_rgb
 from streamsr.data.prepare import INDEX, SETTINGS, _still_images, held_out
-from streamsr.data.synthetic import camera_pair, h264_roundtrip, synthetic_pair
+from streamsr.data.synthetic import quantise, random_crop
 from streamsr.data.transforms import srgb_to_linear
 from streamsr.errors import ConfigError, InputError
 from streamsr.models.ops import bicubic_uint8
@@ -49,16 +57,20 @@ class ShakeDataset(Dataset):
 
     Photos are split into train/test by `held_out` (whole photos, as `prepare synthetic` does).
     Photos smaller than one HR crop are skipped. `length` is the number of samples per epoch.
-    A `camera_motion` fraction of the samples is blurred by one exposure of a simulated handheld
-    or dashcam clip (`camera_pair`) instead of an isolated shake; a `codec` fraction of the LR
-    inputs goes through 4:2:0 H.264 at a CRF drawn in `crf` (`h264_roundtrip`), as video does.
+    Each sample is a random crop of a random photo through the `degradations` named (see
+    streamsr.data.degradations): a shake blur of up to `max_shift` pixels, or for a
+    `camera_motion` fraction of the samples one exposure of a simulated handheld or dashcam
+    clip; Gaussian noise of a sigma drawn in [0, `max_noise`]; and for a `codec` fraction of the
+    LR inputs a 4:2:0 H.264 round trip at a CRF drawn in `crf`, as video does.
     """
 
     def __init__(self, images: str | os.PathLike, split: str = "train", patch: int = 48,
                  length: int = 4096, seed: int = 0, scale: int = 4, val_fraction: float = 0.1,
                  max_shift: float = 24.0, max_angle: float = 0.6, exposures: int = 13,
                  max_noise: float = 2.0, augment: bool = True, camera_motion: float = 0.0,
-                 codec: float = 0.0, crf: tuple[int, int] = (10, 28)) -> None:
+                 codec: float = 0.0, crf: tuple[int, int] = (10, 28),
+                 degradations: Sequence[str] = DEFAULT_DEGRADATIONS) -> None:
+        on = set(check_degradations(degradations))
         _refuse_non_photo_folder(Path(images))
         files = _still_images(Path(images))
         hr = patch * scale
@@ -72,11 +84,18 @@ class ShakeDataset(Dataset):
         if not self.images:
             raise InputError(f"no {split!r} photos of at least {hr}x{hr} pixels in {images}")
         self.split, self.patch, self.scale, self.length = split, patch, scale, length
-        self.seed, self.augment, self.max_noise = seed, augment, max_noise
-        self.blur = dict(max_shift=max_shift, max_angle=max_angle, exposures=exposures)
-        self.camera_motion, self.codec, self.crf = camera_motion, codec, (int(crf[0]), int(crf[1]))
+        self.seed, self.augment = seed, augment
+        # a degradation left out is off, as if its strength were zero
+        self.max_noise = max_noise if "noise" in on else 0.0
+        self.camera_motion = camera_motion if "camera" in on else 0.0
+        self.shake = (partial(DEGRADATIONS["shake"], max_shift=max_shift, max_angle=max_angle,
+                              exposures=exposures) if "shake" in on else no_blur)
+        self.camera = DEGRADATIONS["camera"]
+        self.noise = DEGRADATIONS["noise"]
+        self.codec = partial(DEGRADATIONS["codec"], fraction=codec if "codec" in on else 0.0,
+                             crf=(int(crf[0]), int(crf[1])))
         self.linear = ([srgb_to_linear(img.astype(np.float32) / 255.0).astype(np.float32)
-                        for img in self.images] if camera_motion > 0 else [])
+                        for img in self.images] if self.camera_motion > 0 else [])
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -87,21 +106,28 @@ class ShakeDataset(Dataset):
         return self.length
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Sample `i` of this epoch: a pure function of (seed, epoch, i, split).
+
+        The draws come in a fixed order (photo, noise level, blur kind, crop, then each
+        degradation's own), so a given seed gives the same samples release after release.
+        """
         rng = np.random.default_rng([self.seed, self.epoch, i, 1 if self.split == "train" else 2])
         k = int(rng.integers(len(self.images)))
-        hr_size = self.patch * self.scale
-        noise = float(rng.uniform(0, self.max_noise)) if self.max_noise > 0 else 0.0
+        size = self.patch * self.scale
+        sigma = float(rng.uniform(0, self.max_noise)) if self.max_noise > 0 else 0.0
         if self.camera_motion > 0 and rng.random() < self.camera_motion:
-            blurry, sharp = camera_pair(self.images[k], self.linear[k], rng, size=hr_size, noise_sigma=noise)
+            blur, scene = self.camera, self.linear[k]
         else:
-            blurry, sharp = synthetic_pair(self.images[k], rng, size=hr_size, noise_sigma=noise, **self.blur)
+            blur, scene = self.shake, self.images[k]
+        at = random_crop(rng, scene.shape, size, size)
+        blurry = quantise(self.noise(blur(scene, rng, at=at), rng, sigma=sigma))
+        y, x = at[:2]
+        sharp = np.ascontiguousarray(self.images[k][y:y + size, x:x + size])
         if self.augment:
-            k, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
-            blurry, sharp = (np.rot90(a[:, ::-1] if flip else a, k) for a in (blurry, sharp))
+            turns, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
+            blurry, sharp = (np.rot90(a[:, ::-1] if flip else a, turns) for a in (blurry, sharp))
         lr_size = (self.patch, self.patch)
-        lr_blur = bicubic_uint8(blurry, lr_size)
-        if self.codec > 0 and rng.random() < self.codec and self.patch % 2 == 0:
-            lr_blur = h264_roundtrip(lr_blur, int(rng.integers(self.crf[0], self.crf[1] + 1)))
+        lr_blur = self.codec(bicubic_uint8(blurry, lr_size), rng)
         return (to_tensor(lr_blur), to_tensor(bicubic_uint8(sharp, lr_size)), to_tensor(sharp))
 
 

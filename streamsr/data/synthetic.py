@@ -20,7 +20,8 @@ import numpy as np
 from streamsr.data.transforms import linear_to_srgb, srgb_to_linear
 
 __all__ = ["shake_trajectory", "camera_path", "random_camera_exposure", "pose_matrix", "render_exposure",
-           "synthetic_pair", "camera_pair", "about_point", "h264_roundtrip"]
+           "shake_blur", "camera_blur", "add_noise", "quantise", "random_crop", "synthetic_pair",
+           "camera_pair", "about_point", "h264_roundtrip"]
 
 
 def _smooth_noise(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
@@ -188,16 +189,60 @@ def _rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+def shake_blur(image: np.ndarray, rng: np.random.Generator, *, at: tuple[int, int, int, int],
+               max_shift: float = 24.0, max_angle: float = 0.6, exposures: int = 13) -> np.ndarray:
+    """The crop `at` = (y, x, h, w) of uint8 RGB `image` blurred by one random handheld shake:
+    float32 sRGB code values (0-255, not rounded), so noise can still be added before rounding.
+
+    The blur path has `exposures` poses and a length drawn uniformly in [0, `max_shift`] pixels
+    (so some crops are nearly sharp) and a roll of up to `max_angle` degrees; the crop is the
+    scene at the middle pose. The camera sees past the crop's edges, so the whole photo is given.
+    """
+    y, x, h, w = at
+    H, W = image.shape[:2]
+    shift = float(rng.uniform(0, max_shift))
+    angle = float(rng.uniform(0, max_angle))
+    poses = shake_trajectory(rng, exposures, shift, angle)
+    # render only the crop plus enough margin for the motion (and the cubic kernel's reach)
+    reach = np.abs(poses[:, :2]).max() + math.radians(np.abs(poses[:, 2]).max()) * 0.5 * math.hypot(h, w)
+    m = int(math.ceil(reach)) + 3
+    y0, x0 = max(0, y - m), max(0, x - m)
+    y1, x1 = min(H, y + h + m), min(W, x + w + m)
+    work = image[y0:y1, x0:x1]
+    lin = srgb_to_linear(work.astype(np.float32) / 255.0)
+    blur = linear_to_srgb(render_exposure(lin, poses)) * 255.0
+    return blur[y - y0:y - y0 + h, x - x0:x - x0 + w]
+
+
+def add_noise(image: np.ndarray, rng: np.random.Generator, *, sigma: float) -> np.ndarray:
+    """Gaussian noise of `sigma` (8-bit code values) on float `image`; nothing when sigma is 0."""
+    return image + rng.normal(0.0, sigma, image.shape) if sigma > 0 else image
+
+
+def quantise(image: np.ndarray) -> np.ndarray:
+    """Float code values -> uint8, rounded and clipped (what the sensor's 8-bit output keeps)."""
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def random_crop(rng: np.random.Generator, shape: tuple[int, ...], h: int, w: int) -> tuple[int, int, int, int]:
+    """A uniformly random (y, x, h, w) window of an image of `shape` (y drawn first, then x)."""
+    H, W = shape[:2]
+    if h > H or w > W:
+        raise ValueError(f"crop {h}x{w} is larger than the image {H}x{W}")
+    y = int(rng.integers(0, H - h + 1))
+    x = int(rng.integers(0, W - w + 1))
+    return y, x, h, w
+
+
 def synthetic_pair(image: np.ndarray, rng: np.random.Generator, *,
                    size: tuple[int, int] | int | None = None, max_shift: float = 24.0,
                    max_angle: float = 0.6, exposures: int = 13, noise_sigma: float = 0.0,
                    jpeg_quality: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(blurry, sharp) uint8 HWC RGB: a random shake blur of a random `size` crop of `image`.
 
-    The blur path has `exposures` poses and a length drawn uniformly in [0, `max_shift`] pixels
-    (so some pairs are nearly sharp) and a roll of up to `max_angle` degrees. `sharp` is the
-    crop itself, the scene at the middle pose. `noise_sigma` (8-bit code values) adds Gaussian
-    noise and `jpeg_quality` JPEG-compresses the blurry image, after the blur.
+    The blur is `shake_blur`; `sharp` is the crop itself, the scene at the middle pose.
+    `noise_sigma` (8-bit code values) adds Gaussian noise and `jpeg_quality` JPEG-compresses the
+    blurry image, after the blur.
     """
     img = _rgb(image)
     H, W = img.shape[:2]
@@ -205,31 +250,15 @@ def synthetic_pair(image: np.ndarray, rng: np.random.Generator, *,
         h, w = H, W
     else:
         h, w = (size, size) if isinstance(size, int) else size
-    if h > H or w > W:
-        raise ValueError(f"crop {h}x{w} is larger than the image {H}x{W}")
-    y = int(rng.integers(0, H - h + 1))
-    x = int(rng.integers(0, W - w + 1))
-    shift = float(rng.uniform(0, max_shift))
-    angle = float(rng.uniform(0, max_angle))
-    poses = shake_trajectory(rng, exposures, shift, angle)
-
-    # render only the crop plus enough margin for the motion (and the cubic kernel's reach)
-    reach = np.abs(poses[:, :2]).max() + math.radians(np.abs(poses[:, 2]).max()) * 0.5 * math.hypot(h, w)
-    m = int(math.ceil(reach)) + 3
-    y0, x0 = max(0, y - m), max(0, x - m)
-    y1, x1 = min(H, y + h + m), min(W, x + w + m)
-    work = img[y0:y1, x0:x1]
-    lin = srgb_to_linear(work.astype(np.float32) / 255.0)
-    blur = linear_to_srgb(render_exposure(lin, poses)) * 255.0
-    blur = blur[y - y0:y - y0 + h, x - x0:x - x0 + w]
-    if noise_sigma > 0:
-        blur = blur + rng.normal(0.0, noise_sigma, blur.shape)
-    blurry = np.clip(np.rint(blur), 0, 255).astype(np.uint8)
+    at = random_crop(rng, img.shape, h, w)
+    blur = shake_blur(img, rng, at=at, max_shift=max_shift, max_angle=max_angle, exposures=exposures)
+    blurry = quantise(add_noise(blur, rng, sigma=noise_sigma))
     if jpeg_quality is not None:
         ok, buf = cv2.imencode(".jpg", blurry[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
         if not ok:
             raise RuntimeError("JPEG encoding failed")
         blurry = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1])
+    y, x = at[:2]
     sharp = np.ascontiguousarray(img[y:y + h, x:x + w])
     return np.ascontiguousarray(blurry), sharp
 
@@ -282,27 +311,34 @@ def random_camera_exposure(rng: np.random.Generator, *, substeps: int = 16, expo
     return about_point(poses, offset)
 
 
+def camera_blur(linear: np.ndarray, rng: np.random.Generator, *, at: tuple[int, int, int, int],
+                frame: tuple[int, int] = (320, 512)) -> np.ndarray:
+    """The square crop `at` = (y, x, size, size) of a photo in linear light (float HWC) blurred by
+    a `random_camera_exposure`: float sRGB code values (0-255, not rounded).
+
+    The crop lies at a random place of a virtual `frame` (h, w) whose centre is the optical
+    centre, so the scene at the middle pose is the crop, pixel for pixel.
+    """
+    y, x, size, _ = at
+    offset = (float(rng.uniform(-0.5, 0.5) * (frame[1] - size)), float(rng.uniform(-0.5, 0.5) * (frame[0] - size)))
+    # the optical axis is `offset` away: pose (dx, dy) shifts are relative to the crop's centre
+    poses = random_camera_exposure(rng, offset=(-offset[0], -offset[1]))
+    center = (x + (size - 1) / 2, y + (size - 1) / 2)
+    return linear_to_srgb(render_exposure(linear, poses, out_size=(size, size), center=center)) * 255.0
+
+
 def camera_pair(image: np.ndarray, linear: np.ndarray, rng: np.random.Generator, *, size: int,
                 frame: tuple[int, int] = (320, 512), noise_sigma: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(blurry, sharp) uint8 `size` x `size` crops of a photo blurred by a `random_camera_exposure`.
 
     `image` is the uint8 RGB photo and `linear` the same in linear light (computed once by the
-    caller: converting a whole photo per sample would cost more than the blur).
-
-    The crop lies at a random place of a virtual `frame` (h, w) whose centre is the optical
-    centre. The sharp crop is the photo at the middle pose, pixel for pixel.
+    caller: converting a whole photo per sample would cost more than the blur). The blur is
+    `camera_blur`; the sharp crop is the photo at the middle pose, pixel for pixel.
     """
-    H, W = linear.shape[:2]
-    y = int(rng.integers(0, H - size + 1))
-    x = int(rng.integers(0, W - size + 1))
-    offset = (float(rng.uniform(-0.5, 0.5) * (frame[1] - size)), float(rng.uniform(-0.5, 0.5) * (frame[0] - size)))
-    # the optical axis is `offset` away: pose (dx, dy) shifts are relative to the crop's centre
-    poses = random_camera_exposure(rng, offset=(-offset[0], -offset[1]))
-    center = (x + (size - 1) / 2, y + (size - 1) / 2)
-    blur = linear_to_srgb(render_exposure(linear, poses, out_size=(size, size), center=center)) * 255.0
-    if noise_sigma > 0:
-        blur = blur + rng.normal(0.0, noise_sigma, blur.shape)
-    blurry = np.clip(np.rint(blur), 0, 255).astype(np.uint8)
+    at = random_crop(rng, linear.shape, size, size)
+    blur = camera_blur(linear, rng, at=at, frame=frame)
+    blurry = quantise(add_noise(blur, rng, sigma=noise_sigma))
+    y, x = at[:2]
     return blurry, np.ascontiguousarray(image[y:y + size, x:x + size])
 
 

@@ -26,7 +26,8 @@ def datasets(recipe: Recipe, data: Path) -> tuple[Dataset, Dataset]:
     r = recipe
     if r.data == "photos":  # sharp stills, a fresh camera shake for every sample
         shake = dict(patch=r.patch, seed=r.seed, max_shift=r.shake_max_shift,
-                     camera_motion=r.shake_camera_motion, codec=r.shake_codec, crf=tuple(r.shake_crf))
+                     camera_motion=r.shake_camera_motion, codec=r.shake_codec, crf=tuple(r.shake_crf),
+                     degradations=r.degradations)
         train = ShakeDataset(data, r.train_split, length=r.samples_per_epoch,
                              max_noise=r.shake_max_noise, augment=r.augment, **shake)
         val = ShakeDataset(data, r.val_split, length=r.val_max or 64, max_noise=0.0, augment=False,

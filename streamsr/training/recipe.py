@@ -1,8 +1,8 @@
 """Training recipes: every hyperparameter in one flat TOML file, overridable with `--set k=v`.
 
-A recipe selects values only (a model config name, numbers, switches); it never names code.
-Unknown keys and values of the wrong type are refused, so a typo cannot silently fall back to a
-default.
+A recipe selects values only (numbers, switches, and names looked up in plain dicts: a model
+config, the degradations of photo data); it never imports code by name. Unknown keys and values
+of the wrong type are refused, so a typo cannot silently fall back to a default.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
+from streamsr.data.degradations import DEFAULT_DEGRADATIONS, check_degradations
 from streamsr.errors import ConfigError
 from streamsr.models.configs import CONFIGS
 
@@ -54,6 +55,9 @@ class Recipe:
     shake_camera_motion: float = 0.0  # data = photos: fraction blurred by a simulated clip's camera path
     shake_codec: float = 0.0  # data = photos: fraction of LR inputs sent through 4:2:0 H.264
     shake_crf: tuple[int, int] = (10, 28)  # data = photos: CRF range of that H.264 round trip
+    # data = photos: the degradations applied, by name (streamsr.data.degradations); one left
+    # out is off, as if its strength above were zero
+    degradations: tuple[str, ...] = DEFAULT_DEGRADATIONS
     patch: int = 0  # LR crop fed to the network (random within a stored triplet); 0 = whole triplet
     augment: bool = True  # random flip and rot90
     train_split: str = "train"
@@ -79,6 +83,10 @@ class Recipe:
             raise ConfigError(f"recipe data {self.data!r} is not 'prepared' or 'photos'")
         if self.data == "photos" and self.patch < 1:
             raise ConfigError("recipe data = 'photos' needs a patch size (LR pixels)")
+        try:
+            check_degradations(self.degradations)
+        except ConfigError as exc:
+            raise ConfigError(f"recipe degradations: {exc}") from None
         if self.precision not in PRECISIONS:
             raise ConfigError(f"recipe precision {self.precision!r} is not one of {PRECISIONS}")
         for key, (lo, hi) in _INT_RANGES.items():
@@ -146,7 +154,9 @@ def _check_types(recipe: Recipe) -> None:
     """Every field of the type its annotation says (a Recipe built in Python is checked too)."""
     for f in fields(recipe):
         v, hint = getattr(recipe, f.name), _HINTS[f.name]
-        if typing.get_origin(hint) is tuple:
+        if hint == tuple[str, ...]:
+            ok = isinstance(v, tuple) and all(isinstance(x, str) for x in v)
+        elif typing.get_origin(hint) is tuple:
             n = len(typing.get_args(hint))
             ok = (isinstance(v, tuple) and len(v) == n
                   and all(_is_number(x) and math.isfinite(x) for x in v))
@@ -184,6 +194,12 @@ def _coerce(key: str, value, source: str):
         if isinstance(value, str):
             return value
         raise bad
+    if hint == tuple[str, ...]:  # names: a list of strings, or one comma-separated string
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise bad
     if typing.get_origin(hint) is tuple:
         n = len(typing.get_args(hint))
         if (isinstance(value, (list, tuple)) and len(value) == n
@@ -197,6 +213,8 @@ def _type_name(hint) -> str:
     if isinstance(hint, type):
         return {"bool": "boolean (true/false)", "int": "integer", "float": "number",
                 "str": "string"}.get(hint.__name__, hint.__name__)
+    if hint == tuple[str, ...]:
+        return "list of names"
     if isinstance(hint, types.GenericAlias) and typing.get_origin(hint) is tuple:
         return f"list of {len(typing.get_args(hint))} numbers"
     return str(hint)
@@ -253,6 +271,8 @@ def parse_override(text: str) -> tuple[str, object]:
         value = raw  # bare words such as `model=lite`
     if _HINTS.get(key) is str and not isinstance(value, str):
         value = raw  # `name=123` is the string "123"
+    if _HINTS.get(key) == tuple[str, ...]:
+        return key, value  # a TOML list of strings, or a bare comma-separated string
     if typing.get_origin(_HINTS.get(key)) is tuple and isinstance(value, str) and "," in value:
         try:
             value = [float(v) for v in value.split(",")]
