@@ -14,14 +14,8 @@ from skimage import data as skdata
 
 from streamsr.data.dataset import PairFolder, TripletDataset
 from streamsr.data.gopro import find_pairs, read_rgb
-from streamsr.data.prepare import (
-    CropSettings,
-    prepare_frames,
-    prepare_gopro,
-    prepare_synthetic,
-    read_index,
-    write_triplets,
-)
+from streamsr.data.prepare import prepare_frames, prepare_gopro, prepare_synthetic
+from streamsr.data.triplets import CropSettings, read_index, write_triplets
 from streamsr.errors import ConfigError, InputError
 from streamsr.models.ops import bicubic_uint8
 

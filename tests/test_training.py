@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 from skimage import data as skdata
 
 from streamsr.data.dataset import TripletDataset
-from streamsr.data.prepare import CropSettings, prepare_gopro
+from streamsr.data.prepare import prepare_gopro
+from streamsr.data.triplets import CropSettings
 from streamsr.errors import ConfigError, InputError, Interrupted, OutputError, WeightsError
 from streamsr.models import TINY, DeblurSR
 from streamsr.models.weights import load_model

@@ -29,7 +29,7 @@ def _workers(n: int) -> int:
 
 
 def _settings(patch: int, stride: int, scale: int):
-    from streamsr.data.prepare import CropSettings
+    from streamsr.data.triplets import CropSettings
 
     s = CropSettings(patch, stride, scale)
     s.check()

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from streamsr.data.gopro import IMAGE_EXTS, ImagePair, find_pairs, read_pair, read_rgb
-from streamsr.data.prepare import KINDS, SETTINGS, CropSettings, read_index, read_settings
+from streamsr.data.triplets import KINDS, SETTINGS, CropSettings, read_index, read_settings
 from streamsr.errors import ConfigError, InputError
 
 

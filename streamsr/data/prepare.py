@@ -1,23 +1,13 @@
 """Training triplets [L_blur, L, H] from blurry/sharp HR pairs: GOPRO, your own footage, stills.
 
-Every source ends up as HR pairs in the GOPRO layout, then as triplets:
+Every source ends up as HR pairs in the GOPRO layout, then as triplets (streamsr.data.triplets):
 
-    DST/prepare.json                       patch/stride/scale, checked when a run resumes
-    DST/index.jsonl                        one line per finished source image (split, triplets)
-    DST/<split>/{lr_blur,lr,hr}/<name>.png the triplets (uint8 RGB, lossless)
     DST/pairs/<split>/<seq>/{blur,sharp}/  HR pairs made by `frames` and `synthetic`
     DST/pairs/.<seq>.json                  `frames`: its settings, and the pair count once done
 
-Cropping follows the paper: HR blurry and sharp images are cut into `patch` x `patch` squares
-at `stride` (256 / 128), a plain sliding window from the top-left corner; the strip of fewer than
-`patch` pixels left at the right or bottom when (size - patch) is not a multiple of the stride is
-not covered, and images smaller than a patch give none. L_blur and L are each HR crop shrunk x4
-with `streamsr.models.ops.bicubic_uint8`, the project's one bicubic kernel.
-
-Resuming: a source image counts as done once its index line is written (one line, after all of
-its files); re-running skips done images, rewrites half-written ones, and drops a torn last line.
-`frames` pairs resume too: groups whose two PNGs exist are skipped, and changed settings clear
-the sequence's old pairs and their triplets first.
+`frames` pairs resume: groups whose two PNGs exist are skipped, and changed settings clear the
+sequence's old pairs and their triplets first. Decoding uses PyAV only; the H.264 round trip of
+synthetic data takes its swscale flags from streamsr.video.ffmpeg, like the pipeline.
 """
 
 from __future__ import annotations
@@ -26,260 +16,39 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import os
 import re
 import shutil
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from streamsr.data.gopro import IMAGE_EXTS, ImagePair, find_pairs, read_pair, read_rgb, write_rgb
+from streamsr.data.gopro import IMAGE_EXTS, find_pairs, read_rgb, write_rgb
 from streamsr.data.transforms import linear_to_srgb, srgb_to_linear
-from streamsr.errors import ConfigError, InputError, OutputError
-from streamsr.models.ops import bicubic_uint8
+from streamsr.data.triplets import (
+    DEFAULT_CROP,
+    INDEX,
+    KINDS,
+    CropSettings,
+    PrepareSummary,
+    read_index,
+    write_json_lines,
+    write_triplets,
+)
+from streamsr.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
-FORMAT = "streamsr-triplets-v1"
-INDEX = "index.jsonl"
-SETTINGS = "prepare.json"
-KINDS = ("lr_blur", "lr", "hr")
-
-
-@dataclass(frozen=True)
-class CropSettings:
-    """How HR pairs become triplets: patch and stride in HR pixels, down-sampling factor."""
-
-    patch: int = 256
-    stride: int = 128
-    scale: int = 4
-
-    def check(self) -> None:
-        if self.patch <= 0 or self.stride <= 0 or self.scale <= 0:
-            raise ConfigError("patch, stride and scale must be positive")
-        if self.patch % self.scale:
-            raise ConfigError(f"patch {self.patch} is not a multiple of the scale {self.scale}")
-
-
-@dataclass
-class PrepareSummary:
-    """What a prepare run did: images cropped now, images skipped as done, triplets written."""
-
-    dst: Path
-    images_done: int = 0
-    images_skipped: int = 0
-    triplets: int = 0
-    per_split: dict[str, int] = field(default_factory=dict)
-
-
-def crop_positions(size: int, patch: int, stride: int) -> list[int]:
-    """Top-left offsets of a sliding window: 0, stride, ... while the patch fits (border dropped)."""
-    return list(range(0, size - patch + 1, stride)) if size >= patch else []
-
-
-def crop_count(width: int, height: int, patch: int = 256, stride: int = 128) -> int:
-    """Triplets one W x H image gives: ((W - p) // s + 1) * ((H - p) // s + 1), 0 if smaller."""
-    return len(crop_positions(width, patch, stride)) * len(crop_positions(height, patch, stride))
-
-
-def make_triplets(blur: np.ndarray, sharp: np.ndarray, settings: CropSettings
-                  ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
-    """(y, x, L_blur, L, H) for every crop of an HR pair (uint8 RGB HWC)."""
-    p, lp = settings.patch, settings.patch // settings.scale
-    h, w = sharp.shape[:2]
-    for y in crop_positions(h, p, settings.stride):
-        for x in crop_positions(w, p, settings.stride):
-            hr_blur = blur[y:y + p, x:x + p]
-            hr = np.ascontiguousarray(sharp[y:y + p, x:x + p])
-            yield y, x, bicubic_uint8(hr_blur, (lp, lp)), bicubic_uint8(hr, (lp, lp)), hr
-
-
-# --- the index ----------------------------------------------------------------------------------
-
-def read_index(dst: str | os.PathLike) -> list[dict]:
-    """The finished-image records of a prepared folder (a torn or malformed line is skipped)."""
-    path = Path(dst) / INDEX
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            log.warning("%s: skipping a malformed line (interrupted write?)", path)
-            continue
-        if isinstance(rec, dict) and {"split", "source", "triplets"} <= set(rec):
-            records.append(rec)
-    return records
-
-
-def _open_index(dst: Path) -> tuple[dict[tuple[str, str], dict], object]:
-    """Load finished records, rewrite the index without torn lines, open it for appending."""
-    records = read_index(dst)
-    done = {(r["split"], r["source"]): r for r in records}
-    path = dst / INDEX
-    if path.exists():
-        _write_json_lines(path, list(done.values()))
-    return done, open(path, "a", encoding="utf-8")
-
-
-def _check_settings(dst: Path, settings: CropSettings) -> None:
-    """Write prepare.json, or refuse to mix triplets made with other crop settings."""
-    path = dst / SETTINGS
-    want = {"format": FORMAT, **asdict(settings)}
-    if path.exists():
-        try:
-            have = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            raise InputError(f"{path} is corrupt; delete {dst} or choose another --dst") from None
-        if have != want:
-            raise ConfigError(f"{dst} was prepared with {have}, not {want}; use another --dst")
-        return
-    path.write_text(json.dumps(want, indent=1) + "\n", encoding="utf-8")
-
-
-def read_settings(dst: str | os.PathLike) -> CropSettings:
-    """The crop settings of a prepared folder."""
-    path = Path(dst) / SETTINGS
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{dst} is not a prepared triplet folder (no {SETTINGS}); run "
-                         f"`streamsr prepare ...` first") from None
-    except ValueError:
-        raise InputError(f"{path} is corrupt") from None
-    if data.get("format") != FORMAT:
-        raise InputError(f"{path}: unknown format {data.get('format')!r}")
-    return CropSettings(data["patch"], data["stride"], data["scale"])
-
-
-# --- the generic writer ---------------------------------------------------------------------------
-
-def _crop_pair(pair: ImagePair, dst: Path, split: str, settings: CropSettings) -> list[str]:
-    """Write every triplet of one pair; returns their names (runs in worker processes too)."""
-    blur, sharp = read_pair(pair)
-    names = []
-    for y, x, lr_blur, lr, hr in make_triplets(blur, sharp, settings):
-        name = f"{pair.key}_y{y:04d}_x{x:04d}"
-        for kind, img in zip(KINDS, (lr_blur, lr, hr), strict=True):
-            write_rgb(dst / split / kind / f"{name}.png", img)
-        names.append(name)
-    if not names:
-        log.warning("%s is %dx%d, smaller than one %d px patch: no triplets",
-                    pair.blur, sharp.shape[1], sharp.shape[0], settings.patch)
-    return names
-
-
-def _worker_setup() -> None:
-    """One thread per worker process: the processes are the parallelism."""
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def write_triplets(pairs: Sequence[ImagePair], dst: str | os.PathLike,
-                   settings: CropSettings = CropSettings(), progress: bool = False,
-                   workers: int = 1) -> PrepareSummary:
-    """Crop every pair not yet done into triplets under `dst`, recording each image in the index.
-
-    `workers` > 1 crops images in that many processes; the index is still written by this
-    process only, one line per finished image, so resuming works the same.
-    """
-    settings.check()
-    dst = Path(dst)
-    try:
-        dst.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {dst}: {exc.strerror}") from None
-    _check_settings(dst, settings)
-    done, index = _open_index(dst)
-    summary = PrepareSummary(dst)
-    todo = []
-    for pair in pairs:
-        split = pair.split or "train"
-        if (split, pair.key) in done:
-            summary.images_skipped += 1
-        else:
-            todo.append((pair, split))
-    for split in {s for _, s in todo}:
-        for kind in KINDS:
-            (dst / split / kind).mkdir(parents=True, exist_ok=True)
-
-    def record(pair: ImagePair, split: str, names: list[str]) -> None:
-        rec = {"split": split, "source": pair.key, "triplets": names}
-        index.write(json.dumps(rec) + "\n")
-        index.flush()
-        os.fsync(index.fileno())
-        done[(split, pair.key)] = rec
-        summary.images_done += 1
-
-    bar = tqdm(total=len(todo), desc="prepare", unit="img", disable=not progress)
-    try:
-        if workers > 1 and len(todo) > 1:
-            ctx = multiprocessing.get_context("spawn")  # no fork after torch's thread pools start
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_setup) as pool:
-                try:
-                    futures = {pool.submit(_crop_pair, p, dst, s, settings): (p, s) for p, s in todo}
-                    for fut in as_completed(futures):
-                        record(*futures[fut], fut.result())
-                        bar.update()
-                except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
-        else:
-            for pair, split in todo:
-                record(pair, split, _crop_pair(pair, dst, split, settings))
-                bar.update()
-    finally:
-        bar.close()
-        index.close()
-    for (split, _), rec in done.items():
-        summary.per_split[split] = summary.per_split.get(split, 0) + len(rec["triplets"])
-    summary.triplets = sum(summary.per_split.values())
-    if summary.triplets == 0:
-        _no_triplets(pairs, dst, settings)
-    log.info("prepared %s: %d images now, %d skipped, %d triplets (%s)", dst, summary.images_done,
-             summary.images_skipped, summary.triplets, summary.per_split)
-    return summary
-
-
-def _no_triplets(pairs: Sequence[ImagePair], dst: Path, settings: CropSettings) -> None:
-    """Refuse a prepare run that made nothing: training on it could only fail later.
-
-    The index and prepare.json it wrote are removed (they record only empty images), so a run
-    with a smaller --patch can use the same --dst; pairs made under DST/pairs are kept for it.
-    """
-    for name in (INDEX, SETTINGS):
-        (dst / name).unlink(missing_ok=True)
-    for folder in sorted(dst.glob("*/*"), reverse=True):  # the empty <split>/<kind> folders
-        if folder.name in KINDS and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
-            if not any(folder.parent.iterdir()):
-                folder.parent.rmdir()
-    example = ""
-    if pairs:
-        try:
-            h, w = read_rgb(pairs[0].sharp).shape[:2]
-            example = f" ({pairs[0].sharp.name} is {w}x{h})"
-        except InputError:
-            pass
-    kept = (f"; the blurry/sharp pairs in {dst / 'pairs'} are kept and a re-run reuses them"
-            if (dst / "pairs").is_dir() else "")
-    raise InputError(f"no triplets made: none of the {len(pairs)} images is at least "
-                     f"{settings.patch}x{settings.patch} pixels{example}; pass a smaller --patch "
-                     f"(HR pixels, a multiple of {settings.scale}){kept}")
+log = logging.getLogger(__name__)
 
 
 # --- GOPRO --------------------------------------------------------------------------------------
 
 def prepare_gopro(src: str | os.PathLike, dst: str | os.PathLike,
-                  settings: CropSettings = CropSettings(), splits: Sequence[str] = ("train", "test"),
+                  settings: CropSettings = DEFAULT_CROP, splits: Sequence[str] = ("train", "test"),
                   progress: bool = False, workers: int = 1) -> PrepareSummary:
     """Triplets from GOPRO_Large (`train/` and `test/`; the held-out split is `test`)."""
     pairs = [p for p in find_pairs(src) if not p.split or p.split in splits]
@@ -371,14 +140,8 @@ def _forget_triplets(dst: Path, keep: Callable[[dict], bool]) -> int:
         for name in rec["triplets"]:
             for kind in KINDS:
                 (dst / rec["split"] / kind / f"{name}.png").unlink(missing_ok=True)
-    _write_json_lines(dst / INDEX, [r for r in records if keep(r)])
+    write_json_lines(dst / INDEX, [r for r in records if keep(r)])
     return len(gone)
-
-
-def _write_json_lines(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _clear_sequence(dst: Path, seq: str) -> None:
@@ -488,7 +251,7 @@ def make_frame_pairs(source: str | os.PathLike, dst: str | os.PathLike, average:
 
 
 def prepare_frames(source: str | os.PathLike, dst: str | os.PathLike, average: int,
-                   settings: CropSettings = CropSettings(), val_fraction: float = 0.1,
+                   settings: CropSettings = DEFAULT_CROP, val_fraction: float = 0.1,
                    max_pairs: int | None = None, progress: bool = False,
                    workers: int = 1) -> PrepareSummary:
     """Pairs by averaging `average` consecutive frames (GOPRO's method), then triplets."""
@@ -498,7 +261,7 @@ def prepare_frames(source: str | os.PathLike, dst: str | os.PathLike, average: i
 
 # --- synthetic camera shake on still images -------------------------------------------------------
 
-def _still_images(folder: Path) -> list[Path]:
+def still_images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise InputError(f"no such image folder: {folder}")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
@@ -529,7 +292,7 @@ def make_synthetic_pairs(images: str | os.PathLike, dst: str | os.PathLike, vari
         from streamsr.data.synthetic import synthetic_pair as synth
     _check_synthetic_options(variants, seed, val_fraction, opts)
     folder, dst = Path(images), Path(dst)
-    files = _still_images(folder)
+    files = still_images(folder)
     size = opts.get("size")
     need = (size, size) if isinstance(size, int) else size  # (h, w) of the random crop, or None
     small: list[str] = []
@@ -596,7 +359,7 @@ def _check_synthetic_options(variants: int, seed: int, val_fraction: float, opts
 
 
 def prepare_synthetic(images: str | os.PathLike, dst: str | os.PathLike,
-                      settings: CropSettings = CropSettings(), variants: int = 1, seed: int = 0,
+                      settings: CropSettings = DEFAULT_CROP, variants: int = 1, seed: int = 0,
                       val_fraction: float = 0.1, progress: bool = False, workers: int = 1,
                       **opts) -> PrepareSummary:
     """Synthetic camera-shake pairs from still images, then triplets."""
@@ -609,7 +372,5 @@ def iter_sources(dst: str | os.PathLike) -> Iterable[str]:
     return [r["source"] for r in read_index(dst)]
 
 
-__all__ = ["CropSettings", "PrepareSummary", "average_frames", "crop_count", "crop_positions",
-           "iter_frames", "make_frame_pairs", "make_synthetic_pairs", "make_triplets",
-           "prepare_frames", "prepare_gopro", "prepare_synthetic", "read_index", "read_settings",
-           "write_triplets"]
+__all__ = ["average_frames", "held_out", "iter_frames", "iter_sources", "make_frame_pairs", "still_images",
+           "make_synthetic_pairs", "prepare_frames", "prepare_gopro", "prepare_synthetic"]

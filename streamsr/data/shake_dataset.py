@@ -27,9 +27,10 @@ from streamsr.data.degradations import (
     no_blur,
 )
 from streamsr.data.gopro import read_rgb
-from streamsr.data.prepare import INDEX, SETTINGS, _still_images, held_out
+from streamsr.data.prepare import held_out, still_images
 from streamsr.data.synthetic import quantise, random_crop
 from streamsr.data.transforms import srgb_to_linear
+from streamsr.data.triplets import INDEX, SETTINGS
 from streamsr.errors import ConfigError, InputError
 from streamsr.models.ops import bicubic_uint8
 
@@ -72,7 +73,7 @@ class ShakeDataset(Dataset):
                  degradations: Sequence[str] = DEFAULT_DEGRADATIONS) -> None:
         on = set(check_degradations(degradations))
         _refuse_non_photo_folder(Path(images))
-        files = _still_images(Path(images))
+        files = still_images(Path(images))
         hr = patch * scale
         self.images = []
         for i, f in enumerate(files):
