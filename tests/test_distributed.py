@@ -26,7 +26,7 @@ from streamsr.api import upscale
 from streamsr.errors import ConfigError, InputError, Interrupted, OutputError
 from streamsr.jobs.folder import output_for, temp_for, upscale_folder
 from streamsr.jobs.parts import assign_contiguous, parts_dir_for, upscale_parts
-from streamsr.runtime import DistEnv, ProcessGroup, device_for, dist_env
+from streamsr.runtime import DistEnv
 from streamsr.video.split import KeyframeIndex, Segment, plan_segments, read_keyframe_index
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,33 +90,7 @@ def indices(path: Path) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Pure parts: environment, index, plan
-
-def test_environment_of_a_plain_process_and_of_a_torchrun_rank():
-    assert dist_env({}) == DistEnv(0, 1, 0, 1)
-    env = dist_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
-    assert (env.rank, env.world_size, env.local_rank, env.distributed, env.main) == (3, 4, 1, True, False)
-    with pytest.raises(ConfigError):
-        dist_env({"RANK": "4", "WORLD_SIZE": "4"})
-    with pytest.raises(ConfigError):
-        dist_env({"WORLD_SIZE": "two"})
-    assert device_for(env, "cpu") == "cpu"
-    if not torch.cuda.is_available():
-        assert device_for(env, "auto") == "cpu"
-    with ProcessGroup(DistEnv()) as group:  # a single process: collectives are identities
-        assert group.broadcast({"a": 1}) == {"a": 1} and group.all_gather(5) == [5]
-        assert not torch.distributed.is_initialized()
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_each_local_rank_gets_its_own_gpu():
-    n = torch.cuda.device_count()
-    assert device_for(DistEnv(0, n, n - 1, n), "auto") == f"cuda:{n - 1}"
-    assert device_for(DistEnv(0, n, 0, n), "cuda:0") == "cuda:0"
-    with pytest.raises(ConfigError):
-        device_for(DistEnv(0, n + 1, n, n + 1), "auto")
-
+# Pure parts: index, plan (the torchrun environment: tests/test_runtime.py)
 
 def test_keyframe_index_from_packets(tmp_path):
     src = media.make_index_clip(tmp_path / "in.mp4", n=24, options=GOP6)

@@ -29,7 +29,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from test_live import fast_options, gst, rtsp  # noqa: F401  (RTSP server fixtures)
-from test_training import prepared  # noqa: F401  (a tiny prepared triplet folder)
+from test_trainer import prepared  # noqa: F401  (a tiny prepared triplet folder)
 
 from streamsr.api import upscale
 from streamsr.cli import main
@@ -825,72 +825,6 @@ def test_21b_rtsp_source_that_dies_for_good_keeps_the_frames_done(tmp_path, rtsp
     assert "\n" not in str(info.value) and killers
     got = media.decode_all(tmp_path / "cam.mkv")[0]  # strict: finalised and playable
     assert len(got) >= 15 and got[0].shape == (4 * 48, 4 * 64, 3)
-
-
-# -- 22-23: training interrupted the hard way --------------------------------------------------
-
-_TRAIN_CHILD = r"""
-import sys, time
-from streamsr.training.recipe import load_recipe
-from streamsr.training.trainer import train
-
-def step(n, loss):
-    print(n, flush=True)
-    time.sleep(0.3)
-
-train(sys.argv[1], sys.argv[2], load_recipe(sys.argv[3]), on_step=step)
-"""
-
-
-def test_22_23_sigkill_between_checkpoints_then_resume_past_a_corrupt_one(tmp_path, prepared):  # noqa: F811
-    from streamsr.training.recipe import Recipe
-    from streamsr.training.trainer import list_checkpoints, load_latest_checkpoint, train
-
-    recipe = Recipe(name="faults", model="tiny", batch=3, epochs=1, max_steps=8, lr=2e-3,
-                    lr_min=2e-4, patch=8, num_workers=0, log_every=1, checkpoint_every=2,
-                    keep_last=4, val_max=2, seed=3)
-    toml = tmp_path / "r.toml"
-    toml.write_text(recipe.to_toml())
-    out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", _TRAIN_CHILD, str(prepared), str(out), str(toml)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            env=ENV)
-    try:
-        for line in proc.stdout:
-            if line.strip() == "5":  # checkpoints at 2 and 4 are on disk; step 5 is done but unsaved
-                break
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        proc.kill()
-    assert proc.returncode == -signal.SIGKILL
-    names = [p.name for p in list_checkpoints(out)]
-    assert names[:2] == ["step-00000002.pt", "step-00000004.pt"] and len(names) <= 3, names
-    # 22: the last checkpoint loads; a torn temp file from a write in progress is ignored
-    (out / "checkpoints" / ".step-00000006.pt.tmp").write_bytes(b"half a checkpoint")
-    state, path = load_latest_checkpoint(out)
-    assert path.name == names[-1] and state["step"] == int(names[-1][5:13])
-    assert not (out / "model.safetensors").exists()
-    # 23: the newest checkpoint is corrupt -> the one before is used, with a warning
-    newest = list_checkpoints(out)[-1]
-    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 3])
-    r = cli("train", "--data", prepared, "--out", out, "--resume", "--no-progress", timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "unreadable" in r.stderr and "falling back" in r.stderr and "Traceback" not in r.stderr
-    # the resumed run ends exactly where an uninterrupted one does
-    # (same thread count as the subprocesses, OMP_NUM_THREADS=1: CPU reductions are only
-    # bit-reproducible for a fixed number of threads)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        ref = train(prepared, tmp_path / "ref", recipe)
-    finally:
-        torch.set_num_threads(threads)
-    assert ref.step == 8
-    from safetensors.torch import load_file
-
-    a, b = load_file(str(tmp_path / "ref" / "model.safetensors")), load_file(str(out / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # -- 24: the frame size changes mid-stream -----------------------------------------------------

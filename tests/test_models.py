@@ -561,3 +561,17 @@ def test_known_figures_are_what_counting_gives():
         assert (info["parameters"], info["macs_per_input_pixel"]) == (total, round(macs))
     other = replace(TINY, sr_blocks=3)  # not a named config: counted on the meta device
     assert config_info(other)["parameters"] == count_parameters(DeblurSR(other))
+
+
+def test_the_network_imports_nothing_from_data():
+    """Layers point one way: models/ (and its bicubic kernel, models/ops.py) need nothing from
+    data/; data, inference and evaluation import the kernel from models.ops."""
+    import ast
+    from pathlib import Path
+
+    import streamsr.models
+
+    for path in Path(streamsr.models.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith("streamsr.data"), (path.name, node.module)

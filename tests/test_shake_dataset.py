@@ -83,10 +83,3 @@ def test_video_degradations_are_deterministic_and_change_only_the_input(photos):
     assert min(quality) > 22 and min(quality) < 45, quality
 
 
-def test_recipe_checks_video_degradation_fields():
-    from streamsr.errors import ConfigError
-    from streamsr.training.recipe import Recipe
-    with pytest.raises(ConfigError, match="shake_codec"):
-        Recipe(shake_codec=1.5)
-    with pytest.raises(ConfigError, match="shake_crf"):
-        Recipe(shake_crf=(30, 10))
