@@ -157,55 +157,28 @@ def _clear_sequence(dst: Path, seq: str) -> None:
     (dst / "pairs" / f".{seq}.done").unlink(missing_ok=True)  # marker of older versions
 
 
-def make_frame_pairs(source: str | os.PathLike, dst: str | os.PathLike, average: int,
-                     val_fraction: float = 0.1, max_pairs: int | None = None,
-                     progress: bool = False) -> int:
-    """Write blurry/sharp HR pairs from groups of `average` consecutive frames; returns the count.
+def _frame_sequence(source: str | os.PathLike, dst: Path, want: dict) -> tuple[str, dict | None]:
+    """The sequence name of `source`'s pairs and its recorded state (None: nothing made yet).
 
-    Groups do not overlap. The last `val_fraction` of the groups (a block at the end of the clip,
-    so held-out frames are not neighbours of training frames) go to the `test` split.
-
-    Resumable: `pairs/.<seq>.json` records the settings (and, once finished, the count). A
-    re-run with the same settings skips groups whose blur and sharp PNGs both exist (each is
-    written atomically); other settings first remove this sequence's pairs and their triplets,
-    so pairs made two ways are never mixed and no held-out pair stays in the training split.
+    Another clip of the same name (cam1/clip.mp4, cam2/clip.mp4) that owns the sequence gives
+    this one its own, named after its path, instead of clearing the other's pairs.
     """
-    if average < 3 or average % 2 == 0 or average > 255:
-        raise ConfigError(f"--average must be an odd number in [3, 255] (the sharp frame is the "
-                          f"middle one; every frame of a group is held in memory), got {average}")
-    if max_pairs is not None and max_pairs < 1:
-        raise ConfigError(f"--max-pairs must be at least 1, got {max_pairs}")
-    if not 0 <= val_fraction < 1:
-        raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    dst = Path(dst)
-    want = {**_source_id(source), "average": average, "val_fraction": val_fraction,
-            "max_pairs": max_pairs}
     seq = Path(source).stem or "frames"
     state = _read_json(dst / "pairs" / f".{seq}.json")
     settings = state.get("settings") if state else None
     recorded = settings.get("source") if isinstance(settings, dict) else None
     if recorded is not None and recorded != want["source"]:
-        # another clip of the same name (cam1/clip.mp4, cam2/clip.mp4) owns this sequence: give
-        # this one its own, named after its path, instead of clearing the other's pairs
         seq = f"{seq}_{hashlib.sha1(want['source'].encode()).hexdigest()[:8]}"
         log.info("%s: a clip of the same name from %s is already in %s; this one is sequence %s",
                  source, recorded, dst, seq)
         state = _read_json(dst / "pairs" / f".{seq}.json")
-    state_path = dst / "pairs" / f".{seq}.json"
-    if state and state.get("settings") == want and isinstance(state.get("pairs"), int):
-        log.info("pairs from %s already made (%d); skipping decode", source, state["pairs"])
-        return state["pairs"]
-    if not state or state.get("settings") != want:
-        _clear_sequence(dst, seq)
-    dirs = {(split, kind): _pair_dir(dst, split, seq, kind)
-            for split in ("train", "test") for kind in ("blur", "sharp")}
-    for (split, _), d in dirs.items():
-        if split == "train":
-            d.mkdir(parents=True, exist_ok=True)
-        for tmp in d.glob("*.tmp.png") if d.is_dir() else ():
-            tmp.unlink()  # a PNG torn by an interruption (write_rgb renames when complete)
-    _write_json(state_path, {"settings": want, "pairs": None})
+    return seq, state
 
+
+def _average_groups(source: str | os.PathLike, average: int, dirs: dict, max_pairs: int | None,
+                    progress: bool) -> tuple[int, int]:
+    """Decode `source` and write one blurry/sharp pair per group of `average` frames into the
+    train split, skipping groups already made; returns (groups, groups skipped)."""
     def made(name: str) -> bool:
         return any(all((dirs[split, kind] / name).exists() for kind in ("blur", "sharp"))
                    for split in ("train", "test"))
@@ -233,18 +206,65 @@ def make_frame_pairs(source: str | os.PathLike, dst: str | os.PathLike, average:
         if max_pairs is not None and n >= max_pairs:
             break
     bar.close()
-    if n == 0:
-        raise InputError(f"{source} has fewer than {average} frames: no pair can be made")
-    n_test = math.floor(n * val_fraction)
-    if val_fraction > 0 and n_test == 0:
-        log.warning("only %d pairs: none held out for validation", n)
-    for i in range(n):  # the last n_test pairs are held out (a resumed move may be half done)
+    return n, skipped
+
+
+def _hold_out_last(dirs: dict, n: int, n_test: int) -> None:
+    """Move the last `n_test` of `n` pairs to the test split (a resumed move may be half done)."""
+    for i in range(n):
         split, other = ("test", "train") if i >= n - n_test else ("train", "test")
         for kind in ("blur", "sharp"):
             here, there = dirs[split, kind] / f"{i:06d}.png", dirs[other, kind] / f"{i:06d}.png"
             if there.exists():
                 here.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(there, here)
+
+
+def make_frame_pairs(source: str | os.PathLike, dst: str | os.PathLike, average: int,
+                     val_fraction: float = 0.1, max_pairs: int | None = None,
+                     progress: bool = False) -> int:
+    """Write blurry/sharp HR pairs from groups of `average` consecutive frames; returns the count.
+
+    Groups do not overlap. The last `val_fraction` of the groups (a block at the end of the clip,
+    so held-out frames are not neighbours of training frames) go to the `test` split.
+
+    Resumable: `pairs/.<seq>.json` records the settings (and, once finished, the count). A
+    re-run with the same settings skips groups whose blur and sharp PNGs both exist (each is
+    written atomically); other settings first remove this sequence's pairs and their triplets,
+    so pairs made two ways are never mixed and no held-out pair stays in the training split.
+    """
+    if average < 3 or average % 2 == 0 or average > 255:
+        raise ConfigError(f"--average must be an odd number in [3, 255] (the sharp frame is the "
+                          f"middle one; every frame of a group is held in memory), got {average}")
+    if max_pairs is not None and max_pairs < 1:
+        raise ConfigError(f"--max-pairs must be at least 1, got {max_pairs}")
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    dst = Path(dst)
+    want = {**_source_id(source), "average": average, "val_fraction": val_fraction,
+            "max_pairs": max_pairs}
+    seq, state = _frame_sequence(source, dst, want)
+    state_path = dst / "pairs" / f".{seq}.json"
+    if state and state.get("settings") == want and isinstance(state.get("pairs"), int):
+        log.info("pairs from %s already made (%d); skipping decode", source, state["pairs"])
+        return state["pairs"]
+    if not state or state.get("settings") != want:
+        _clear_sequence(dst, seq)
+    dirs = {(split, kind): _pair_dir(dst, split, seq, kind)
+            for split in ("train", "test") for kind in ("blur", "sharp")}
+    for (split, _), d in dirs.items():
+        if split == "train":
+            d.mkdir(parents=True, exist_ok=True)
+        for tmp in d.glob("*.tmp.png") if d.is_dir() else ():
+            tmp.unlink()  # a PNG torn by an interruption (write_rgb renames when complete)
+    _write_json(state_path, {"settings": want, "pairs": None})
+    n, skipped = _average_groups(source, average, dirs, max_pairs, progress)
+    if n == 0:
+        raise InputError(f"{source} has fewer than {average} frames: no pair can be made")
+    n_test = math.floor(n * val_fraction)
+    if val_fraction > 0 and n_test == 0:
+        log.warning("only %d pairs: none held out for validation", n)
+    _hold_out_last(dirs, n, n_test)
     _write_json(state_path, {"settings": want, "pairs": n})
     log.info("%s: %d pairs (%d held out, %d already made)", source, n, n_test, skipped)
     return n
