@@ -102,8 +102,9 @@ def _check_limits(cfg: DeblurSRConfig) -> None:
 PAPER = DeblurSRConfig(name="paper")
 
 # Same structure, about 1/3.5 of the width: n_feat 24 (U-Net scales 24/36/48, ORSNet 40 wide),
-# 4 CABs per ORS block, a 32-wide reconstruction. ~1.5 M parameters; ~2 s for a 320x180 frame
-# on 2 CPU cores. Widths are multiples of 4 so channel attention (reduction 4) stays integral.
+# 4 CABs per ORS block, a 32-wide reconstruction: about 1.5 M parameters, sized to run on a CPU
+# (timings: docs/benchmarks.md). Widths are multiples of 4 so channel attention (reduction 4)
+# stays integral.
 LITE = DeblurSRConfig(
     trunk=MPRNetConfig(n_feat=24, scale_unetfeats=12, scale_orsnetfeats=16, num_cab=4),
     sr_feat=32,

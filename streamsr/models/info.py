@@ -18,7 +18,7 @@ def macs_per_pixel(model: nn.Module, size: tuple[int, int] = (64, 64)) -> float:
     `size` RGB input; sizes that are multiples of 8 avoid counting padding. The input is made on
     the model's device, so a model built on the "meta" device is counted without computing.
     """
-    from torch.utils.flop_counter import FlopCounterMode  # here: its import costs ~0.5 s
+    from torch.utils.flop_counter import FlopCounterMode  # here: its import is slow
 
     h, w = size
     first = next(iter(model.parameters()), None)
