@@ -20,7 +20,7 @@ import torch
 from streamsr.api import upscale
 from streamsr.errors import ConfigError, OutputError
 from streamsr.jobs.parts import parts_dir_for, upscale_parts
-from streamsr.lock import MARK, OutputLock, lock_path_for
+from streamsr.lock import MARK, lock_path_for
 from streamsr.runtime import DistEnv
 
 GOP6 = {"crf": "12", "preset": "ultrafast", "g": "6", "x264-params": "scenecut=0"}
@@ -94,17 +94,6 @@ def test_a_file_that_is_not_a_lock_is_never_overwritten(tmp_path, src):
     with pytest.raises(OutputError, match="is not a streamsr lock file"):
         upscale_parts(src, out, resume=True, model=media.BicubicX4(), **OPTS)
     assert lock_path_for(out).read_text() == "my notes\n" and not out.exists()
-
-
-def test_the_lock_names_its_holder(tmp_path):
-    path = tmp_path / "x.lock"
-    with OutputLock(path, "x.mp4"):
-        assert path.read_text() == f"{MARK}: pid {os.getpid()} on {socket.gethostname()}\n"
-        with pytest.raises(OutputError, match=rf"x.mp4 is being written .*pid {os.getpid()}"):
-            OutputLock(path, "x.mp4").acquire()
-    assert not path.exists()
-    with OutputLock(path, "x.mp4"):  # free again
-        pass
 
 
 def test_a_frame_size_change_inside_a_resumed_job_joins(tmp_path):
