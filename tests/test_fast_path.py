@@ -20,16 +20,18 @@ from click.testing import CliRunner
 from torch import Tensor, nn
 
 import streamsr.inference.engine as engine_mod
+import streamsr.inference.graphs as graphs_mod
 import streamsr.video.source as source_mod
 from streamsr.cli import main
 from streamsr.errors import ConfigError, InputError
-from streamsr.inference.engine import Engine, EngineConfig, _Graphs, resolve_cuda_graphs
+from streamsr.inference.engine import Engine, EngineConfig
+from streamsr.inference.graphs import CudaGraphs, resolve_cuda_graphs
 from streamsr.models import TINY, DeblurSR
 from streamsr.video.encoder import EncodeOptions, check_encoder, encoder_options
 from streamsr.video.source import component_bits, open_source
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-GRAPH_LOG = "streamsr.inference.engine"
+GRAPH_LOG = "streamsr.inference"
 
 
 class LocalNet(nn.Module):
@@ -76,9 +78,9 @@ class StandInGraph:
         self.static_out.copy_(self.forward().run_eager(self.static_in, cache=False))
 
 
-def force_graphs(engine: Engine) -> _Graphs:
+def force_graphs(engine: Engine) -> CudaGraphs:
     """Turn the graph path on for a CPU engine (where `cuda_graphs` resolves to off)."""
-    engine._forward.graphs = _Graphs(engine._forward.channels_last)
+    engine._forward.graphs = CudaGraphs(engine._forward.channels_last)
     return engine._forward.graphs
 
 
@@ -114,7 +116,7 @@ def test_capture_failure_falls_back_to_eager_with_one_warning(monkeypatch, caplo
         calls.append(tuple(static_in.shape))
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(engine_mod, "record_graph", broken)
+    monkeypatch.setattr(graphs_mod, "record_graph", broken)
     batches = [frames(2, 12, 20, s) for s in range(3)] + [frames(1, 12, 20, 7)]
     expected = list(Engine(LocalNet(), EngineConfig(device="cpu", batch=2)).map(batches))
     engine = Engine(LocalNet(), EngineConfig(device="cpu", batch=2))
@@ -136,7 +138,7 @@ def test_full_batches_replay_the_plan_time_graph_and_others_run_eagerly(monkeypa
         graph = StandInGraph(forward, static_in)
         return graph, graph.static_out
 
-    monkeypatch.setattr(engine_mod, "record_graph", stand_in)
+    monkeypatch.setattr(graphs_mod, "record_graph", stand_in)
     batches = [frames(2, 12, 20, s) for s in range(3)] + [frames(1, 12, 20, 7), frames(2, 8, 8, 9)]
     expected = list(Engine(LocalNet(), EngineConfig(device="cpu", batch=2)).map(batches))
     engine = Engine(LocalNet(), EngineConfig(device="cpu", batch=2))
@@ -164,7 +166,7 @@ def test_graphs_are_freed_with_their_engine_or_on_release(monkeypatch):
         made.append(weakref.ref(graph))
         return graph, graph.static_out
 
-    monkeypatch.setattr(engine_mod, "record_graph", stand_in)
+    monkeypatch.setattr(graphs_mod, "record_graph", stand_in)
     engine = Engine(LocalNet(), EngineConfig(device="cpu", batch=2))
     force_graphs(engine)
     engine.plan(12, 20)
@@ -187,7 +189,7 @@ def test_out_of_memory_during_capture_shrinks_the_batch_and_keeps_graphs(monkeyp
         graph = StandInGraph(forward, static_in)
         return graph, graph.static_out
 
-    monkeypatch.setattr(engine_mod, "record_graph", small_only)
+    monkeypatch.setattr(graphs_mod, "record_graph", small_only)
     x = frames(4, 12, 20)
     expected = Engine(LocalNet(), EngineConfig(device="cpu", batch=4)).upscale_batch(x)
     engine = Engine(LocalNet(), EngineConfig(device="cpu", batch=4, tile=0))

@@ -91,10 +91,10 @@ def test_engine_hands_planes_when_asked():
     engine = Engine(_Doubler(), EngineConfig(device="cpu", batch=2))
     frames = np.stack([np.ascontiguousarray(data.astronaut()[:48, :64])] * 2)
     rgb = engine.upscale_batch(frames)
-    engine.pack = Yuv420.for_matrix("bt709", "tv")
-    planes = engine.upscale_batch(frames)
+    target = Yuv420.for_matrix("bt709", "tv")
+    planes = engine.upscale_batch(frames, yuv420=target)
     assert rgb.shape == (2, 192, 256, 3) and planes.shape == (2, 288, 256)
-    ref = _planes(rgb[1], engine.pack)  # planes of the quantised RGB: within rounding
+    ref = _planes(rgb[1], target)  # planes of the quantised RGB: within rounding
     assert np.abs(planes[1].astype(int) - ref).max() <= 2
     # and, independently, what the sink's swscale fallback makes of the RGB frame
     sws = av.VideoFrame.from_ndarray(rgb[1], format="rgb24").reformat(

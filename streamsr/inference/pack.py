@@ -2,9 +2,9 @@
 
 Most outputs are H.264/HEVC in yuv420p. Quantising the model's float output to RGB24 and then
 converting RGB24 to YUV with swscale costs two full passes over every x4 frame on the host; doing
-the colour matrix and the 2x2 chroma average in torch, straight from the float output, costs
-about a third of that on a CPU (1280x720: ~8 ms instead of ~25 ms per frame on one core) and
-halves the bytes read back from a GPU (1.5 instead of 3 per pixel). The result matches swscale's
+the colour matrix and the 2x2 chroma average in torch, straight from the float output, costs a
+fraction of that on a CPU (docs/architecture.md has the measurement) and halves the bytes read
+back from a GPU (1.5 instead of 3 per pixel). The result matches swscale's
 accurate conversion to within one code value in luma (tests/test_pack.py).
 """
 
@@ -78,6 +78,11 @@ def to_rgb24(y: Tensor) -> Tensor:
     return y.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
+def to_rgb48(y: Tensor) -> Tensor:
+    """float NCHW in [0, 1] (unclamped; overwritten) -> uint16 NHWC, rounded to nearest."""
+    return y.mul_(65535.0).round_().clamp_(0, 65535).to(torch.uint16).permute(0, 2, 3, 1).contiguous()
+
+
 def to_yuv420p(y: Tensor, target: Yuv420) -> Tensor:
     """float NCHW RGB in [0, 1] (unclamped; overwritten) -> uint8 (N, 3H/2, W) yuv420p planes.
 
@@ -106,4 +111,4 @@ def to_yuv420p(y: Tensor, target: Yuv420) -> Tensor:
     return out.view(n, h * 3 // 2, w)
 
 
-__all__ = ["Yuv420", "to_rgb24", "to_yuv420p"]
+__all__ = ["Yuv420", "to_rgb24", "to_rgb48", "to_yuv420p"]

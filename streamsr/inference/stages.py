@@ -1,13 +1,14 @@
 """The three overlapping stages of one run: decode thread -> batcher + engine -> encode thread.
 
-A decode thread fills a bounded queue with frames, the calling thread groups them into batches
-for `Engine.map`, and an encode thread writes the results. Bounded queues give back-pressure,
-so memory does not grow with the length of the video. Frames leave in the order they came.
+A decode thread fills a bounded queue with frames, the calling thread groups them into
+`FrameBatch`es for `Engine.map`, and an encode thread writes the results. Each batch carries its
+frames (timestamps, duration, name) through the engine, so results pair with their frames
+without any bookkeeping here. Bounded queues give back-pressure, so memory does not grow with
+the length of the video. Frames leave in the order they came.
 """
 
 from __future__ import annotations
 
-import collections
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from streamsr.errors import StreamsrError
+from streamsr.inference.batch import FrameBatch
 from streamsr.inference.cpu_threads import CpuThreads
 from streamsr.video.overlay import side_by_side
 from streamsr.video.sink import Sink
@@ -46,6 +48,9 @@ class Stages:
         self.frames_in: queue.Queue = queue.Queue(maxsize=max(2, queue_frames))
         self.frames_out: queue.Queue = queue.Queue(maxsize=max(2, queue_frames))
         self.sbs = sbs
+        # frames reach a yuv420p encoder as planes made on the device (inference/pack.py) when
+        # the sink takes them; the side-by-side view composes RGB frames, so it keeps RGB
+        self.yuv420 = None if sbs else getattr(sink, "yuv420", None)
         self.progress = progress
         self.stop_request = threading.Event()  # SIGINT/SIGTERM: stop reading new frames
         self.abort = threading.Event()  # an error somewhere: every stage stops
@@ -102,8 +107,8 @@ class Stages:
                     continue
                 if item is END:
                     return
-                rgb, frame = item
-                self.sink.write(rgb, frame.pts, frame.time_base, name=frame.name,
+                pixels, frame = item
+                self.sink.write(pixels, frame.pts, frame.time_base, name=frame.name,
                                 duration=frame.duration)
                 if self.progress is not None:
                     self.progress(self.sink.frames_written, self.total)
@@ -111,9 +116,9 @@ class Stages:
             self._fail(exc)
 
     # -- batcher (calling thread) -----------------------------------------------------------
-    def _batches(self, meta: collections.deque) -> Iterator[np.ndarray]:
+    def _batches(self) -> Iterator[FrameBatch]:
         """Consecutive frames of one size, up to `batch` at a time, as uint8 (deep sources:
-        uint16) NHWC arrays."""
+        uint16) NHWC RGB batches with their frames."""
         held: Frame | None = None
         while not self.abort.is_set():
             group: list[Frame] = [held] if held is not None else []
@@ -141,8 +146,7 @@ class Stages:
                     break
                 group.append(item)
             if group:
-                meta.append(group)
-                yield np.stack([f.rgb for f in group])
+                yield FrameBatch.of(group)
             if ended and held is None:
                 return
 
@@ -151,18 +155,17 @@ class Stages:
         encoder = threading.Thread(target=self._encode, name="streamsr-encode", daemon=True)
         decoder.start()
         encoder.start()
-        meta: collections.deque = collections.deque()
         threads = CpuThreads(self.engine)
         try:
-            for result in self.engine.map(self._batches(meta)):
+            for batch in self.engine.map(self._batches(), yuv420=self.yuv420):
                 threads.tick()
-                group = meta.popleft()
-                if len(result) != len(group):
-                    raise RuntimeError(f"engine returned {len(result)} frames for {len(group)}")
+                pixels, group = batch.pixels, batch.frames
+                if len(pixels) != len(group):
+                    raise RuntimeError(f"engine returned {len(pixels)} frames for {len(group)}")
                 if self.sbs:
-                    result = side_by_side(np.stack([f.rgb for f in group]), result)
-                for rgb, frame in zip(result, group, strict=True):
-                    if not put(self.frames_out, (rgb, frame), self.abort):
+                    pixels = side_by_side(np.stack([f.rgb for f in group]), pixels)
+                for out, frame in zip(pixels, group, strict=True):
+                    if not put(self.frames_out, (out, frame), self.abort):
                         break
                 if self.abort.is_set():
                     break

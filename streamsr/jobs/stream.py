@@ -230,9 +230,6 @@ def upscale_stream(src: str | os.PathLike, dst: str | os.PathLike,
         if job.live:
             progress = live_progress(source, progress, status, options.status_interval)
         sbs = options.output.side_by_side
-        # frames reach a yuv420p encoder as planes made on the device (streamsr/pack.py); the
-        # side-by-side view composes RGB frames, so it keeps the RGB hand-over
-        engine.pack = None if sbs else getattr(sink, "yuv420", None)
         stages = Stages(source, sink, engine, n_batch, options.queue_frames or 2 * n_batch, sbs,
                         progress)
         stages.total = geometry.info.frames

@@ -9,7 +9,7 @@ pipeline guarantee stay the engine's.
 `auto` is a rule, not a measurement at start-up (which would cost a compile of every backend):
 on a CUDA device, TensorRT when installed, else torch; on the CPU, OpenVINO when installed,
 else torch. ONNX Runtime is never chosen by `auto`: on the 2-core AVX2 machine it ran `lite` no
-faster than torch (docs/benchmarks.md), while OpenVINO was 1.3-1.4x faster.
+faster than torch, while OpenVINO was faster (docs/benchmarks.md).
 """
 
 from __future__ import annotations

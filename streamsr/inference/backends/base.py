@@ -9,7 +9,7 @@ from torch import Tensor
 class BackendForward:
     """float NCHW in [0, 1] -> float32 NCHW x scale, run by a runtime instead of eager torch.
 
-    The engine calls it exactly as its torch call (`engine._Forward`): `eager=True` asks for the
+    The engine calls it exactly as its torch call (`inference.forward.TorchForward`): `eager=True` asks for the
     torch model itself (the engine's one small trial run that measures activation memory), and
     `replay` is ignored (no CUDA graphs of the engine's own; `graphs` and `compiled` are None, so
     the engine neither captures graphs nor pads short batches).

@@ -3,8 +3,8 @@
 The graph is `graph.ExportGraph` (float32 frames in, the x4 image out, the bicubic skip as exact
 convolutions) traced by torch's TorchScript ONNX exporter. That exporter keeps batch, height and
 width dynamic in one trace (frames of any size whose sides are multiples of 8, as the engine
-pads them) in seconds; torch's dynamo exporter took 3 minutes for the `tiny` model with dynamic
-shapes on the 2-core CI machine, 17 s for `lite` at one fixed shape, and fixed the batch size.
+pads them) in seconds; torch's dynamo exporter took minutes with dynamic shapes on the 2-core CI
+machine (docs/architecture.md has the times), and fixed the batch size.
 The model config, the weights' sha256 and the export settings go into the file's metadata
 (`metadata_props`, keys prefixed `streamsr.`).
 """

@@ -10,9 +10,8 @@ model, the settings and its own version, and recompiles when a blob does not fit
 
 Threads: with one thread, one synchronous request per batch. With N > 1 threads a batch of
 several frames runs as single-frame requests on N streams of one thread each (OpenVINO's
-throughput mode) instead of one request whose N threads meet after every layer: on the shared
-2-core machine `lite` at 320x180 took 2.33 s per frame that way against 2.68 s with two
-threads on one request (and 2.65 s on one thread).
+throughput mode) instead of one request whose N threads meet after every layer, which ran
+faster on the shared 2-core machine (docs/benchmarks.md has the measurement).
 """
 
 from __future__ import annotations
