@@ -81,3 +81,35 @@ def test_check_frames_names_the_caller_bug():
     with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
         check_frames(np.zeros((4, 4, 3), np.uint8))
     assert check_frames(torch.zeros(1, 4, 4, 3, dtype=torch.uint8).numpy()).flags.c_contiguous
+
+
+def test_pinned_ring_pairs_each_result_with_its_batch(monkeypatch):
+    """The CUDA ring yields batch n-1 after starting batch n: with the copies stood in for on
+    the CPU, every result still comes back with its own frames, in order."""
+    import streamsr.inference.pinned as pinned
+
+    class CpuRing:
+        def __init__(self, device) -> None:
+            self.out: dict[int, np.ndarray] = {}
+
+        def upload(self, slot, frames):
+            return torch.from_numpy(frames)
+
+        def download(self, slot, out):
+            self.out[slot] = out.numpy().copy()
+
+        def collect(self, slot, shape):
+            assert self.out[slot].shape == shape
+            return self.out[slot]
+
+    monkeypatch.setattr(pinned, "_Ring", CpuRing)
+    groups = [_frames(2, 4, 6, 0), _frames(1, 4, 6, 2), _frames(2, 4, 6, 3)]
+    double = lambda x: x.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)  # noqa: E731
+    outs = list(pinned.map_pinned((FrameBatch.of(g) for g in groups), double, torch.device("cpu")))
+    assert [list(o.frames) for o in outs] == groups
+    for out, group in zip(outs, groups, strict=True):
+        np.testing.assert_array_equal(out.pixels, np.stack([f.rgb for f in group])
+                                      .repeat(2, axis=1).repeat(2, axis=2))
+    with pytest.raises(TypeError, match="uint8 frames"):
+        list(pinned.map_pinned([FrameBatch(np.zeros((1, 4, 4, 3), np.uint16))], double,
+                               torch.device("cpu")))
