@@ -14,7 +14,8 @@ place through RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE. The process gro
 carries a gloo backend for CPU objects and tensors; on CUDA it also gets NCCL for device
 tensors. The timeout is long: an inference rank that finishes its share early waits at the next
 collective for the slowest one, which can take hours on a long video (STREAMSR_DIST_TIMEOUT,
-seconds, overrides it).
+seconds, overrides it). Training ranks meet at every step, and when one dies torchrun ends the
+others, so the same long timeout costs training nothing.
 """
 
 from __future__ import annotations
