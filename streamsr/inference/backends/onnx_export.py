@@ -147,7 +147,7 @@ def runtime_key(model: nn.Module) -> dict:
 def runtime_onnx(model: nn.Module, cache: ArtifactCache | None = None,
                  key: dict | None = None) -> Path:
     """The model's dynamic-shape fp32 ONNX graph from the cache, exported first if missing or
-    bad (a lite export takes ~10-20 s on 2 cores; later runs read the file)."""
+    bad (an export takes seconds; later runs read the file)."""
     cache = cache or ArtifactCache("onnx")
     key = key or runtime_key(model)
 
