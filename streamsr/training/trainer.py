@@ -256,28 +256,31 @@ class Training:
         """Epochs of steps until the step budget is spent, then the final weights."""
         if self.d.main:
             self._open_run_folder()
-        stop = StopSignals(message="stopping after this step; saving a checkpoint (Ctrl-C again "
-                                   "to abort)").__enter__()
-        self.bar = tqdm(total=self.total, initial=self.step, unit="step",
-                        disable=not (self.progress and self.d.main), dynamic_ncols=True)
-        self.t_log, self.n_log = time.time(), 0
-        try:
-            while self.step < self.total:
-                batch_in_epoch = self._epoch(stop)
-                if batch_in_epoch >= self.steps_per_epoch:  # a finished epoch: validate, checkpoint
-                    self.epoch, self.start_batch = self.epoch + 1, 0
-                    self.val = self._validate(self.step, self.epoch - 1)
-                    self._checkpoint(self.epoch, 0, self.step)
-                else:  # the step budget ended mid-epoch
-                    self.start_batch = batch_in_epoch
-                    self.val = self._validate(self.step, self.epoch)
-                    self._checkpoint(self.epoch, batch_in_epoch, self.step)
-        finally:
-            stop.restore()
-            self.bar.close()
-            if self.d.main:
-                self.runlog.close()
+        message = "stopping after this step; saving a checkpoint (Ctrl-C again to abort)"
+        with StopSignals(message=message) as stop:
+            self.bar = tqdm(total=self.total, initial=self.step, unit="step",
+                            disable=not (self.progress and self.d.main), dynamic_ncols=True)
+            self.t_log, self.n_log = time.time(), 0
+            try:
+                while self.step < self.total:
+                    self._epoch_and_after(stop)
+            finally:
+                self.bar.close()
+                if self.d.main:
+                    self.runlog.close()
         return self._finish()
+
+    def _epoch_and_after(self, stop: StopSignals) -> None:
+        """One epoch (or the rest of one), then its validation and checkpoint."""
+        batch_in_epoch = self._epoch(stop)
+        if batch_in_epoch >= self.steps_per_epoch:  # a finished epoch: validate, checkpoint
+            self.epoch, self.start_batch = self.epoch + 1, 0
+            self.val = self._validate(self.step, self.epoch - 1)
+            self._checkpoint(self.epoch, 0, self.step)
+        else:  # the step budget ended mid-epoch
+            self.start_batch = batch_in_epoch
+            self.val = self._validate(self.step, self.epoch)
+            self._checkpoint(self.epoch, batch_in_epoch, self.step)
 
     def _epoch(self, stop: StopSignals) -> int:
         """This epoch's steps from `start_batch`; returns the batch position it stopped at."""
