@@ -33,7 +33,7 @@ def main() -> None:
     torch.manual_seed(0)
     ds = ShakeDataset(args.photos, "train", patch=args.patch, length=args.steps * args.batch,
                       seed=3, camera_motion=0.6, codec=0.7, crf=(8, 26))
-    batches = [[torch.stack(t) for t in zip(*(ds[i * args.batch + j] for j in range(args.batch)))]
+    batches = [[torch.stack(t) for t in zip(*(ds[i * args.batch + j] for j in range(args.batch)), strict=True)]
                for i in range(args.steps)]
     base = DeblurSR(get_config(args.model))
     print(f"capability {torch.backends.cpu.get_cpu_capability()}, {args.threads} thread(s), "

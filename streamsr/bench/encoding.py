@@ -3,6 +3,7 @@ every part that writes video encodes the same way (codec settings, timestamps, p
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from fractions import Fraction
 
@@ -15,9 +16,7 @@ def encode_options(codec: str | None = None, preset: str | None = None) -> Encod
     """The pipeline's default encoder settings (codec, crf, preset, pix_fmt, options), with
     another codec and preset when given."""
     enc = EncodeOptions()
-    enc.codec = codec or enc.codec
-    enc.preset = preset or enc.preset
-    return enc
+    return dataclasses.replace(enc, codec=codec or enc.codec, preset=preset or enc.preset)
 
 
 def codec_options(enc: EncodeOptions) -> dict[str, str]:

@@ -54,7 +54,7 @@ TILE_FEATHER = 1.0  # cross-fade tiles over this fraction of the overlap (see st
 __all__ = ["ALIGN", "Engine", "EngineConfig", "is_oom", "model_scale"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class EngineConfig:
     """How to run the model: device, precision, batch/tile sizes (None: chosen from memory)."""
 

@@ -26,7 +26,7 @@ _PRESET_ENCODERS = {"libx264", "libx264rgb", "libx265", "h264_nvenc", "hevc_nven
 _HVC1_FORMATS = {"mp4", "mov"}  # HEVC tagged hvc1 (parameter sets in the header), as Apple wants
 
 
-@dataclass
+@dataclass(frozen=True)
 class EncodeOptions:
     """How the x4 video is encoded (`options` are passed to the FFmpeg encoder as they are)."""
 

@@ -59,7 +59,7 @@ def redact(uri: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-@dataclass
+@dataclass(frozen=True)
 class LiveOptions:
     """How to open, buffer and keep alive a network source."""
 
