@@ -145,6 +145,7 @@ from streamsr.cli import (  # noqa: E402,F401
     export_cmd,
     model_cmds,
     quality_cmds,
+    serve_cmd,
     train_cmds,
     video_cmds,
 )
