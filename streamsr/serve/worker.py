@@ -110,6 +110,7 @@ class StreamWorker:
                                         daemon=True)
         self._reading_done = threading.Event()
         self._outputs_done = threading.Event()
+        self._ended = False  # the input ended (not stopped, not failed)
 
     # -- control ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -146,7 +147,7 @@ class StreamWorker:
                 self.rate_in.tick(time.monotonic())
                 self.latest_in = frame.rgb
             else:
-                self._set_state("ended", "the input ended")
+                self._ended = True  # "ended" once the outputs are finalised
         except StreamsrError as exc:
             self._set_state("failed", str(exc))
         except Exception as exc:  # noqa: BLE001 - one stream's bug must not end the others
@@ -204,7 +205,7 @@ class StreamWorker:
         if self.source is not None:
             self.source.close()  # a live source: queued frames count as dropped_stop
         self._reading_done.set()
-        if self.state == "running":
+        if not self._writer.is_alive() and self._ended is False and self.state == "running":
             self._set_state("stopped", "stopped")
 
     # -- from the engine thread ------------------------------------------------------------
@@ -236,6 +237,10 @@ class StreamWorker:
                 break
         self._outputs_done.set()
         self._close_outputs()
+        if self._ended:
+            self._set_state("ended", "the input ended")
+        elif self.state == "running":
+            self._set_state("stopped", "stopped")
 
     def _write_one(self, pixels: np.ndarray, frame: Frame) -> None:
         for label, sink in list(self.outputs):
@@ -259,7 +264,7 @@ class StreamWorker:
     def _close_outputs(self) -> None:
         while self.outputs:
             label, sink = self.outputs.pop()
-            self._close(label, sink, trim=self.state != "ended")
+            self._close(label, sink, trim=not self._ended)
 
     def _close(self, label: str, sink, trim: bool) -> None:
         try:
