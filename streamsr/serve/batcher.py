@@ -34,6 +34,7 @@ class Lane:
         self.frames: collections.deque[Frame] = collections.deque()
         self.closed = False
         self.owner: object = None  # the stream worker its results go to
+        self.taken = 0  # frames the engine has taken (their results are due to the owner)
         self._cond = cond
 
     def put(self, frame: Frame, stop: threading.Event) -> bool:
@@ -107,6 +108,7 @@ class SharedBatcher:
                 if lane.accept is not None and not lane.accept(frame):
                     continue  # too old: counted by the lane's source, try its next frame
                 shape = frame.rgb.shape
+                lane.taken += 1
                 group.append(frame)
                 owners.append(lane)
                 break

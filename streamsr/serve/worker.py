@@ -111,6 +111,7 @@ class StreamWorker:
         self._reading_done = threading.Event()
         self._outputs_done = threading.Event()
         self._ended = False  # the input ended (not stopped, not failed)
+        self._delivered = 0  # results handed back by the engine (written or dropped)
 
     # -- control ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -211,24 +212,33 @@ class StreamWorker:
     # -- from the engine thread ------------------------------------------------------------
     def deliver(self, pixels: np.ndarray, frame: Frame) -> None:
         """A result for this stream; waits a bounded time when its outputs fall behind."""
-        if self._outputs_done.is_set():  # stopped meanwhile: nobody writes it any more
-            self.counters.drops["stop"] += 1
-            return
-        wait = DELIVER_WAIT if self.config.live.drop == "none" else 0.0
         try:
-            self._results.put((pixels, frame), timeout=wait) if wait else \
+            if self._outputs_done.is_set():  # stopped meanwhile: nobody writes it any more
+                self.counters.drops["stop"] += 1
+            elif self.config.live.drop == "none":
+                self._results.put((pixels, frame), timeout=DELIVER_WAIT)
+            else:
                 self._results.put_nowait((pixels, frame))
         except queue.Full:
             self.counters.drops["output"] += 1
+        finally:
+            self._delivered += 1  # after the put: the writer never sees it counted but missing
 
     # -- outputs thread --------------------------------------------------------------------
+    def _in_flight(self) -> bool:
+        """Frames the engine took from the lane whose results have not come back yet."""
+        return self.lane is not None and self._delivered < self.lane.taken
+
     def _write(self) -> None:
+        give_up = None  # the engine may have died with frames in flight: wait boundedly
         while True:
             try:
                 pixels, frame = self._results.get(timeout=0.1)
             except queue.Empty:
-                if self._reading_done.is_set() and self._results.empty():
-                    break
+                if self._reading_done.is_set():
+                    give_up = give_up or time.monotonic() + STOP_DRAIN
+                    if not self._in_flight() or time.monotonic() > give_up:
+                        break
                 continue
             self._write_one(pixels, frame)
             if not self.outputs:
