@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -73,6 +74,20 @@ def test_bad_config_names_stream_and_key(table, words):
     assert "\n" not in str(info.value)
 
 
+def test_a_stream_preset_gives_live_and_encoder_settings_its_keys_win():
+    config = parse_config({"stream": [{"name": "cam", "input": "rtsp://10.0.0.2/s",
+                                       "file": "cam.mkv", "preset": "rtsp-live", "crf": 30,
+                                       "timeout": 4}]})
+    cam = config.streams[0]
+    assert cam.live.max_latency == 1.0 and cam.live.drop == "oldest"  # from the preset
+    assert cam.encode.preset == "veryfast" and cam.encode.options == {"tune": "zerolatency"}
+    assert cam.encode.crf == 30  # the stream's own key wins
+    assert cam.live.open_timeout == cam.live.read_timeout == 4.0
+    with pytest.raises(ServeConfigError, match="stream 'cam': preset: no pipeline preset"):
+        parse_config({"stream": [{"name": "cam", "input": "x.mp4", "file": "o.mkv",
+                                  "preset": "nope"}]})
+
+
 def test_token_allows_any_address():
     config = parse_config({"server": {"listen": "0.0.0.0:8600", "token": "s3cret"}})
     assert config.server.token == "s3cret"
@@ -94,3 +109,10 @@ def test_cli_non_loopback_listen_without_token_is_refused(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "streamsr", "serve", str(path), "--listen",
                            "0.0.0.0:8600"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "token" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("name", ["serve-cameras", "serve-files"])
+def test_example_configs_load(name):
+    path = Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.toml"
+    config = load_config(path)
+    assert config.streams and config.server.host_port[0] == "127.0.0.1"

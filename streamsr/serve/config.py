@@ -24,6 +24,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from streamsr.errors import ConfigError
 from streamsr.inference.engine import EngineConfig
+from streamsr.options import load_preset
 from streamsr.video.encoder import EncodeOptions
 from streamsr.video.live import LiveOptions, is_network_uri
 
@@ -103,7 +104,8 @@ _OUTPUT_KEYS = {f.name for f in dataclasses.fields(Outputs)}
 _ENCODE_KEYS = {"codec": "codec", "crf": "crf", "encoder_preset": "preset", "pix_fmt": "pix_fmt",
                 "bitrate": "bitrate"}
 _LIVE_KEYS = {f.name for f in dataclasses.fields(LiveOptions)} - {"options"}
-_STREAM_KEYS = {"name", "input", "max_pixels"} | _OUTPUT_KEYS | set(_ENCODE_KEYS) | _LIVE_KEYS
+_STREAM_KEYS = ({"name", "input", "max_pixels", "preset", "timeout"} | _OUTPUT_KEYS
+                | set(_ENCODE_KEYS) | _LIVE_KEYS)
 # A server that reads cameras for days reconnects forever unless told otherwise.
 _SERVE_LIVE_DEFAULTS = {"reconnect_max": 0}
 
@@ -184,7 +186,12 @@ def _stream(table: Any, where: str) -> StreamConfig:
         raise ServeConfigError(f"{where}: outputs: none (set file, segments and/or push)")
     if outputs.segment_time <= 0:
         raise ServeConfigError(f"{where}: segment_time: must be a positive number of seconds")
-    live_values = {**_SERVE_LIVE_DEFAULTS,
+    preset_live, preset_encode = _preset(table.get("preset"), where)
+    if "timeout" in table:  # as in presets and on the command line: both live timeouts
+        timeout = table.pop("timeout")
+        table.setdefault("open_timeout", timeout)
+        table.setdefault("read_timeout", timeout)
+    live_values = {**_SERVE_LIVE_DEFAULTS, **preset_live,
                    **_typed({k: v for k, v in table.items() if k in _LIVE_KEYS}, LiveOptions,
                             _LIVE_KEYS, where)}
     live = LiveOptions(**live_values)
@@ -194,11 +201,30 @@ def _stream(table: Any, where: str) -> StreamConfig:
         key = next((k for k in live_values if k in str(exc).replace("-", "_")), "live options")
         raise ServeConfigError(f"{where}: {key}: {exc}") from None
     enc = {_ENCODE_KEYS[k]: v for k, v in table.items() if k in _ENCODE_KEYS}
-    encode = EncodeOptions(**_typed(enc, EncodeOptions, set(_ENCODE_KEYS.values()), where))
+    encode = EncodeOptions(**{**preset_encode,
+                              **_typed(enc, EncodeOptions, set(_ENCODE_KEYS.values()), where)})
     max_pixels = table.get("max_pixels")
     if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 1):
         raise ServeConfigError(f"{where}: max_pixels: a positive whole number")
     return StreamConfig(table["name"], table["input"], outputs, live, encode, max_pixels)
+
+
+def _preset(name: Any, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(live, encode) values of a stream's `preset`: a pipeline preset's live and encoder keys
+    (its model and engine keys are the server's and are not used per stream)."""
+    if name is None:
+        return {}, {}
+    if not isinstance(name, str):
+        raise ServeConfigError(f"{where}: preset: {name!r} is not a string")
+    try:
+        values = load_preset(name)
+    except ConfigError as exc:
+        raise ServeConfigError(f"{where}: preset: {exc}") from None
+    live = {k: v for k, v in values.items() if k in _LIVE_KEYS}
+    encode = {_ENCODE_KEYS[k]: v for k, v in values.items() if k in _ENCODE_KEYS}
+    if "encoder_options" in values:
+        encode["options"] = dict(values["encoder_options"])
+    return live, encode
 
 
 def _fields(cls: type) -> dict[str, Any]:
