@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import media
 import pytest
 import torch
 
@@ -18,3 +19,9 @@ def tiny_weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
     save_model(DeblurSR(TINY), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """Four 32x24 frames that carry their index (media.index_frame): the fault cases' input."""
+    return media.make_index_clip(tmp_path_factory.mktemp("clip") / "in.mp4", n=4, size=(media.W, media.H))

@@ -3,13 +3,17 @@
 Every helper writes one file and returns its path, so tests can say exactly what the input was:
 frames that carry their index as a pattern (`index_frame` / `read_index`), smooth frames for
 PSNR checks, variable frame rate, audio + subtitle tracks, colour-tagged clips whose YUV values
-are computed here with the textbook formulas (not by FFmpeg), 10-bit, rotated, broken files.
-Other test modules import these; keep them simple.
+are computed here with the textbook formulas (not by FFmpeg), 10-bit, rotated, broken files. At the end: the runs and checks the fault cases
+(`test_fault_NN_*`) and the torchrun tests share (`cli`, `invoke`, `assert_one_line`, `decodable`,
+`torchrun`, ...). Other test modules import these; keep them simple.
 """
 
 from __future__ import annotations
 
 import os
+import resource
+import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -504,3 +508,129 @@ class BicubicX4(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         return resize_bicubic(x, (4 * h, 4 * w)).clamp(0, 1) + self.anchor * 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs and checks shared by the fault cases (test_fault_NN_*, docs/faults.md) and the torchrun tests
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{TESTS}"}
+CPU_FAST = dict(encoder_preset="ultrafast", device="cpu", batch=2)
+W, H = 32, 24  # the fault cases' clips are tiny: 32x24 -> 128x96
+
+
+def run_api(src, dst, **kw):
+    """The Python API with the bicubic stand-in (fast, and its output is predictable)."""
+    from streamsr.api import upscale
+
+    return upscale(src, dst, **{"model": BicubicX4(), **CPU_FAST, **kw})
+
+
+def cli(*args, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """`python -m streamsr ARGS` in a real subprocess (exit codes, tracebacks, signals)."""
+    return subprocess.run([sys.executable, "-m", "streamsr", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO, env=ENV, **kw)
+
+
+def invoke(*args):
+    """`streamsr ARGS` in-process; anything but a clean exit (a crash) fails the test here."""
+    from click.testing import CliRunner
+
+    from streamsr.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"crashed: {result.exception!r}\n{result.stderr}") from result.exception
+    return result
+
+
+def model_args(weights) -> list:
+    return ["--model", weights, "--device", "cpu", "--encoder-preset", "ultrafast", "-q"]
+
+
+def assert_one_line(code: int, stderr: str, *words: str, expect: int = 2, alone: bool = False) -> str:
+    """Exit `expect`, no traceback, exactly one 'streamsr: error:' line holding `words`.
+
+    Other stderr lines may only be log lines (warnings said on the way); `alone`: none at all.
+    """
+    assert code == expect, (code, stderr[-2000:])
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("streamsr: error:")]
+    assert len(errors) == 1, stderr[-2000:]
+    others = [line for line in lines if line not in errors]
+    if alone:
+        assert not others, stderr[-2000:]
+    assert all(line.split(" ", 1)[0] in ("WARNING", "ERROR", "INFO") for line in others), others
+    for w in words:
+        assert w in errors[0], (w, errors[0])
+    return errors[0]
+
+
+def decodable(path) -> list[np.ndarray]:
+    """Every frame PyAV can decode from `path` (damaged packets skipped, decoder flushed)."""
+    frames: list[np.ndarray] = []
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError):
+        return frames
+    with container:
+        if not container.streams.video:
+            return frames
+        vs = container.streams.video[0]
+        try:
+            for packet in container.demux(vs):
+                try:
+                    frames += [f.to_ndarray(format="rgb24") for f in packet.decode()]
+                except av.error.FFmpegError:
+                    continue
+        except av.error.FFmpegError:
+            try:
+                frames += [f.to_ndarray(format="rgb24") for f in vs.codec_context.decode(None)]
+            except av.error.FFmpegError:
+                pass
+    return frames
+
+
+def indices(frames) -> list[int]:
+    return [read_index(f) for f in frames]
+
+
+def file_indices(path) -> list[int]:
+    """The index of every frame of `path`, in order (a strict decode)."""
+    return indices(decode_all(path)[0])
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# `python -m streamsr` plus one more model name, "bicubic": the stand-in x4 above, whose output
+# still shows each frame's index (a random tiny model's output does not).
+TORCHRUN_ENTRY = f"""
+import sys
+sys.path.insert(0, {str(TESTS)!r})
+import media
+import streamsr.models.weights as weights
+real = weights.load_model
+weights.load_model = lambda name, device="cpu": media.BicubicX4() if str(name) == "bicubic" else real(name, device)
+from streamsr.cli import main
+main(prog_name="streamsr")
+"""
+
+
+def torchrun(tmp_path: Path, *args: str | os.PathLike, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node 2 <streamsr> ARGS` on CPU (gloo)."""
+    entry = tmp_path / "streamsr_entry.py"
+    entry.write_text(TORCHRUN_ENTRY)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
+    env.pop("OMP_NUM_THREADS", None)  # torchrun sets 1 per process, as it does for users
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(entry), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)

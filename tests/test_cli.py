@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from click.testing import CliRunner
+from media import assert_one_line, cli, invoke, model_args
 from packaging.requirements import Requirement  # a dependency of pytest itself
 from safetensors import safe_open
 
@@ -350,3 +351,51 @@ def test_threads_option_sets_torch_threads(monkeypatch):
         torch.set_num_threads(before)
     res = CliRunner().invoke(main, ["train", "--data", ".", "--threads", "0"])
     assert res.exit_code == 2 and "--threads" in res.stderr
+
+
+# -- fault cases (docs/faults.md; `pytest -k fault_` runs them all) ---------------------------
+
+def test_fault_01_missing_input_one_line_and_debug_shows_the_traceback(tmp_path, tiny_weights):
+    out = tmp_path / "o.mp4"
+    r = cli("upscale", tmp_path / "missing.mp4", out, *model_args(tiny_weights), timeout=60)
+    assert_one_line(r.returncode, r.stderr, "input not found", "missing.mp4", alone=True)
+    assert r.stdout == "" and not out.exists()
+    d = cli("--debug", "upscale", tmp_path / "missing.mp4", out, *model_args(tiny_weights), timeout=60)
+    assert d.returncode not in (0, 2) and "Traceback" in d.stderr
+    assert "InputError: input not found" in d.stderr and not out.exists()
+    # bad options of a command are one line too, with a pointer to its help
+    for args, words in ((["upscale", "a.mp4", "b.mp4", "--crf", "99"], ["--crf", "99"]),
+                        (["upscale", "a.mp4"], ["Missing argument", "OUTPUT"]),
+                        (["upscale", "a.mp4", "b.mp4", "--bogus"], ["--bogus"]),
+                        (["nosuchcommand"], ["No such command"])):
+        r = invoke(*args)
+        assert_one_line(r.exit_code, r.stderr, *words, "--help'", alone=True)
+
+
+def test_fault_02_directory_where_a_file_is_expected(tmp_path, clip, tiny_weights):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "notes.txt").write_text("no images here")
+    base = model_args(tiny_weights)
+    r = invoke("upscale", tmp_path / "folder", tmp_path / "o.mp4", *base)
+    assert_one_line(r.exit_code, r.stderr, "folder with no images")
+    r = invoke("upscale", clip, tmp_path / "o.mp4", "--model", tmp_path / "folder", "--device", "cpu")
+    assert_one_line(r.exit_code, r.stderr, "is a directory, not a weights file")
+    r = invoke("upscale", clip, clip / "o.mp4", *base)  # the output's "folder" is a file
+    assert_one_line(r.exit_code, r.stderr, "cannot")
+    r = invoke("import-mprnet", tmp_path / "folder", tmp_path / "x.safetensors")
+    assert r.exit_code == 2 and "Traceback" not in r.stderr  # click's usage error
+    assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "x.safetensors").exists()
+
+
+def test_fault_03_zero_length_files(tmp_path, clip, tiny_weights):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    r = invoke("upscale", empty, tmp_path / "o.mp4", *model_args(tiny_weights))
+    assert_one_line(r.exit_code, r.stderr, "empty (0 bytes)")
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    r = invoke("upscale", clip, tmp_path / "o.mp4", *model_args(tmp_path / "empty.safetensors"))
+    assert_one_line(r.exit_code, r.stderr, "not a safetensors weights file")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    r = invoke("import-mprnet", tmp_path / "empty.pth", tmp_path / "x.safetensors")
+    assert_one_line(r.exit_code, r.stderr, "refusing to load")
+    assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "x.safetensors").exists()

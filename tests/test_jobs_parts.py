@@ -1,5 +1,7 @@
-"""Resumable jobs in parts: one job per output at a time, every part at one frame size, and an
-existing output kept only when it really is this input's upscale.
+"""Jobs in parts (`streamsr.jobs.parts`): one file split at keyframes over two torchrun ranks
+(or four parts in one process) and joined by stream copy, matching a single-process run;
+resume after an interruption; one job per output at a time, every part at one frame size, and
+an existing output kept only when it really is this input's upscale.
 
 Frames carry their index as a pattern (tests/media.py), so every output is checked by decoding
 it and reading the indices back; files that must stay untouched are compared byte for byte.
@@ -8,28 +10,46 @@ it and reading the indices back; files that must stay untouched are compared byt
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 from pathlib import Path
 
 import av
 import media
+import numpy as np
 import pytest
 import torch
+from media import file_indices as indices
+from media import psnr, torchrun
 
 from streamsr.api import upscale
-from streamsr.errors import ConfigError, OutputError
+from streamsr.errors import ConfigError, Interrupted, OutputError
 from streamsr.jobs.parts import parts_dir_for, upscale_parts
 from streamsr.lock import MARK, lock_path_for
 from streamsr.runtime import DistEnv
 
 GOP6 = {"crf": "12", "preset": "ultrafast", "g": "6", "x264-params": "scenecut=0"}
+GOP6_BFRAMES = {"crf": "12", "preset": "fast", "g": "6", "x264-params": "scenecut=0"}  # B-frames, IDR every 6
 OPTS = dict(part_frames=6, device="cpu", batch=2, encoder_preset="ultrafast", env=DistEnv())
 
 
-def indices(path: Path) -> list[int]:
-    frames, _, _ = media.decode_all(path)
-    return [media.read_index(f) for f in frames]
+class CountingX4(media.BicubicX4):
+    """Bicubic x4 that counts the 64x48 frames it sees and can send itself SIGINT once after `stop_after`."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        super().__init__()
+        self.seen = 0
+        self.stop_after = stop_after
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (48, 64):  # the engine's small trial run to size its batches
+            return super().forward(x)
+        self.seen += x.shape[0]
+        if self.stop_after is not None and self.seen >= self.stop_after:
+            self.stop_after = None
+            os.kill(os.getpid(), signal.SIGINT)  # like Ctrl-C in the middle of a long file
+        return super().forward(x)
 
 
 @pytest.fixture
@@ -236,3 +256,150 @@ def test_a_resumed_job_takes_the_geometry_from_its_manifest(tmp_path, monkeypatc
     # another output: a new plan, which probes the input
     upscale_parts(src, tmp_path / "other.mp4", resume=True, model=media.BicubicX4(), **OPTS)
     assert calls == [src]
+
+
+# ---------------------------------------------------------------------------------------------
+# One file over two torchrun processes
+
+def test_two_processes_match_a_single_process_run(tmp_path):
+    # Lossless encoding (--crf 0): each part starts with its own IDR frame, so only a lossless
+    # encoder makes the pixels comparable exactly; the decoded frames must then be identical.
+    src = media.make_av_clip(tmp_path / "in.mp4", n=24, options=GOP6_BFRAMES)  # audio, subtitles, chapters
+    single = tmp_path / "single.mp4"
+    upscale(src, single, model=media.BicubicX4(), device="cpu", crf=0, encoder_preset="ultrafast",
+            handle_signals=False)
+    dist = tmp_path / "dist.mp4"
+    run = torchrun(tmp_path, "-v", "upscale", src, dist, "--model", "bicubic", "--device", "cpu",
+                   "--crf", "0", "--encoder-preset", "ultrafast", "-q")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "rank 0: part 0 done (12 frames)" in run.stderr
+    assert "rank 1: part 1 done (12 frames)" in run.stderr  # each rank decoded only its half
+    assert not parts_dir_for(dist).exists()
+
+    a, pts_a, tb_a = media.decode_all(single)
+    b, pts_b, tb_b = media.decode_all(dist)
+    assert len(b) == len(a) == 24
+    assert pts_b == pts_a and tb_b == tb_a  # same timestamps
+    assert [media.read_index(f) for f in b] == list(range(24))  # each frame once, in order
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))  # identical pixels
+    assert media.packets(dist, "audio") == media.packets(single, "audio") == media.packets(src, "audio")
+    assert media.packets(dist, "subtitle") == media.packets(single, "subtitle")
+    import av
+
+    with av.open(str(dist)) as c, av.open(str(single)) as r:
+        assert c.metadata.get("title") == r.metadata.get("title") == "streamsr test"
+        assert [ch["metadata"] for ch in c.chapters()] == [ch["metadata"] for ch in r.chapters()]
+        assert c.streams.video[0].codec_context.width == 256
+
+
+@pytest.mark.parametrize("crf", [0, 18])
+def test_parts_decode_to_the_same_frames_as_one_run(tmp_path, crf):
+    # Four parts in one process: lossless parts are identical to one run frame for frame; at the
+    # default CRF the encoder places keyframes differently, so the pixels match within its noise.
+    src = media.make_av_clip(tmp_path / "in.mp4", n=24, options=GOP6_BFRAMES)
+    single, parts = tmp_path / "single.mp4", tmp_path / "parts.mp4"
+    opts = dict(model=media.BicubicX4(), device="cpu", crf=crf, encoder_preset="ultrafast",
+                handle_signals=False)
+    upscale(src, single, **opts)
+    upscale_parts(src, parts, part_frames=6, env=DistEnv(), **opts)
+    a, pts_a, _ = media.decode_all(single)
+    b, pts_b, _ = media.decode_all(parts)
+    assert len(a) == len(b) == 24 and pts_a == pts_b
+    same = [np.array_equal(x, y) for x, y in zip(a, b, strict=True)]
+    if crf == 0:
+        assert all(same)
+    else:
+        assert not all(same)  # keyframes differ: lossy pixels are not bit-identical ...
+        assert min(psnr(x, y) for x, y in zip(a, b, strict=True)) > 40  # ... but close
+
+
+# ---------------------------------------------------------------------------------------------
+# Resuming one file after an interruption
+
+def test_resume_after_an_interruption_redoes_only_missing_parts(tmp_path):
+    src = media.make_index_clip(tmp_path / "in.mp4", n=24, options=GOP6)
+    out = tmp_path / "out.mp4"
+    parts = parts_dir_for(out)
+    opts = dict(part_frames=6, device="cpu", batch=2, encoder_preset="ultrafast", keep_parts=True,
+                env=DistEnv())
+
+    first = CountingX4(stop_after=8)  # SIGINT in the middle of the second part (frames 6-11)
+    with pytest.raises(Interrupted):
+        upscale_parts(src, out, resume=True, model=first, **opts)
+    assert not out.exists()
+    assert sorted(p.name for p in parts.iterdir()) == ["manifest.json", "part_00000.mp4"]
+    done_at = (parts / "part_00000.mp4").stat().st_mtime_ns
+
+    again = CountingX4()
+    stats = upscale_parts(src, out, resume=True, model=again, **opts)
+    assert again.seen == 18  # parts 1-3 only
+    assert stats.frames == 24 and indices(out) == list(range(24))
+    assert (parts / "part_00000.mp4").stat().st_mtime_ns == done_at
+
+    # A lost part (and a lost output): only that part is made again.
+    out.unlink()
+    (parts / "part_00002.mp4").unlink()
+    third = CountingX4()
+    upscale_parts(src, out, resume=True, model=third, **opts)
+    assert third.seen == 6 and indices(out) == list(range(24))
+
+    # A finished output is left alone; other settings do not mix with the old parts.
+    assert upscale_parts(src, out, resume=True, model=CountingX4(), **opts).frames == 24
+    out.unlink()
+    with pytest.raises(ConfigError, match="settings"):
+        upscale_parts(src, out, resume=True, model=CountingX4(), crf=30, **opts)
+
+
+def test_resume_refuses_an_output_cut_off_by_a_run_without_resume(tmp_path):
+    # A plain run writes straight to OUT and finalises what it has on Ctrl-C: OUT exists but is
+    # short. --resume must not take it for finished.
+    src = media.make_index_clip(tmp_path / "in.mp4", n=24, options=GOP6)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(Interrupted):
+        upscale(src, out, model=CountingX4(stop_after=8), device="cpu", batch=2,
+                encoder_preset="ultrafast")
+    cut = len(indices(out))
+    assert 8 <= cut < 24
+    before = out.read_bytes()
+    opts = dict(part_frames=6, device="cpu", batch=2, encoder_preset="ultrafast", env=DistEnv())
+    with pytest.raises(OutputError, match=rf"incomplete \({cut} of 24 frames\).*--overwrite"):
+        upscale_parts(src, out, resume=True, model=CountingX4(), **opts)
+    assert out.read_bytes() == before and not parts_dir_for(out).exists()  # nothing touched
+
+    redo = CountingX4()
+    stats = upscale_parts(src, out, resume=True, overwrite=True, model=redo, **opts)
+    assert redo.seen == 24 and stats.frames == 24 and indices(out) == list(range(24))
+    again = CountingX4()  # now complete: a second --resume has nothing to do
+    assert upscale_parts(src, out, resume=True, model=again, **opts).frames == 24 and again.seen == 0
+
+    (tmp_path / "junk.mp4").write_bytes(b"not a video" * 10)
+    with pytest.raises(OutputError, match="not a finished video"):
+        upscale_parts(src, tmp_path / "junk.mp4", resume=True, model=CountingX4(), **opts)
+
+
+def test_resume_accepts_a_plain_runs_complete_output_of_a_damaged_input(tmp_path):
+    # A plain run (no --resume) of an input with a packet that never decodes finishes with one
+    # frame fewer than the packet index: --resume must count decodable frames, not refuse it.
+    src = media.make_corrupt_packets(tmp_path / "in.mkv", n=12, bad=(5,))
+    out = tmp_path / "out.mkv"
+    assert upscale(src, out, model=media.BicubicX4(), device="cpu",
+                   encoder_preset="ultrafast").frames == 11
+    before = out.read_bytes()
+    again = CountingX4()
+    opts = dict(part_frames=6, device="cpu", encoder_preset="ultrafast", env=DistEnv())
+    assert upscale_parts(src, out, resume=True, model=again, **opts).frames == 11
+    assert again.seen == 0 and out.read_bytes() == before  # finished: nothing redone
+
+
+def test_resume_accepts_its_own_join_of_a_damaged_input(tmp_path):
+    # Frames that do not decode are missing from every output; the join records its count so a
+    # second --resume does not call its own output incomplete.
+    src = media.make_corrupt_packets(tmp_path / "in.mkv", n=12, bad=(5,))
+    out = tmp_path / "out.mkv"
+    opts = dict(part_frames=6, device="cpu", encoder_preset="ultrafast", env=DistEnv())
+    first = upscale_parts(src, out, resume=True, model=media.BicubicX4(), **opts)
+    assert first.frames == 11 and indices(out) == [i for i in range(12) if i != 5]  # packet 5 is junk
+    assert sorted(p.name for p in parts_dir_for(out).iterdir()) == ["manifest.json"]
+    again = CountingX4()
+    assert upscale_parts(src, out, resume=True, model=again, **opts).frames == first.frames
+    assert again.seen == 0

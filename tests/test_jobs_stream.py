@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import media
 import numpy as np
 import pytest
 import torch
+from media import ENV, REPO, H, W, assert_one_line, model_args
 
 import streamsr
 from streamsr.api import upscale
@@ -587,3 +589,36 @@ def test_image_folder_of_mixed_sizes_to_a_video_scales_to_the_first_image(tmp_pa
     assert stats.frames == 4
     assert cv2.imread(str(tmp_path / "out" / "img_002.png")).shape == (192, 256, 3)
     assert cv2.imread(str(tmp_path / "out" / "img_003.png")).shape == (96, 128, 3)
+
+
+# -- fault cases (docs/faults.md; `pytest -k fault_` runs them all) ---------------------------
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130)])  # SIGTERM: test_cli_upscale.py
+def test_fault_17_signals_mid_run_finalise_a_playable_mp4(tmp_path, tiny_weights, sig, code):
+    n = 1500  # a minute of video: far more than the run gets through before the signal
+    src = media.make_av_clip(tmp_path / "in.mp4", n=n, size=(W, H), subtitles=False)
+    out = tmp_path / "out.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "streamsr", "upscale", str(src), str(out),
+                             *map(str, model_args(tiny_weights)), "--batch", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env=ENV)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.exists() and out.stat().st_size > 1000:  # frames are being written
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    line = assert_one_line(proc.returncode, err, f"interrupted by {signal.Signals(sig).name}",
+                           "(finalised)", expect=code)
+    written = int(line.split("interrupted by")[1].split()[1])
+    frames = media.decode_all(out)[0]  # strict: an MP4 with its index, i.e. finalised
+    assert 0 < written < n and len(frames) == written
+    assert frames[0].shape == (4 * H, 4 * W, 3)
+    with av.open(str(out)) as c:  # the audio was trimmed to the video, not left running on
+        end = max(float((p.pts + p.duration) * p.time_base) for p in c.demux(audio=0) if p.size)
+    assert end <= written / 25 + 0.1

@@ -25,6 +25,7 @@ import media
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from media import assert_one_line, cli
 from video_io import PUSH_LISTENER, free_port, wait_listening
 
 from streamsr.api import upscale
@@ -748,3 +749,42 @@ def test_frames_limit_on_a_file(tmp_path):
     frames, _ = _decode(tmp_path / "out.mp4")
     assert stats.frames == 5 and [media.read_index(f) for f in frames] == list(range(5))
     assert stats.live is None and stats.dropped == 0
+
+
+# -- fault cases (docs/faults.md; `pytest -k fault_` runs them all) ---------------------------
+
+def test_fault_21a_rtsp_source_that_never_answers_gives_up_in_bounded_time(tmp_path, tiny_weights):
+    with socket.socket() as mute:  # accepts the TCP connection, never says a word
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(4)
+        url = f"rtsp://127.0.0.1:{mute.getsockname()[1]}/cam"
+        t0 = time.monotonic()
+        r = cli("upscale", url, tmp_path / "cam.mkv", "--model", tiny_weights, "--device", "cpu",
+                "--timeout", "0.5", "--reconnect-max", "1", "-q", timeout=60)
+        took = time.monotonic() - t0
+    assert_one_line(r.returncode, r.stderr, "after 2 attempt")
+    assert took < 45 and not (tmp_path / "cam.mkv").exists()
+
+
+def test_fault_21b_rtsp_source_that_dies_for_good_keeps_the_frames_done(tmp_path, rtsp):  # noqa: F811
+    """The reconnect itself is tested in test_live.py (server restart); here the server never
+    comes back: after the retries the run fails, and the frames before the outage are kept."""
+    rtsp.start()
+    killers: list[threading.Thread] = []
+
+    def kill_server_once(done: int, total) -> None:
+        if done == 15:  # frames are flowing: the server goes away for good
+            killers.append(threading.Thread(target=rtsp.stop))
+            killers[-1].start()
+
+    try:
+        with pytest.raises(SourceError) as info:
+            upscale(rtsp.url, tmp_path / "cam.mkv", model=media.BicubicX4(), frames=100_000,
+                    live_options=fast_options(drop="none", reconnect_max=2, open_timeout=1.0),
+                    device="cpu", encoder_preset="ultrafast", batch=1, progress=kill_server_once)
+    finally:
+        for k in killers:
+            k.join(10)
+    assert "\n" not in str(info.value) and killers
+    got = media.decode_all(tmp_path / "cam.mkv")[0]  # strict: finalised and playable
+    assert len(got) >= 15 and got[0].shape == (4 * 48, 4 * 64, 3)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from media import assert_one_line, decodable, invoke, model_args
 
 from streamsr.cli import main
 from streamsr.errors import ConfigError
@@ -156,3 +157,29 @@ def test_pipelines_readme_lists_every_preset_key():
     keys = text[text.index("Keys (TOML):"):text.index("`description` is free text")]
     listed = set(re.findall(r"`([a-z_]+)`", keys)) - {"encoder_opt"}
     assert listed == set(preset_keys()) - {"encoder_opt"}
+
+
+# -- fault cases (docs/faults.md; `pytest -k fault_` runs them all) ---------------------------
+
+def test_fault_20_preset_names_with_paths_are_refused(tmp_path, clip, tiny_weights, monkeypatch):
+    # A preset NAME is read from the package's presets only; a file is given as a .toml path.
+    # Plant valid presets where each traversal would land (from the current folder too), so a
+    # traversal that got through would load one and run (exit 0), not fail.
+    work = tmp_path / "a" / "b"
+    (work / "pipelines").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    preset = "frames = 1\n"
+    (work / "pipelines" / "mine.toml").write_text(preset)  # the control: a real preset
+    for target in (work / "x.toml", tmp_path / "a" / "x.toml", tmp_path / "abs.toml"):
+        target.write_text(preset)
+    assert (work / "pipelines" / ".." / "x.toml").is_file()
+    assert (work / "pipelines" / ".." / ".." / "x.toml").is_file()
+    r = invoke("upscale", clip, tmp_path / "ok.mp4", "--preset", "pipelines/mine.toml",
+               *model_args(tiny_weights))
+    assert r.exit_code == 0, r.stderr
+    assert len(decodable(tmp_path / "ok.mp4")) == 1  # the control preset was read: 1 of 4 frames
+    for name in ("../../x", "../x", str(tmp_path / "abs"), "/etc/passwd", "..", ".x", "a/b",
+                 "x\\..\\y", "~root", "../pipelines/mine"):
+        r = invoke("upscale", clip, tmp_path / "o.mp4", "--preset", name, *model_args(tiny_weights))
+        assert_one_line(r.exit_code, r.stderr, f"bad preset name {name!r}", alone=True)
+    assert not (tmp_path / "o.mp4").exists()

@@ -13,6 +13,7 @@ import av
 import media
 import pytest
 from click.testing import CliRunner
+from media import H, W, assert_one_line, invoke, model_args, run_api
 
 from streamsr.api import upscale
 from streamsr.cli import main
@@ -152,3 +153,66 @@ def test_a_live_output_named_without_a_container_is_checked_with_its_mkv(tmp_pat
     with pytest.raises(ConfigError, match="same file"):  # live mode writes cam.mkv for "cam"
         upscale(src, tmp_path / "cam", live=True, overwrite=True, **FAST)
     assert src.read_bytes() == before
+
+
+# -- fault cases (docs/faults.md; `pytest -k fault_` runs them all) ---------------------------
+
+def test_fault_14_output_folder_not_writable(tmp_path, clip, tiny_weights):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        targets = []
+        if not os.access(locked, os.W_OK):  # not root: permissions apply
+            targets.append((locked / "o.mp4", "not writable"))
+        if Path("/proc/sys").is_dir() and not os.access("/proc/sys", os.W_OK):
+            targets.append((Path("/proc/sys/streamsr_o.mp4"), "not writable"))
+        if Path("/sys/kernel").is_dir():  # writable by mode for root, refused by the kernel
+            targets.append((Path("/sys/kernel/streamsr_o.mp4"), "cannot write"))
+        if not targets:
+            pytest.skip("no unwritable folder available here")
+        for path, words in targets:
+            r = invoke("upscale", clip, path, *model_args(tiny_weights))
+            assert_one_line(r.exit_code, r.stderr, str(path), words)
+            assert not path.exists()
+            with pytest.raises(OutputError):
+                run_api(clip, path)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_fault_16_existing_output_is_never_overwritten_without_overwrite(tmp_path, clip, tiny_weights):
+    base = model_args(tiny_weights)
+    existing = tmp_path / "keep.mp4"
+    existing.write_bytes(b"precious")
+    r = invoke("upscale", clip, existing, *base)
+    assert_one_line(r.exit_code, r.stderr, "exists", "--overwrite")
+    assert existing.read_bytes() == b"precious"
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    (folder / "mine.png").write_bytes(b"precious")
+    r = invoke("upscale", clip, folder, *base)
+    assert_one_line(r.exit_code, r.stderr, "not empty", "--overwrite")
+    assert [p.name for p in folder.iterdir()] == ["mine.png"]
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"precious")
+    r = invoke("import-mprnet", tmp_path / "nothing.pth", weights)
+    assert_one_line(r.exit_code, r.stderr, "exists", "--overwrite")
+    assert weights.read_bytes() == b"precious"
+    r = invoke("upscale", clip, existing, *base, "--overwrite")
+    assert r.exit_code == 0 and len(media.decode_all(existing)[0]) == 4
+    # --overwrite never means "write over the input", whatever the name it is reached by
+    src = media.make_index_clip(tmp_path / "src.mp4", n=3, size=(W, H))
+    original = src.read_bytes()
+    (tmp_path / "link.mp4").symlink_to(src)
+    os.link(src, tmp_path / "hard.mp4")
+    for same in (src, tmp_path / "link.mp4", tmp_path / "hard.mp4", tmp_path / "." / "src.mp4"):
+        r = invoke("upscale", src, same, *base, "--overwrite")
+        assert_one_line(r.exit_code, r.stderr, "same file")
+    images = tmp_path / "imgs"
+    media.write_images(images, n=2, size=(W, H))
+    before = {p.name: p.read_bytes() for p in images.iterdir()}
+    r = invoke("upscale", images, images, *base, "--overwrite")
+    assert_one_line(r.exit_code, r.stderr, "same file")
+    assert src.read_bytes() == original
+    assert {p.name: p.read_bytes() for p in images.iterdir()} == before

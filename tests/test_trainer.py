@@ -413,7 +413,7 @@ def test_a_run_saved_before_a_recipe_key_existed_still_resumes():
 FAULT_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
 
 
-# --- training interrupted the hard way (fault cases 22-23, from test_faults.py) --------------------------------------------------
+# --- training interrupted the hard way (fault cases 22-23, docs/faults.md) -------------------------------------------------------
 
 _TRAIN_CHILD = r"""
 import sys, time
@@ -428,7 +428,7 @@ train(sys.argv[1], sys.argv[2], load_recipe(sys.argv[3]), on_step=step)
 """
 
 
-def test_22_23_sigkill_between_checkpoints_then_resume_past_a_corrupt_one(tmp_path, prepared):
+def test_fault_22_23_sigkill_between_checkpoints_then_resume_past_a_corrupt_one(tmp_path, prepared):
     from streamsr.training.recipe import Recipe
     from streamsr.training.trainer import list_checkpoints, load_latest_checkpoint, train
 

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import av
 import media
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from media import H, W, invoke, model_args
 from video_io import Counting, copy_through_sink
 
 from streamsr.api import upscale
@@ -116,3 +118,13 @@ def test_broken_first_packet_of_a_b_frame_stream_does_not_shift_the_rest():
     assert _repaired(list(zip(pts, dts, strict=True))) == list(zip(pts, dts, strict=True))  # sound: untouched
     assert _repaired([(0, 1), (1, 1), (2, 2)]) == [(0, 0), (1, 1), (2, 2)]  # what libx265 did
     assert _repaired([(0, 7)]) == [(0, 0)]  # a one-packet stream is released at the end
+
+
+# -- fault cases (docs/faults.md; `pytest -k fault_` runs them all) ---------------------------
+
+def test_fault_13_variable_frame_rate_through_the_cli(tmp_path, tiny_weights):
+    src = media.make_vfr_clip(tmp_path / "vfr.mkv", size=(W, H))
+    r = invoke("upscale", src, tmp_path / "out.mp4", *model_args(tiny_weights))
+    assert r.exit_code == 0, r.stderr
+    expected = np.concatenate([[0], np.cumsum(media.VFR_DURATIONS_MS)[:-1]]) / 1000
+    assert np.allclose(media.frame_times(tmp_path / "out.mp4"), expected, atol=1e-3)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from media import H, W, indices, run_api
 from video_io import FAST, copy_through_sink
 
 from streamsr.api import upscale
@@ -211,3 +212,15 @@ def test_out_of_memory_through_the_cli_is_one_line(tmp_path, monkeypatch):
     lines = [x for x in result.stderr.splitlines() if x.startswith("streamsr: error")]
     assert result.exit_code == 2 and len(lines) == 1 and "out of memory" in lines[0], result.stderr
     assert "Traceback" not in result.stderr and not out.exists()
+
+
+# -- fault cases (docs/faults.md; `pytest -k fault_` runs them all) ---------------------------
+
+def test_fault_12_rotated_clip_keeps_its_display_matrix(tmp_path):
+    src = media.make_rotated_clip(tmp_path / "r.mp4", rotation=90, n=5, size=(W, H))
+    stats = run_api(src, tmp_path / "out.mp4")
+    got = media.decode_all(tmp_path / "out.mp4")[0]
+    assert stats.frames == 5 and indices(got) == list(range(5))
+    assert got[0].shape == (4 * H, 4 * W, 3), "pixels stay as stored; the player rotates them"
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert next(c.decode(video=0)).rotation == 90

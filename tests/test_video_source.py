@@ -3,14 +3,30 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import av
 import media
 import numpy as np
 import pytest
+from media import (
+    ENV,
+    REPO,
+    H,
+    W,
+    assert_one_line,
+    decodable,
+    indices,
+    invoke,
+    model_args,
+    peak_rss_mb,
+    run_api,
+)
 from video_io import decode_with_source, stream_pts
 
 from streamsr.errors import ConfigError, InputError
@@ -216,3 +232,216 @@ def test_a_truncated_file_with_audio_is_still_called_truncated(tmp_path):
     with open_source(src) as s:
         got = len(list(s))
         assert s.truncated and 0 < got < 50
+
+
+# -- fault cases (docs/faults.md; `pytest -k fault_` runs them all) ---------------------------
+
+def test_fault_04_text_files_named_like_media(tmp_path, tiny_weights):
+    for name in ("notes.mp4", "notes.mkv", "notes.png"):
+        (tmp_path / name).write_text("hello, I am not a video\n" * 40)
+    base = model_args(tiny_weights)
+    for name, words in (("notes.mp4", "not a video"), ("notes.mkv", "not a video"),
+                        ("notes.png", "not an image")):
+        r = invoke("upscale", tmp_path / name, tmp_path / "o.mp4", *base)
+        assert_one_line(r.exit_code, r.stderr, words)
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_fault_05_audio_only_files(tmp_path, tiny_weights):
+    m4a = media.make_audio_only(tmp_path / "a.m4a")
+    mp4 = tmp_path / "a.mp4"
+    mp4.write_bytes(m4a.read_bytes())  # an "mp4" with only sound in it
+    for src in (m4a, mp4):
+        r = invoke("upscale", src, tmp_path / "o.mkv", *model_args(tiny_weights))
+        assert_one_line(r.exit_code, r.stderr, "no video stream", "only audio")
+    assert not (tmp_path / "o.mkv").exists()
+
+
+def _faststart_copy(src: Path, dst: Path) -> Path:
+    """Remux `src` with the index (moov) first, as streamsr and most web MP4s write it."""
+    with av.open(str(src)) as i, av.open(str(dst), "w", options={"movflags": "+faststart"}) as o:
+        s = o.add_stream_from_template(i.streams.video[0])
+        for p in i.demux(i.streams.video[0]):
+            if p.dts is not None:
+                p.stream = s
+                o.mux(p)
+    return dst
+
+
+def test_fault_06_truncated_video_cut_at_several_offsets(tmp_path, tiny_weights):
+    n = 40
+    frames = [media.index_frame(i, W, H) for i in range(n)]
+    opts = {"crf": "12", "preset": "ultrafast", "g": "5"}
+    mkv = media.write_clip(tmp_path / "full.mkv", frames, options=opts)
+    mp4 = _faststart_copy(media.write_clip(tmp_path / "plain.mp4", frames, options=opts),
+                          tmp_path / "full.mp4")
+    seen = {"ok": 0, "refused": 0}
+    for src in (mkv, mp4):
+        data = src.read_bytes()
+        for frac in (0.1, 0.5, 0.65, 0.8, 0.95):
+            cut = tmp_path / f"cut{int(frac * 100)}{src.suffix}"
+            cut.write_bytes(data[:int(len(data) * frac)])
+            good = len(decodable(cut))
+            out = tmp_path / f"out_{cut.stem}_{src.suffix[1:]}.mkv"
+            if good == 0:
+                with pytest.raises(InputError):
+                    run_api(cut, out)
+                assert not out.exists()
+                seen["refused"] += 1
+                continue
+            stats = run_api(cut, out)
+            got = media.decode_all(out)[0]  # strict decode: the output is whole and playable
+            assert stats.frames == len(got) == good, (cut.name, good, stats)
+            assert indices(got) == list(range(good)), cut.name
+            # MP4 headers count frames exactly; MKV ones give a duration, and a shortfall of
+            # under half a second is not called truncation (streams may end at different times)
+            if src.suffix == ".mp4" or (n - good) / 25 > 0.6:
+                assert stats.truncated and "truncated" in stats.summary(), (cut.name, good)
+            seen["ok"] += 1
+    assert seen["ok"] >= 4 and seen["refused"] >= 2, seen
+    # the CLI: exit 0, the warning and the frame count on stderr
+    cut = tmp_path / "cut80.mp4"
+    good = len(decodable(cut))
+    r = invoke("upscale", cut, tmp_path / "cli.mkv", *model_args(tiny_weights)[:-1])
+    assert r.exit_code == 0 and "Traceback" not in r.stderr, r.stderr
+    assert f"{good} frames in" in r.stderr and "truncated" in r.stderr
+    assert len(media.decode_all(tmp_path / "cli.mkv")[0]) == good
+
+
+_FUZZ_WORKER = r"""
+import json, sys, time, traceback
+import media
+from streamsr.errors import StreamsrError
+from streamsr.api import upscale
+for line in sys.stdin:
+    src, dst = line.split()
+    print(json.dumps({"start": src}), flush=True)
+    t = time.monotonic()
+    try:
+        stats = upscale(src, dst, model=media.BicubicX4(), device="cpu", encoder_preset="ultrafast",
+                        batch=2, handle_signals=False)
+        res = {"ok": stats.frames}
+    except StreamsrError as exc:
+        res = {"error": str(exc), "kind": type(exc).__name__}
+    except BaseException:
+        res = {"crash": traceback.format_exc()}
+    res.update(src=src, dst=dst, seconds=time.monotonic() - t)
+    print(json.dumps(res), flush=True)
+"""
+
+
+def _mutants(tmp_path: Path, n: int, seed: int) -> list[Path]:
+    base = media.write_clip(tmp_path / "base.mp4", (media.index_frame(i, W, H) for i in range(10)),
+                            options={"crf": "20", "preset": "ultrafast", "g": "4"})
+    data = base.read_bytes()
+    rng = np.random.default_rng(seed)
+    paths = []
+    for k in range(n):
+        b = bytearray(data)
+        lo, hi = len(b) // 8, len(b) * 7 // 8  # the middle: stream data and index, not the very start
+        for _ in range(int(rng.integers(1, 24))):
+            b[int(rng.integers(lo, hi))] = int(rng.integers(0, 256))
+        p = tmp_path / f"mutant{k:02d}.mp4"
+        p.write_bytes(bytes(b))
+        paths.append(p)
+    return paths
+
+
+def test_fault_07_fuzz_flipped_bytes_never_crash_or_hang(tmp_path, tiny_weights):
+    mutants = _mutants(tmp_path, 60, seed=20261126)
+    jobs = "".join(f"{p} {p.with_suffix('.out.mkv')}\n" for p in mutants)
+    proc = subprocess.Popen([sys.executable, "-c", _FUZZ_WORKER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env=ENV)
+    try:
+        out, err = proc.communicate(jobs, timeout=240)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        started = [json.loads(x)["start"] for x in out.splitlines() if '"start"' in x]
+        pytest.fail(f"hung on {started[-1] if started else '?'}")
+    assert proc.returncode == 0, err[-3000:]
+    results = [json.loads(x) for x in out.splitlines() if '"start"' not in x]
+    assert len(results) == len(mutants)
+    crashes = [r for r in results if "crash" in r]
+    assert not crashes, crashes[0]["crash"]
+    outcomes = {"ok": 0, "error": 0}
+    for r in results:
+        assert r["seconds"] < 20, r  # a per-file bound: damage must not make decoding crawl
+        if "ok" in r:
+            got = decodable(r["dst"])
+            assert len(got) == r["ok"] and got[0].shape == (4 * H, 4 * W, 3), r
+            assert media.decode_all(r["dst"])[0], r  # the output opens and plays
+            outcomes["ok"] += 1
+        else:
+            assert "\n" not in r["error"] and r["kind"] in ("InputError",), r
+            assert not Path(r["dst"]).exists(), r
+            outcomes["error"] += 1
+    assert outcomes["ok"] >= 10 and outcomes["error"] >= 3, outcomes  # both paths exercised
+    # a handful through the real CLI: exit 0 with a playable file, or exit 2 with one line
+    by_kind = {}
+    for r in results:
+        by_kind.setdefault("ok" if "ok" in r else r["error"].split(":")[-1][:30], r)
+    picks = list(by_kind.values())[:2]
+    procs = [subprocess.Popen([sys.executable, "-m", "streamsr", "upscale", r["src"],
+                               str(tmp_path / f"cli{k}.mkv"), *map(str, model_args(tiny_weights))],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                              env=ENV) for k, r in enumerate(picks)]
+    for k, (r, p) in enumerate(zip(picks, procs, strict=True)):
+        try:
+            _, err = p.communicate(timeout=180)
+        finally:
+            p.kill()
+        if "ok" in r:
+            assert p.returncode == 0 and "Traceback" not in err, err[-2000:]
+            assert len(media.decode_all(tmp_path / f"cli{k}.mkv")[0]) == r["ok"]
+        else:
+            assert_one_line(p.returncode, err, r["error"][:40])
+
+
+def _y4m(path: Path, w: int, h: int) -> Path:
+    path.write_bytes(f"YUV4MPEG2 W{w} H{h} F25:1 Ip A1:1 C420jpeg\nFRAME\n".encode() + b"\x80" * 4096)
+    return path
+
+
+def _png_header(path: Path, w: int, h: int) -> Path:
+    """A PNG whose header says w x h (the pixel data is a stub: only the header matters)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 999))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_fault_08_absurd_resolution_is_refused_before_allocating(tmp_path, clip, tiny_weights):
+    huge = _y4m(tmp_path / "huge.y4m", 60000, 60000)  # 3.6 Gpx: FFmpeg itself refuses the header
+    big = _y4m(tmp_path / "big.y4m", 16000, 16000)  # 256 Mpx: FFmpeg accepts, our limit refuses
+    before = peak_rss_mb()
+    with pytest.raises(InputError, match="impossible frame size"):
+        run_api(huge, tmp_path / "o.mkv")
+    with pytest.raises(InputError, match="--max-pixels"):
+        run_api(big, tmp_path / "o.mkv")
+    for w, h, words in ((60000, 60000, "too large"), (40000, 20000, "too large"),
+                        (10000, 5000, "--max-pixels")):  # images: alone and in a folder
+        with pytest.raises(InputError, match=words):
+            run_api(_png_header(tmp_path / f"p{w}.png", w, h), tmp_path / "o.png")
+        with pytest.raises(InputError, match=words):
+            run_api(_png_header(tmp_path / f"d{w}" / "a.png", w, h).parent, tmp_path / "o")
+    assert peak_rss_mb() - before < 200, "refusing must not allocate the frame (5.4 GB / 384 MB)"
+    assert not (tmp_path / "o.mkv").exists() and not (tmp_path / "o.png").exists()
+    base = model_args(tiny_weights)
+    r = invoke("upscale", big, tmp_path / "o.mkv", *base)
+    assert_one_line(r.exit_code, r.stderr, "16000x16000", "--max-pixels")
+    r = invoke("upscale", huge, tmp_path / "o.mkv", *base)
+    assert_one_line(r.exit_code, r.stderr, "huge.y4m")
+    r = invoke("upscale", clip, tmp_path / "o.mkv", *base, "--max-pixels", W * H - 1)
+    assert_one_line(r.exit_code, r.stderr, f"{W}x{H}", "--max-pixels")
+    r = invoke("upscale", clip, tmp_path / "o.mkv", *base, "--max-pixels", W * H)
+    assert r.exit_code == 0, r.stderr
+    assert len(media.decode_all(tmp_path / "o.mkv")[0]) == 4
