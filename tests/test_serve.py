@@ -159,3 +159,14 @@ def test_a_missing_input_file_fails_its_stream_only(tmp_path, kind):
         assert run.streams()["good"]["frames_out"] == 5
     finally:
         run.close()
+
+
+@pytest.mark.timeout(120)
+def test_bench_streams_runs_both_sides(tmp_path, tiny_weights):
+    from streamsr.serve.bench import bench_streams
+
+    result = bench_streams(2, resolution=(32, 24), frames=4, model=str(tiny_weights),
+                           encoder_preset="ultrafast", workdir=tmp_path)
+    assert result.serve_fps > 0 and result.processes_fps > 0
+    assert result.serve_batch_fill > 0 and result.as_dict()["ratio"] > 0
+    assert "2 upscale processes" in result.table()
