@@ -5,6 +5,8 @@ largest difference, uint8), model-only fps at one thread and at every available 
 count is kept: on a shared machine one thread can win), then the whole pipeline at that count;
 the torch pipeline instead runs as `streamsr upscale` does, measuring one thread against all of
 them in the run (`streamsr.inference.cpu_threads.CpuThreads`), unless --threads fixes the count.
+A backend may name its precision, `NAME:PRECISION` (e.g. `openvino:int8`, `openvino:fp32`), so
+one backend can appear at several precisions; without one it runs at the run's --precision.
 The model-only rounds are interleaved (every backend once, then again), so a change in the
 machine's load hits all rows alike; the best of the rounds is reported. Compiled models are
 built (and cached) before anything is timed; the pipeline timing still includes opening the
@@ -39,7 +41,25 @@ from streamsr.runtime import available_cpus, cpu_threads_fixed, resolve_device
 PRECISION_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 ROUNDS = 2  # interleaved model-only rounds; the best fps of each row is kept
 
-Engines = dict[tuple[str, int | None], Engine]  # (backend, threads) -> a planned engine
+Engines = dict[tuple[str, int | None], Engine]  # (backend spec, threads) -> a planned engine
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """`openvino:int8` -> ("openvino", "int8"); `torch` -> ("torch", None)."""
+    name, _, precision = spec.partition(":")
+    return name, precision or None
+
+
+def spec_config(config: BenchConfig, spec: str, **changes) -> BenchConfig:
+    """The bench config for one backend spec (its precision, when it names one)."""
+    name, precision = split_spec(spec)
+    return _with(config, backend=name, **({"precision": precision} if precision else {}),
+                 **changes)
+
+
+def _precision_name(engine: Engine) -> str:
+    named = getattr(engine._forward, "precision", None)
+    return named if isinstance(named, str) else PRECISION_NAMES[engine.dtype]
 
 
 @dataclass
@@ -110,7 +130,7 @@ def run_backends(config: BenchConfig, backends: Sequence[str],
         t = max(counts, key=lambda c: best[(name, c)])
         engine = engines[(name, t)]
         rows.append(BackendRow(
-            backend=name, precision=PRECISION_NAMES[engine.dtype], threads=t or 0,
+            backend=name, precision=_precision_name(engine), threads=t or 0,
             batch=engine.batch, model_fps=best[(name, t)], model_fps_by_threads=by_threads,
             psnr_vs_torch_fp32=accuracy[name][0], max_diff_vs_torch_fp32=accuracy[name][1]))
     for engine in engines.values():
@@ -153,7 +173,7 @@ def _prepare_engines(config: BenchConfig, model: nn.Module, backends: Sequence[s
     for name in backends:
         for t in counts:
             announce(progress, f"preparing {name}" + (f", {t} thread(s)" if t else ""))
-            engine = Engine(copy.deepcopy(model), engine_config(_with(config, backend=name, threads=t)))
+            engine = Engine(copy.deepcopy(model), engine_config(spec_config(config, name, threads=t)))
             engine.plan(height, width)
             engines[(name, t)] = engine
     return engines
@@ -206,12 +226,12 @@ def _pipeline_rows(config: BenchConfig, model: nn.Module, rows: list[BackendRow]
         enc = encode_options(config.codec, config.encoder_preset)
         for row in rows:
             threads = row.threads or None
-            if row.backend == "torch" and not (config.threads or cpu_threads_fixed()):
+            if split_spec(row.backend)[0] == "torch" and not (config.threads or cpu_threads_fixed()):
                 threads = None  # as upscale runs it: threads measured in the run
             row.pipeline_threads = "auto" if threads is None else str(threads)
             announce(progress, f"pipeline: {row.backend}, threads {row.pipeline_threads}")
-            cfg = _with(config, backend=row.backend, threads=threads)
-            timing = run_pipeline(clip, work / f"{row.backend}.mp4", copy.deepcopy(model),
+            cfg = spec_config(config, row.backend, threads=threads)
+            timing = run_pipeline(clip, work / f"{row.backend.replace(':', '-')}.mp4", copy.deepcopy(model),
                                   engine_config(cfg, batch=row.batch),
                                   decoder=config.decoder, enc=enc)
             row.pipeline_fps = timing.fps
@@ -221,7 +241,7 @@ def _pipeline_rows(config: BenchConfig, model: nn.Module, rows: list[BackendRow]
 
 
 def _ratios_to_torch(rows: list[BackendRow]) -> None:
-    torch_row = next((r for r in rows if r.backend == "torch"), None)
+    torch_row = next((r for r in rows if split_spec(r.backend)[0] == "torch"), None)
     for row in rows:
         if torch_row is not None:
             row.model_over_torch_model = row.model_fps / torch_row.model_fps

@@ -14,9 +14,10 @@ from streamsr.errors import ConfigError
               help="lite, or a weights file (a config without trained weights is refused).")
 @click.option("--format", "fmt", type=click.Choice(["onnx", "openvino"]), default=None,
               help="onnx (.onnx) or openvino (IR: .xml + .bin) [default: from OUT's suffix].")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default="fp32",
               show_default=True, help="fp16: fp16 weights and arithmetic; bf16: OpenVINO only "
-              "(f32 weights, bf16 inference hint).")
+              "(f32 weights, bf16 inference hint); int8: OpenVINO only (quantized with NNCF, "
+              "needs streamsr[openvino]).")
 @click.option("--resolution", metavar="WxH", default=None,
               help="A fixed input size (e.g. 320x180; padding to a multiple of 8 is in the graph).")
 @click.option("--dynamic", is_flag=True, help="Any input size whose sides are multiples of 8, any "

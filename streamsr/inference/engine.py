@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from streamsr.errors import ConfigError
-from streamsr.inference.backends import make_forward, resolve_backend
+from streamsr.inference.backends import check_int8, make_forward, resolve_backend, split_int8
 from streamsr.inference.batch import FrameBatch, check_frames
 from streamsr.inference.forward import TorchForward
 from streamsr.inference.graphs import resolve_cuda_graphs
@@ -59,7 +59,8 @@ class EngineConfig:
     """How to run the model: device, precision, batch/tile sizes (None: chosen from memory)."""
 
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1"
-    precision: str = "auto"  # "auto" (bf16 / fp16 on CUDA, fp32 on CPU), "bf16", "fp16", "fp32"
+    # "auto" (bf16 / fp16 on CUDA, fp32 on CPU), "bf16", "fp16", "fp32"; "int8": openvino only
+    precision: str = "auto"
     batch: int | None = None  # frames per model call; None: from free memory (CPU: 4)
     tile: int | None = None  # tile core size in LR px; None: only when a frame does not fit; 0: never
     tile_overlap: int = 16  # LR px of context on each side of a tile, cropped when stitching
@@ -98,7 +99,8 @@ class Engine:
         self.config = config = config or EngineConfig()
         _check_config(config)
         self.device = resolve_device(config.device)
-        self.dtype = resolve_precision(config.precision, self.device)
+        precision, int8 = split_int8(config.precision)
+        self.dtype = resolve_precision(precision, self.device)
         self.scale = model_scale(model)
         threads = use_cpu_threads(config.threads) if self.device.type == "cpu" else 0
         # the user's count is kept; otherwise the pipeline measures 1 thread against all
@@ -111,6 +113,8 @@ class Engine:
         self.model = model
         graphs = resolve_cuda_graphs(config.cuda_graphs, self.device, config.compile)
         self.backend = resolve_backend(config.backend, self.device)
+        if int8:
+            check_int8(self.backend)
         if self.backend == "torch":
             self._forward = TorchForward(model, self.device, self.dtype, config.channels_last,
                                          config.compile, graphs)
@@ -119,7 +123,7 @@ class Engine:
                 raise ConfigError("--compile applies to the torch backend only")
             graphs = False
             self._forward = make_forward(self.backend, model, self.device, self.dtype,
-                                         threads or 1)
+                                         threads or 1, int8=int8)
             self.threads_fixed = True  # the runtime's own threads: torch's count is no lever
         # On CPU a batch only helps by giving more threads parallel work: with one free thread,
         # larger batches ran slower (docs/architecture.md), so no more frames than threads.

@@ -8,11 +8,14 @@ OpenVINO `rt_info`, keys under `streamsr`); `read_export` reads them back withou
 
 Precision: fp32 everywhere; fp16 as fp16 weights and arithmetic in ONNX, as fp16-compressed
 weights plus an f16 inference hint in OpenVINO IR; bf16 only in OpenVINO IR (f32 weights, a
-bf16 inference hint: ONNX convolutions have no bf16 at the exported opset).
+bf16 inference hint: ONNX convolutions have no bf16 at the exported opset); int8 only in
+OpenVINO IR: the graph quantized by NNCF with the backend's fixed calibration recipe
+(`backends.ov_int8`, named in the metadata), f32 elsewhere.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import xml.etree.ElementTree as ET
@@ -32,7 +35,7 @@ from streamsr.inference.backends.onnx_export import (
 )
 
 FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
-OV_HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
+OV_HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ class ExportOptions:
     """What to write: container format, precision, a fixed input size or a dynamic one."""
 
     format: str = "onnx"  # onnx | openvino
-    precision: str = "fp32"  # fp32 | fp16 | bf16 (bf16: openvino only)
+    precision: str = "fp32"  # fp32 | fp16 | bf16 | int8 (bf16, int8: openvino only)
     resolution: tuple[int, int] | None = None  # (width, height) of the input; None: dynamic
     batch: int = 1  # frames per call of a fixed-size export
     overwrite: bool = False
@@ -48,8 +51,11 @@ class ExportOptions:
     def check(self) -> None:
         if self.format not in FORMATS:
             raise ConfigError(f"unknown export format {self.format!r}; use onnx or openvino")
-        if self.precision not in EXPORT_PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}; use fp32, fp16 or bf16")
+        if self.precision == "int8" and self.format != "openvino":
+            raise ConfigError("int8 is an OpenVINO model quantized with NNCF: use --format "
+                              "openvino for int8, or --precision fp16 / fp32")
+        if self.precision not in (*EXPORT_PRECISIONS, "int8"):
+            raise ConfigError(f"unknown precision {self.precision!r}; use fp32, fp16, bf16 or int8")
         if self.precision == "bf16" and self.format == "onnx":
             raise ConfigError("ONNX has no bf16 convolutions at the opset streamsr exports: use "
                               "--format openvino for bf16, or --precision fp16 / fp32")
@@ -85,6 +91,10 @@ def export_model(model: nn.Module, out: str | os.PathLike, options: ExportOption
         raise OutputError(f"no such folder: {out.parent}")
     meta = export_metadata(model, options.precision, options.resolution, options.batch,
                            options.format)
+    if options.precision == "int8":
+        from streamsr.inference.backends.ov_int8 import CALIBRATION
+
+        meta["calibration"] = json.dumps(CALIBRATION, sort_keys=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".streamsr-export-") as tmp:
         if options.format == "onnx":
             graph = onnx_bytes(model, options.precision, options.resolution, options.batch)
@@ -105,6 +115,11 @@ def _write_openvino(model: nn.Module, tmp: Path, out: Path, options: ExportOptio
     source = tmp / "graph.onnx"
     source.write_bytes(onnx_bytes(model, "fp32", options.resolution, options.batch))
     ov_model = ov.convert_model(str(source))
+    if options.precision == "int8":
+        from streamsr.inference.backends.ov_int8 import calibration_frames, quantize
+
+        ov_model = quantize(ov_model, calibration_frames(size=options.resolution,
+                                                         batch=options.batch))
     for key, value in meta.items():
         ov_model.set_rt_info(value, ["streamsr", key])
     # applied by OpenVINO when the model is compiled, unless the caller sets its own hint

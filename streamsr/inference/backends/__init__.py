@@ -82,13 +82,30 @@ def resolve_backend(name: str, device: torch.device) -> str:
     return name
 
 
+def split_int8(precision: str) -> tuple[str, bool]:
+    """(the precision torch sees, whether INT8 was asked for): `int8` is OpenVINO's quantized
+    model (`ov_int8`); the engine's own torch calls (its memory trial) stay fp32."""
+    return ("fp32", True) if precision == "int8" else (precision, False)
+
+
+def check_int8(backend: str) -> None:
+    """INT8 is a quantized OpenVINO model: refuse it on any other backend, and say what is
+    missing (nncf) in one line."""
+    if backend != "openvino":
+        raise ConfigError(f"--precision int8 needs --backend openvino (got {backend}); INT8 is "
+                          f"the OpenVINO model quantized with NNCF")
+    require_module("nncf", "openvino", "openvino (--precision int8)")
+
+
 def make_forward(backend: str, model: torch.nn.Module, device: torch.device, dtype: torch.dtype,
-                 threads: int):
+                 threads: int, int8: bool = False):
     """The engine's model call for a non-torch backend (see `base.BackendForward`)."""
+    if int8:
+        check_int8(backend)
     if backend == "openvino":
         from streamsr.inference.backends.ov_backend import OpenVinoForward
 
-        return OpenVinoForward(model, dtype, threads)
+        return OpenVinoForward(model, dtype, threads, int8=int8)
     if backend == "onnxruntime":
         from streamsr.inference.backends.ort_backend import OnnxRuntimeForward
 

@@ -3,7 +3,8 @@
 Precision is what the user asked for, never OpenVINO's own default (bf16 on CPUs with
 avx512_bf16 or AMX, which changed `lite`'s output by up to 0.04): fp32 sets the inference
 precision hint to f32; bf16 and fp16 set bf16 / f16 and are refused on a CPU that lacks them
-(OpenVINO would silently run f32). Each input shape (the stream's batches, a short last batch,
+(OpenVINO would silently run f32); int8 runs the graph quantized by NNCF (`ov_int8`: INT8
+convolutions, f32 elsewhere). Each input shape (the stream's batches, a short last batch,
 tiles) gets its own statically shaped compiled model, which OpenVINO runs faster than a dynamic
 one; compiled models are cached in <cache>/openvino (OpenVINO's CACHE_DIR, which checks the
 model, the settings and its own version, and recompiles when a blob does not fit or fails).
@@ -41,14 +42,16 @@ class OpenVinoForward(BackendForward):
 
     name = "openvino"
 
-    def __init__(self, model: torch.nn.Module, dtype: torch.dtype, threads: int) -> None:
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype, threads: int,
+                 int8: bool = False) -> None:
         super().__init__(model, torch.device("cpu"), dtype)
         require("openvino")
         import openvino as ov
 
         self.ov = ov
         self.core = ov.Core()
-        self.hint = HINTS[dtype]
+        self.int8 = int8
+        self.hint = "f32" if int8 else HINTS[dtype]
         caps = list(self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
         need = NEEDS_CAPABILITY.get(self.hint)
         if need and need not in caps:
@@ -56,10 +59,19 @@ class OpenVinoForward(BackendForward):
                               f"capabilities: {', '.join(caps)}); use --precision fp32")
         self.threads = threads
         self.cache_dir = cache_root() / "openvino"
-        self.model = self.core.read_model(str(runtime_onnx(model)))
+        if int8:
+            from streamsr.inference.backends.ov_int8 import int8_model
+
+            self.model = int8_model(model, self.core)
+        else:
+            self.model = self.core.read_model(str(runtime_onnx(model)))
         self.requests: OrderedDict[tuple[int, ...], object] = OrderedDict()
-        log.info("openvino %s: %d threads, inference precision %s", ov.__version__, threads,
-                 self.hint)
+        log.info("openvino %s: %d threads, inference precision %s%s", ov.__version__, threads,
+                 self.hint, " (INT8 convolutions)" if int8 else "")
+
+    @property
+    def precision(self) -> str:
+        return "int8" if self.int8 else super().precision
 
     def settings(self, streams: int = 1) -> dict:
         mode = {"PERFORMANCE_HINT": "LATENCY"} if streams == 1 else {
