@@ -26,7 +26,7 @@ class ServeCollector(Collector):
         label = ["stream"]
         fps_in = GaugeMetricFamily("streamsr_stream_fps_in", "Input frames per second (5 s window)", labels=label)
         fps_out = GaugeMetricFamily("streamsr_stream_fps_out", "Output frames per second (5 s window)", labels=label)
-        frames_in = CounterMetricFamily("streamsr_stream_frames_in", "Frames decoded and queued for the engine", labels=label)
+        frames_in = CounterMetricFamily("streamsr_stream_frames_in", "Frames the input delivered (dropped ones included)", labels=label)
         frames_out = CounterMetricFamily("streamsr_stream_frames_out", "Frames written to the outputs", labels=label)
         drops = CounterMetricFamily("streamsr_stream_dropped_frames", "Frames dropped, by cause", labels=["stream", "cause"])
         latency = GaugeMetricFamily("streamsr_stream_latency_seconds", "Decode-to-write latency of the last frame", labels=label)
@@ -39,7 +39,7 @@ class ServeCollector(Collector):
             c = w.counters
             fps_in.add_metric(name, w.rate_in.fps())
             fps_out.add_metric(name, w.rate_out.fps())
-            frames_in.add_metric(name, c.frames_in)
+            frames_in.add_metric(name, w.frames_decoded())
             frames_out.add_metric(name, c.frames_out)
             for cause, n in w.drops().items():
                 drops.add_metric([w.name, cause], n)

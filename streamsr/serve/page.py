@@ -52,15 +52,16 @@ async function refresh() {
                                      "view=" + view + "&n=" + s.frames_out;
       const d = s.drops;
       t.querySelector(".stats").textContent =
-        `in ${s.fps_in} fps, out ${s.fps_out} fps, latency ${s.latency_s}s, ` +
+        `in ${s.fps_in.toFixed(1)} fps, out ${s.fps_out.toFixed(1)} fps, latency ${s.latency_s.toFixed(2)} s, ` +
         `dropped ${d.queue + d.late + d.output + d.stop}, reconnects ${s.reconnects}` +
         (s.reason && s.state !== "running" ? " - " + s.reason : "");
     }
     for (const t of [...tiles.children]) if (!names.has(t.id)) t.remove();
     const e = data.engine;
     document.getElementById("engine").textContent =
-      `engine: ${e.backend} on ${e.device}, batch ${e.batch}, fill ${e.batch_fill_mean}, ` +
-      `${e.frames} frames, model ${e.model_seconds}s`;
+      `engine: ${e.backend} on ${e.device}, batch ${e.batch}, ` +
+      `fill ${(100 * e.batch_fill_mean).toFixed(0)} %, ${e.frames} frames, ` +
+      `model ${e.model_seconds.toFixed(1)} s`;
   } catch (err) { document.getElementById("engine").textContent = "no answer: " + err; }
 }
 refresh(); setInterval(refresh, 1000);

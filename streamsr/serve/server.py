@@ -144,8 +144,6 @@ class Server:
         def feed():
             for shared in self.batcher.batches(self._engine_stop):
                 owners.append(shared.lanes)
-                c.streams_per_batch_sum += len({id(lane) for lane in shared.lanes})
-                c.fill_sum += len(shared.lanes) / self.batch
                 yield shared.batch
 
         try:
@@ -153,6 +151,8 @@ class Server:
                 lanes = owners.popleft()
                 c.batches += 1
                 c.frames += len(lanes)
+                c.fill_sum += len(lanes) / self.batch
+                c.streams_per_batch_sum += len({id(lane) for lane in lanes})
                 c.model_seconds = self.engine.busy_seconds
                 for pixels, frame, lane in zip(out.pixels, out.frames, lanes, strict=True):
                     if lane.owner is not None:

@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -55,21 +56,26 @@ def output_jobs(config: StreamConfig) -> list[tuple[str, object, UpscaleOptions]
 
 
 class Rate:
-    """Events per second over the last FPS_WINDOW seconds."""
+    """Per-second rate of a counter over about the last FPS_WINDOW seconds, from samples of
+    it (taken per frame and whenever the rate is read, so a stalled stream reads 0)."""
 
-    def __init__(self) -> None:
-        self._times: collections.deque[float] = collections.deque()
+    def __init__(self, read: Callable[[], int]) -> None:
+        self._read = read
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()
+        self._lock = threading.Lock()
 
-    def tick(self, now: float) -> None:
-        self._times.append(now)
-        while self._times and self._times[0] < now - FPS_WINDOW:
-            self._times.popleft()
+    def sample(self) -> tuple[float, int]:
+        now, value = time.monotonic(), self._read()
+        with self._lock:
+            self._samples.append((now, value))
+            while len(self._samples) > 1 and self._samples[1][0] <= now - FPS_WINDOW:
+                self._samples.popleft()
+            return self._samples[0]
 
     def fps(self) -> float:
-        now = time.monotonic()
-        while self._times and self._times[0] < now - FPS_WINDOW:
-            self._times.popleft()
-        return len(self._times) / FPS_WINDOW
+        now, value = time.monotonic(), self._read()
+        t0, v0 = self.sample()
+        return (value - v0) / (now - t0) if now - t0 >= 0.5 else 0.0
 
 
 @dataclasses.dataclass
@@ -99,7 +105,8 @@ class StreamWorker:
         self.lane: Lane | None = None
         self.outputs: list[tuple[str, object]] = []  # (label, sink) still being written
         self.counters = StreamCounters()
-        self.rate_in, self.rate_out = Rate(), Rate()
+        self.rate_in = Rate(self.frames_decoded)
+        self.rate_out = Rate(lambda: self.counters.frames_out)
         self.latest_out: np.ndarray | None = None
         self.latest_in: np.ndarray | None = None
         self.stop = threading.Event()  # stop reading (server stop, removal)
@@ -142,11 +149,11 @@ class StreamWorker:
             self._writer.start()
             self.state = "running"
             for frame in self.source:
+                self.rate_in.sample()
+                self.latest_in = frame.rgb
                 if not self.lane.put(frame, self.stop):
                     break
                 self.counters.frames_in += 1
-                self.rate_in.tick(time.monotonic())
-                self.latest_in = frame.rgb
             else:
                 self._ended = True  # "ended" once the outputs are finalised
         except StreamsrError as exc:
@@ -266,7 +273,7 @@ class StreamWorker:
         c.frames_out += 1
         c.latency_last = now - frame.wallclock
         c.latency_sum += c.latency_last
-        self.rate_out.tick(now)
+        self.rate_out.sample()
         self.latest_out = pixels
         if self.live is not None:
             self.live.stats.frames_written = c.frames_out
@@ -295,6 +302,11 @@ class StreamWorker:
             out["late"] += live.stats.dropped_late
         return out
 
+    def frames_decoded(self) -> int:
+        """Frames the input delivered, the ones dropped before the engine included."""
+        live = self.live
+        return live.stats.frames_decoded if live is not None else self.counters.frames_in
+
     def outage_seconds(self) -> float:
         live = self.live
         if live is None:
@@ -310,7 +322,7 @@ class StreamWorker:
         return {"name": self.name, "input": redact(self.config.input), "state": self.state,
                 "reason": self.reason, "down": bool(live and live.stats.down_since is not None),
                 "outputs": [label for label, _ in self.outputs],
-                "frames_in": c.frames_in, "frames_out": c.frames_out,
+                "frames_in": self.frames_decoded(), "frames_out": c.frames_out,
                 "fps_in": round(self.rate_in.fps(), 2), "fps_out": round(self.rate_out.fps(), 2),
                 "drops": self.drops(), "reconnects": live.stats.reconnects if live else 0,
                 "outage_s": round(self.outage_seconds(), 3),
