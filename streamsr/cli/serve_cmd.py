@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from streamsr.cli import common_options, main, threads_option
+from streamsr.errors import ConfigError
 
 
 @main.command()
@@ -21,6 +22,11 @@ def serve(config_path: str, listen: str | None) -> None:
     the config: new streams start, removed or changed ones stop, the others run on untouched.
     See docs/serve.md.
     """
-    from streamsr.serve import serve as run
-
+    try:
+        from streamsr.serve import serve as run
+    except ModuleNotFoundError as exc:
+        if exc.name != "prometheus_client":
+            raise
+        raise ConfigError("streamsr serve needs prometheus-client: "
+                          "pip install 'streamsr[serve]'") from None
     run(config_path, listen=listen)
