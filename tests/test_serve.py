@@ -170,3 +170,46 @@ def test_bench_streams_runs_both_sides(tmp_path, tiny_weights):
     assert result.serve_fps > 0 and result.processes_fps > 0
     assert result.serve_batch_fill > 0 and result.as_dict()["ratio"] > 0
     assert "2 upscale processes" in result.table()
+
+
+def test_an_output_failing_mid_run_ends_that_output_only(tmp_path, monkeypatch):
+    from streamsr.errors import OutputError
+    from streamsr.serve import worker
+
+    real_open = worker.open_sink
+
+    class DiskFull:
+        def __init__(self, sink) -> None:
+            self.sink, self.frames_written = sink, 0
+
+        def write(self, *args, **kwargs) -> None:
+            if self.frames_written == 3:
+                raise OutputError("cannot write flaky.mkv: No space left on device")
+            self.sink.write(*args, **kwargs)
+            self.frames_written += 1
+
+        def close(self, trim: bool = False) -> None:
+            self.sink.close(trim=trim)
+
+    def open_sink(job, *args):
+        sink = real_open(job, *args)
+        return DiskFull(sink) if job.dst.endswith("flaky.mkv") else sink
+
+    monkeypatch.setattr(worker, "open_sink", open_sink)
+    a = media.make_index_clip(tmp_path / "a.mp4", n=10)
+    b = media.make_index_clip(tmp_path / "b.mp4", n=10)
+    config = tmp_path / "serve.toml"
+    write_config(config, file_stream("a", a, tmp_path / "flaky.mkv")
+                 + f'segments = "{tmp_path}/a_seg.mkv"\nsegment_time = 100\n'
+                 + file_stream("b", b, tmp_path / "b.mkv"))
+    run = Running(config)
+    try:
+        run.wait_for(lambda s: all(x["state"] == "ended" for x in s.values()))
+        streams = run.streams()
+        assert streams["a"]["output_errors"] == 1 and streams["a"]["frames_out"] == 10
+        assert streams["a"]["outputs"] == [] and streams["b"]["output_errors"] == 0
+    finally:
+        run.close()
+    assert decoded_indices(tmp_path / "a_seg.mkv") == list(range(10))
+    assert len(decoded_indices(tmp_path / "flaky.mkv")) == 3  # finalised: playable up to the error
+    assert decoded_indices(tmp_path / "b.mkv") == list(range(10))
