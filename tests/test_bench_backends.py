@@ -52,6 +52,7 @@ def test_rows_side_by_side_with_ratios_to_torch():
     (["--backend", "torch,torch"], "each backend once"),
     (["--backend", "torch", "--backend", "openvino", "--sweep"], "--sweep takes one --backend"),
     (["--backend", "cuda-magic"], "unknown backend"),
+    (["--backend", "torch:int8"], "--precision int8 needs --backend openvino"),
 ])
 def test_bench_backend_errors_are_one_line(args, message):
     result = CliRunner().invoke(main, ["bench", "--model", "tiny", "--resolution", "32x16",
@@ -60,3 +61,23 @@ def test_bench_backend_errors_are_one_line(args, message):
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and message in lines[0], result.output
+
+
+def test_a_backend_names_its_precision(monkeypatch):
+    """`openvino:int8` is a row of its own, at its precision, next to torch."""
+    import importlib.util
+
+    if "openvino" not in RUNTIMES or importlib.util.find_spec("nncf") is None:
+        pytest.skip("openvino and nncf not installed")
+    from streamsr.inference.backends import ov_int8
+
+    monkeypatch.setattr(ov_int8, "CALIBRATION", {**ov_int8.CALIBRATION, "size": [32, 16],
+                                                 "seeds": 1})
+    names = ["torch", "openvino:int8"]
+    config = BenchConfig(resolution=(32, 16), frames=2, model="tiny", device="cpu",
+                         parts=("model", "pipeline"), threads=1)
+    result = run_backends(config, names)
+    assert [(r.backend, r.precision) for r in result.rows] == [("torch", "fp32"),
+                                                               ("openvino:int8", "int8")]
+    assert result.rows[1].pipeline_fps > 0 and result.rows[1].pipeline_over_torch_pipeline
+    assert "| openvino:int8 | int8 |" in format_backends(result)

@@ -22,8 +22,10 @@ PARTS = ("model", "pipeline", "naive", "io")  # streamsr.bench.PARTS, kept here 
 @click.option("--model", "model_name", default="lite", show_default=True,
               help="paper, lite, tiny, or a weights file (untrained configs time fine).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto",
-              show_default=True, help="Model precision for the engine (the naive loop is fp32).")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32", "int8"]),
+              default="auto", show_default=True,
+              help="Model precision for the engine (the naive loop is fp32; int8: openvino only). "
+              "With several backends, each may name its own: --backend torch,openvino:int8.")
 @click.option("--batch", type=int, default=None, help="Frames per model call [default: engine's choice].")
 @click.option("--backend", "backend_names", multiple=True, metavar="NAME[,NAME...]",
               help="torch, openvino, onnxruntime, tensorrt or auto [default: torch]; several "
@@ -72,6 +74,7 @@ def bench(resolution: str, frames: int | None, io_frames: int | None, model_name
         run_bench,
         run_sweep,
     )
+    from streamsr.bench.backends import split_spec
 
     config = BenchConfig(resolution=parse_resolution(resolution), frames=frames, io_frames=io_frames,
                          model=model_name,
@@ -85,8 +88,9 @@ def bench(resolution: str, frames: int | None, io_frames: int | None, model_name
             click.secho(f"bench: {text} ...", err=True, dim=True)
 
     names = [n.strip() for value in backend_names for n in value.split(",") if n.strip()]
-    if len(names) == 1:
-        config.backend = names[0]
+    if len(names) == 1:  # NAME[:PRECISION], as in the side-by-side run
+        config.backend, named = split_spec(names[0])
+        config.precision = named or config.precision
     if len(names) > 1:
         if sweep:
             raise ConfigError("--sweep takes one --backend")

@@ -70,8 +70,9 @@ def _status_line(line: str) -> None:
 @click.option("--model", default="lite", show_default=True, help="lite, paper, or a weights file.")
 @click.option("--batch", type=click.IntRange(min=1), help="Frames per model call (default: from free memory).")
 @click.option("--tile", type=click.IntRange(min=0), help="Tile size in input pixels (0: never tile; default: when needed).")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto",
-              show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32", "int8"]),
+              default="auto", show_default=True,
+              help="int8: --backend openvino only (the model quantized with NNCF, cached).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--backend", type=click.Choice(["torch", "openvino", "onnxruntime", "tensorrt", "auto"]),
               default="torch", show_default=True,
