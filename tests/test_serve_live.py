@@ -148,3 +148,32 @@ def test_sighup_adds_a_stream_and_sigint_finalises_playable_outputs(cameras, tmp
     frames = decode(tmp_path / "cam.mkv")
     assert len(frames) >= cam_after["frames_out"] and frames[0].shape[:2] == (4 * 48, 4 * 64)
     assert len(decode(tmp_path / "clip_x4.mkv")) == 8
+
+
+@pytest.mark.timeout(90)
+def test_reload_removes_and_restarts_streams_leaving_the_others_alone(cameras, tmp_path):
+    from streamsr.serve.config import load_config
+
+    for server, c in zip(cameras, (RED, BLUE, GREEN), strict=True):
+        server.start(color=c)
+    a, b, c = (live_stream(n, s.url, tmp_path / f"{n}.mkv") for n, s in zip("abc", cameras,
+                                                                             strict=True))
+    config = tmp_path / "serve.toml"
+    write_config(config, a + b + c)
+    run = Running(config)
+    try:
+        run.wait_for(lambda s: all(x["frames_out"] >= 10 for x in s.values()))
+        worker_a, worker_c = run.server.worker("a"), run.server.worker("c")
+        c_changed = c.replace(f'file = "{tmp_path / "c.mkv"}"', f'file = "{tmp_path / "c2.mkv"}"')
+        write_config(config, a + c_changed)
+        started, stopped = run.server.apply(load_config(config))
+        assert started == ["c"] and sorted(stopped) == ["b", "c"]
+        assert run.server.worker("a") is worker_a  # untouched
+        assert run.server.worker("c") is not worker_c
+        run.wait_for(lambda s: set(s) == {"a", "c"} and s["c"]["frames_out"] >= 5)
+        assert worker_a.state == "running" and worker_a.live.stats.reconnects == 0
+    finally:
+        run.close()
+    for name, want in (("b", "blue"), ("c", "green"), ("c2", "green"), ("a", "red")):
+        frames = decode(tmp_path / f"{name}.mkv")  # every stopped stream was finalised
+        assert frames and {colour(f) for f in frames} == {want}
