@@ -213,3 +213,17 @@ def test_an_output_failing_mid_run_ends_that_output_only(tmp_path, monkeypatch):
     assert decoded_indices(tmp_path / "a_seg.mkv") == list(range(10))
     assert len(decoded_indices(tmp_path / "flaky.mkv")) == 3  # finalised: playable up to the error
     assert decoded_indices(tmp_path / "b.mkv") == list(range(10))
+
+
+def test_a_port_in_use_is_one_config_error():
+    import socket
+
+    from streamsr.errors import ConfigError
+    from streamsr.serve.http import HttpServer
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}: Address already in use"):
+            HttpServer(None, "127.0.0.1", port, None)

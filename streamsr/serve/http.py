@@ -21,6 +21,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streamsr.errors import ConfigError
 from streamsr.serve.metrics import registry_for
 from streamsr.serve.page import PAGE
 from streamsr.serve.server import Server
@@ -109,8 +110,11 @@ class HttpServer:
     """The WSGI server on its own thread."""
 
     def __init__(self, server: Server, host: str, port: int, token: str | None) -> None:
-        self.httpd = make_server(host, port, make_app(server, token),
-                                 server_class=_ThreadingServer, handler_class=_QuietHandler)
+        try:
+            self.httpd = make_server(host, port, make_app(server, token),
+                                     server_class=_ThreadingServer, handler_class=_QuietHandler)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         self.port = self.httpd.server_port
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="serve-http",
                                         daemon=True)
