@@ -111,8 +111,8 @@ def test_cli_non_loopback_listen_without_token_is_refused(tmp_path):
     assert proc.returncode == 2 and "token" in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize("name", ["serve-cameras", "serve-files"])
+@pytest.mark.parametrize("name", ["cameras", "files"])
 def test_example_configs_load(name):
-    path = Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.toml"
+    path = Path(__file__).resolve().parents[1] / "pipelines" / "serve" / f"{name}.toml"
     config = load_config(path)
     assert config.streams and config.server.host_port[0] == "127.0.0.1"
