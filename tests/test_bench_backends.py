@@ -72,7 +72,7 @@ def test_a_backend_names_its_precision(monkeypatch):
     from streamsr.inference.backends import ov_int8
 
     monkeypatch.setattr(ov_int8, "CALIBRATION", {**ov_int8.CALIBRATION, "size": [32, 16],
-                                                 "seeds": 1})
+                                                 "frames": 2})
     names = ["torch", "openvino:int8"]
     config = BenchConfig(resolution=(32, 16), frames=2, model="tiny", device="cpu",
                          parts=("model", "pipeline"), threads=1)

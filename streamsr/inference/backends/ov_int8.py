@@ -4,20 +4,21 @@ Why INT8: on a CPU without avx512_bf16 or AMX (the 2-core AVX2 machine the proje
 OpenVINO's bf16 is emulated and f32 barely beats torch, while its INT8 kernels still use integer
 dot products (docs/benchmarks.md has the numbers).
 
-What is quantized: every convolution of the network, weights per channel and activations per
-tensor (NNCF's PERFORMANCE preset: symmetric activations), except the bicubic skip
+What is quantized: every convolution of the network, weights per channel (symmetric) and
+activations per tensor (asymmetric: NNCF's MIXED preset, closer to torch than PERFORMANCE's
+symmetric activations at the same speed), except the bicubic skip
 (`graph.SeparableBicubic`'s four convolutions): that path carries the whole image, and
 quantizing it would cost far more PSNR than its few multiply-adds are worth. Fast bias
 correction is on (NNCF's default).
 
-Calibration (`CALIBRATION`): fixed, reproducible frames, the same on every machine and for
-every video: the textured pattern of `streamsr bench` (`bench.clip.texture`, seeds 0..N-1,
-each at a few brightness and contrast levels). Quantization ranges come from activation
-statistics, so calibration frames must cover the range real video takes, not its content;
-generated frames do that, ship with the code, and make the quantized model a pure function of
-the weights and this recipe, so it can be cached and tested (calibrating on each input's first
-frames would give every video its own model, and a slow first start). The PSNR against torch
-fp32 on real footage is checked in the tests and stated in docs/benchmarks.md.
+Calibration (`CALIBRATION`): 12 real low-resolution frames shipped with the package
+(streamsr/weights/calibration.safetensors, 128x80, made by scripts/make_calibration.py from
+scikit-image's bundled photographs that the sample clips do not use), the same on every machine
+and for every video. Quantization ranges come from activation statistics, which follow the
+content: generated texture frames (fine noise) gave ranges that cost up to 20 dB of PSNR on real
+footage, these photographs do not (docs/benchmarks.md). A fixed set makes the quantized model a
+pure function of the weights and the recipe, so it is cached and tested; calibrating on each
+input's first frames would give every video its own model and a minutes-long first start.
 
 The quantized model does not depend on the input size (the graph stays dynamic; OpenVINO
 compiles it per shape as it does the f32 one), so the cache key is the runtime graph's key
@@ -36,18 +37,18 @@ import numpy as np
 from torch import nn
 
 from streamsr.inference.backends import BackendError, require_module
-from streamsr.inference.backends.cache import ArtifactCache
+from streamsr.inference.backends.cache import ArtifactCache, file_sha256
 from streamsr.inference.backends.onnx_export import runtime_key, runtime_onnx
 
 log = logging.getLogger(__name__)
 
+CALIBRATION_FILE = Path(__file__).resolve().parents[2] / "weights" / "calibration.safetensors"
 # what the calibration set is; part of the cache key (change it and cached models are rebuilt)
 CALIBRATION = {
-    "name": "streamsr-texture-v1",
-    "size": [256, 144],  # W, H of each frame (any size works: the graph is dynamic)
-    "seeds": 6,
-    "levels": [[1.0, 0.0], [0.6, 0.0], [0.6, 0.4]],  # (contrast, offset): full, dark, bright
-    "preset": "mixed",
+    "name": "streamsr-photos-v1",  # CALIBRATION_FILE's frames (its sha256 is in the key too)
+    "frames": 12,  # how many of them
+    "size": None,  # [W, H] to resize them to; None: as stored (128x80; the graph is dynamic)
+    "preset": "mixed",  # NNCF: symmetric weights, asymmetric activations
     "ignored": "bicubic skip",
 }
 SKIP_PREFIX = "/model/skip/"  # the bicubic skip's nodes in the exported graph
@@ -56,17 +57,21 @@ SKIP_PREFIX = "/model/skip/"  # the bicubic skip's nodes in the exported graph
 def calibration_frames(recipe: dict | None = None, size: tuple[int, int] | None = None,
                        batch: int = 1) -> list[np.ndarray]:
     """The calibration inputs: float32 NCHW (batch, 3, H, W) frames in [0, 1], deterministic;
-    `size` (W, H) overrides the recipe's for a fixed-shape graph (same pattern, same levels)."""
-    from streamsr.bench.clip import texture
+    `size` (W, H) resizes them for a fixed-shape graph (antialiased bicubic)."""
+    import torch
+    import torch.nn.functional as F
+    from safetensors.numpy import load_file
 
     recipe = recipe or CALIBRATION
-    width, height = size or recipe["size"]
+    stored = load_file(str(CALIBRATION_FILE))["frames"][:recipe["frames"]]
+    size = size or recipe["size"]
     frames = []
-    for seed in range(recipe["seeds"]):
-        base = texture(width, height, seed).astype(np.float32) / 255.0
-        for contrast, offset in recipe["levels"]:
-            img = np.clip(base * contrast + offset, 0.0, 1.0).transpose(2, 0, 1)[None]
-            frames.append(np.ascontiguousarray(np.repeat(img, batch, axis=0)))
+    for rgb in stored:
+        t = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255
+        if size is not None and tuple(size) != (t.shape[-1], t.shape[-2]):
+            t = F.interpolate(t, size=(size[1], size[0]), mode="bicubic", antialias=True,
+                              align_corners=False).clamp(0, 1)
+        frames.append(np.ascontiguousarray(t.repeat(batch, 1, 1, 1).numpy()))
     return frames
 
 
@@ -94,7 +99,7 @@ def int8_key(model: nn.Module, recipe: dict) -> dict:
     import openvino as ov
 
     return {**runtime_key(model), "precision": "int8", "calibration": recipe,
-            "nncf": nncf.__version__, "openvino": ov.__version__.split("-")[0]}
+            "calibration_sha256": file_sha256(CALIBRATION_FILE), "nncf": nncf.__version__, "openvino": ov.__version__.split("-")[0]}
 
 
 def pack_ir(ov_model, path: Path) -> None:
