@@ -7,9 +7,9 @@ dot products (docs/benchmarks.md has the numbers).
 What is quantized: every convolution of the network, weights per channel (symmetric) and
 activations per tensor (asymmetric: NNCF's MIXED preset, closer to torch than PERFORMANCE's
 symmetric activations at the same speed), except the bicubic skip
-(`graph.SeparableBicubic`'s four convolutions): that path carries the whole image, and
-quantizing it would cost far more PSNR than its few multiply-adds are worth. Fast bias
-correction is on (NNCF's default).
+(`graph.SeparableBicubic`'s four convolutions): that path carries most of the output image,
+an exact fixed resize whose rounding would show everywhere, and its few multiply-adds cost
+little in float. Fast bias correction is on (NNCF's default).
 
 Calibration (`CALIBRATION`): 12 real low-resolution frames shipped with the package
 (streamsr/weights/calibration.safetensors, 128x80, made by scripts/make_calibration.py from
