@@ -170,6 +170,25 @@ def test_bench_streams_runs_both_sides(tmp_path, tiny_weights):
     assert result.serve_fps > 0 and result.processes_fps > 0
     assert result.serve_batch_fill > 0 and result.as_dict()["ratio"] > 0
     assert "2 upscale processes" in result.table()
+    # latency is measured on both sides (source hand-over to write), fed at the clip's rate
+    assert result.realtime and result.serve_latency_mean_s > 0
+    assert result.processes_latency_mean_s > 0 and result.as_dict()["latency_ratio"] > 0
+
+
+def test_realtime_paces_frames_and_restamps_them():
+    import time
+
+    from streamsr.serve.worker import realtime
+    from streamsr.video.source import Frame
+
+    frames = [Frame(None, i, None, i, wallclock=0.0) for i in range(4)]
+    t0 = time.monotonic()
+    out = list(realtime(frames, 20))
+    assert time.monotonic() - t0 >= 3 / 20 - 0.01  # 4 frames at 20 fps: 3 gaps
+    assert [f.index for f in out] == [0, 1, 2, 3]
+    assert all(f.wallclock >= t0 for f in out)
+    assert all(b.wallclock - a.wallclock >= 1 / 20 - 0.01 for a, b in zip(out, out[1:]))
+    assert list(realtime(frames, None)) == frames  # no frame rate: unchanged
 
 
 def test_an_output_failing_mid_run_ends_that_output_only(tmp_path, monkeypatch):

@@ -62,6 +62,8 @@ class StreamConfig:
     live: LiveOptions = field(default_factory=LiveOptions)
     encode: EncodeOptions = field(default_factory=EncodeOptions)
     max_pixels: int | None = None
+    # feed a file at its frame rate, as a camera would (the streams bench; not a TOML key)
+    realtime: bool = False
 
     @property
     def is_live(self) -> bool:

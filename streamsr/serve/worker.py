@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -29,6 +29,23 @@ from streamsr.video.live import LiveSource, redact
 from streamsr.video.source import Frame, Source
 
 log = logging.getLogger(__name__)
+
+
+def realtime(frames: Iterable[Frame], fps) -> Iterator[Frame]:
+    """Yield `frames` no faster than `fps`, as a camera would deliver them, each restamped
+    (`wallclock`) when it is handed on: latency then counts from the moment a camera would have
+    sent the frame, not from a file's read-ahead. No fps: unchanged."""
+    if not fps:
+        yield from frames
+        return
+    step, start = 1 / float(fps), None
+    for i, frame in enumerate(frames):
+        now = time.monotonic()
+        start = now if start is None else start
+        if start + i * step > now:
+            time.sleep(start + i * step - now)
+        frame.wallclock = time.monotonic()
+        yield frame
 
 FPS_WINDOW = 5.0  # seconds over which fps in/out are measured
 DELIVER_WAIT = 2.0  # longest the engine waits on a stream whose outputs fall behind
@@ -148,7 +165,10 @@ class StreamWorker:
             self._open()
             self._writer.start()
             self.state = "running"
-            for frame in self.source:
+            frames = self.source
+            if self.config.realtime and not self.source.info.is_live:
+                frames = realtime(frames, self.source.info.fps)
+            for frame in frames:
                 self.rate_in.sample()
                 self.latest_in = frame.rgb
                 if not self.lane.put(frame, self.stop):
