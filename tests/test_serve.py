@@ -187,7 +187,7 @@ def test_realtime_paces_frames_and_restamps_them():
     assert time.monotonic() - t0 >= 3 / 20 - 0.01  # 4 frames at 20 fps: 3 gaps
     assert [f.index for f in out] == [0, 1, 2, 3]
     assert all(f.wallclock >= t0 for f in out)
-    assert all(b.wallclock - a.wallclock >= 1 / 20 - 0.01 for a, b in zip(out, out[1:]))
+    assert all(b.wallclock - a.wallclock >= 1 / 20 - 0.01 for a, b in zip(out, out[1:], strict=False))
     assert list(realtime(frames, None)) == frames  # no frame rate: unchanged
 
 
@@ -246,3 +246,16 @@ def test_a_port_in_use_is_one_config_error():
         port = busy.getsockname()[1]
         with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}: Address already in use"):
             HttpServer(None, "127.0.0.1", port, None)
+
+
+@pytest.mark.timeout(120)
+def test_bench_streams_cli(tiny_weights):
+    """`streamsr bench --streams N`: the table on stderr with --json -, one JSON object on stdout."""
+    result = media.invoke("bench", "--streams", 2, "--resolution", "32x24", "--frames", 3,
+                          *media.model_args(tiny_weights), "--json", "-")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["streams"] == 2 and data["frames"] == 3 and data["resolution"] == [32, 24]
+    assert data["serve_fps"] > 0 and data["processes_fps"] > 0 and data["ratio"] > 0
+    assert data["serve_latency_mean_s"] > 0 and data["processes_latency_mean_s"] > 0
+    assert "2 upscale processes" in result.stderr and "mean latency" in result.stderr

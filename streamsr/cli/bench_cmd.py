@@ -53,6 +53,11 @@ PARTS = ("model", "pipeline", "naive", "io")  # streamsr.bench.PARTS, kept here 
               help="Input sizes for --sweep, comma-separated WxH.")
 @click.option("--batches", default=None, help="Batch sizes for --sweep, comma-separated "
               "[default: 1,2,4,8 on GPU, 1,2,4 on CPU].")
+@click.option("--streams", type=int, default=None, metavar="N",
+              help="N streams through one `streamsr serve` against N separate `upscale` "
+              "processes, aggregate fps and mean latency side by side (--resolution [default "
+              "160x90 here], --frames [24], --model, --device, --batch, --encoder-preset "
+              "[veryfast]).")
 @click.option("--json", "json_path", default=None, metavar="PATH|-",
               help="Also write the result as one JSON object (- for stdout).")
 @threads_option
@@ -61,8 +66,14 @@ def bench(resolution: str, frames: int | None, io_frames: int | None, model_name
           batch: int | None, compile_: bool, cuda_graphs: str, decoder: str, codec: str,
           encoder_preset: str, skip: tuple[str, ...],
           ffmpeg_method: str, sweep: bool, sizes: str, batches: str | None,
-          json_path: str | None, progress: bool, backend_names: tuple[str, ...] = ()) -> None:
+          json_path: str | None, progress: bool, backend_names: tuple[str, ...] = (),
+          streams: int | None = None) -> None:
     """Measure throughput: model only, pipeline, naive loop and I/O vs FFmpeg, in one process."""
+    if streams is not None:
+        ctx = click.get_current_context()
+        _bench_streams(streams, ctx, resolution, frames, model_name, device, batch,
+                       encoder_preset, json_path, progress)
+        return
     from streamsr.bench import (
         BenchConfig,
         format_backends,
@@ -110,6 +121,34 @@ def bench(resolution: str, frames: int | None, io_frames: int | None, model_name
         sys.stdout.write(result.to_json() + "\n")
     elif json_path:
         _write_json(Path(json_path), result.to_json(), progress)
+
+
+def _bench_streams(n: int, ctx: click.Context, resolution: str, frames: int | None, model: str,
+                   device: str, batch: int | None, encoder_preset: str, json_path: str | None,
+                   progress: bool) -> None:
+    """`--streams N`: streamsr.serve.bench.bench_streams, with its own defaults for the options
+    left at this command's (a small clip: N streams of it run twice)."""
+    import json
+
+    from streamsr.bench import parse_resolution
+    from streamsr.serve.bench import bench_streams
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+
+    if progress:
+        click.secho(f"bench: {n} streams through serve, then {n} upscale processes ...",
+                    err=True, dim=True)
+    result = bench_streams(n, resolution=parse_resolution(resolution if given("resolution")
+                                                          else "160x90"),
+                           frames=frames or 24, model=model, device=device, batch=batch,
+                           encoder_preset=encoder_preset if given("encoder_preset") else "veryfast")
+    click.echo(result.table(), err=json_path == "-")
+    text = json.dumps(result.as_dict())
+    if json_path == "-":
+        sys.stdout.write(text + "\n")
+    elif json_path:
+        _write_json(Path(json_path), text, progress)
 
 
 def _write_json(path: Path, text: str, progress: bool) -> None:
