@@ -259,3 +259,31 @@ def test_bench_streams_cli(tiny_weights):
     assert data["serve_fps"] > 0 and data["processes_fps"] > 0 and data["ratio"] > 0
     assert data["serve_latency_mean_s"] > 0 and data["processes_latency_mean_s"] > 0
     assert "2 upscale processes" in result.stderr and "mean latency" in result.stderr
+
+
+def test_http_close_ends_open_connections_and_frees_the_port():
+    """waitress stops promptly even with a keep-alive connection open, and the port is free
+    again afterwards (a restarted `streamsr serve` can listen on it)."""
+    import http.client
+    import socket
+
+    from streamsr.serve.http import HttpServer
+
+    class Idle:
+        def health(self):
+            return True, "0 stream(s) ok"
+
+    httpd = HttpServer(Idle(), "127.0.0.1", 0, None)
+    httpd.start()
+    conn = http.client.HTTPConnection("127.0.0.1", httpd.port, timeout=5)
+    conn.request("GET", "/health")
+    response = conn.getresponse()
+    assert response.status == 200 and json.loads(response.read())["ok"] is True
+    assert response.getheader("Server") == "streamsr"
+    t0 = time.monotonic()
+    httpd.close()  # the connection above is still open (HTTP/1.1 keep-alive)
+    assert time.monotonic() - t0 < 3 and not httpd._thread.is_alive()
+    conn.close()
+    with socket.socket() as again:
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", httpd.port))

@@ -1,9 +1,8 @@
 """The HTTP side of `streamsr serve`: /health, /metrics, /api/streams, / and tile images.
 
-The standard library's WSGI server (`wsgiref`, one thread per request through
-`socketserver.ThreadingMixIn`) does the HTTP; this module only routes. It is enough for a
-handful of scrapers and browsers on one port and adds no dependency; prometheus-client renders
-/metrics in the Prometheus text format. With a token, every request must carry it
+waitress (a maintained, production pure-Python WSGI server: its own HTTP parser, request
+size limits, a small pool of worker threads) does the HTTP; this module only routes.
+prometheus-client renders /metrics in the Prometheus text format. With a token, every request must carry it
 (`Authorization: Bearer TOKEN`, or `?token=TOKEN` for browsers).
 """
 
@@ -13,13 +12,13 @@ import hmac
 import io
 import json
 import logging
-import socketserver
 import threading
 from urllib.parse import parse_qs
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from waitress import wasyncore
+from waitress.server import create_server
 
 from streamsr.errors import ConfigError
 from streamsr.serve.metrics import registry_for
@@ -29,16 +28,7 @@ from streamsr.serve.server import Server
 log = logging.getLogger(__name__)
 
 TILE_WIDTH = 640  # tiles are downscaled to at most this width before JPEG encoding
-
-
-class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
-        log.debug("http: " + format, *args)
+HTTP_THREADS = 4  # waitress's worker threads: requests are short (a page, a tile, a scrape)
 
 
 def make_app(server: Server, token: str | None = None):
@@ -107,22 +97,27 @@ def tile_jpeg(server: Server, name: str, view: str = "model") -> bytes | None:
 
 
 class HttpServer:
-    """The WSGI server on its own thread."""
+    """waitress on its own thread (its event loop; requests run on its worker threads)."""
 
     def __init__(self, server: Server, host: str, port: int, token: str | None) -> None:
         try:
-            self.httpd = make_server(host, port, make_app(server, token),
-                                     server_class=_ThreadingServer, handler_class=_QuietHandler)
+            self.httpd = create_server(make_app(server, token), host=host, port=port,
+                                       threads=HTTP_THREADS, ident="streamsr")
         except OSError as exc:
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        self.port = self.httpd.server_port
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="serve-http",
-                                        daemon=True)
+        self.port = int(self.httpd.effective_port)
+        self._thread = threading.Thread(target=self.httpd.run, name="serve-http", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self._thread.join(5)
+        """Stop listening, close open connections and the worker threads. The sockets are
+        closed on the event loop's own thread (through its trigger), so its loop ends cleanly."""
+        httpd = self.httpd
+        if self._thread.is_alive():
+            httpd.trigger.pull_trigger(lambda: wasyncore.close_all(httpd._map))
+            self._thread.join(5)
+        else:
+            wasyncore.close_all(httpd._map)
+        httpd.task_dispatcher.shutdown()
