@@ -25,3 +25,15 @@ def tiny_weights(tmp_path_factory) -> Path:
 def clip(tmp_path_factory) -> Path:
     """Four 32x24 frames that carry their index (media.index_frame): the fault cases' input."""
     return media.make_index_clip(tmp_path_factory.mktemp("clip") / "in.mp4", n=4, size=(media.W, media.H))
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Three real photographs (scikit-image, public domain) as a photo folder for ShakeDataset."""
+    import cv2
+    from skimage import data
+
+    d = tmp_path_factory.mktemp("photos")
+    for i, name in enumerate(("astronaut", "chelsea", "coffee")):
+        cv2.imwrite(str(d / f"{i}_{name}.png"), getattr(data, name)()[:, :, ::-1])
+    return d

@@ -11,6 +11,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from test_bench import one_thread  # noqa: F401  (autouse: one torch thread here too)
 
 from streamsr.bench import (
     NearestX4,
@@ -40,18 +41,6 @@ def nearest4(frames: np.ndarray) -> np.ndarray:
     return frames.repeat(4, axis=1).repeat(4, axis=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a busy shared machine two spinning threads make tiny models 10x slower."""
-    old_env, old_threads = os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old_threads)
-    if old_env is None:
-        os.environ.pop("OMP_NUM_THREADS", None)
-    else:
-        os.environ["OMP_NUM_THREADS"] = old_env
 
 
 def test_clip_has_the_requested_size_frames_and_motion(tmp_path):

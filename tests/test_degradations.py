@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 import torch
-from skimage import data
 
 from streamsr.data.dataset import to_tensor
 from streamsr.data.degradations import DEFAULT_DEGRADATIONS, DEGRADATIONS, codec, no_blur
@@ -15,14 +13,6 @@ from streamsr.data.synthetic import add_noise, camera_pair, h264_roundtrip, synt
 from streamsr.errors import ConfigError
 from streamsr.models.ops import bicubic_uint8
 from streamsr.training.recipe import Recipe, apply_overrides, load_recipe
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    d = tmp_path_factory.mktemp("photos")
-    for i, name in enumerate(("astronaut", "chelsea", "coffee")):
-        cv2.imwrite(str(d / f"{i}_{name}.png"), getattr(data, name)()[:, :, ::-1])
-    return d
 
 
 def _sample_as_before(ds: ShakeDataset, i: int, max_shift: float, crf: tuple[int, int],

@@ -6,20 +6,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from skimage import data
 
 from streamsr.data.shake_dataset import ShakeDataset
 from streamsr.errors import InputError
 from streamsr.metrics import psnr
 from streamsr.models.ops import bicubic_uint8
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    d = tmp_path_factory.mktemp("photos")
-    for i, name in enumerate(("astronaut", "chelsea", "coffee")):
-        cv2.imwrite(str(d / f"{i}_{name}.png"), getattr(data, name)()[:, :, ::-1])
-    return d
 
 
 def test_triplet_geometry_and_determinism(photos):
