@@ -12,6 +12,7 @@ import hmac
 import io
 import json
 import logging
+import socket
 import threading
 from urllib.parse import parse_qs
 
@@ -100,11 +101,15 @@ class HttpServer:
     """waitress on its own thread (its event loop; requests run on its worker threads)."""
 
     def __init__(self, server: Server, host: str, port: int, token: str | None) -> None:
+        # bind first, ourselves: a port in use is then one error with nothing half built
+        # (waitress would have started its worker threads and its trigger pipe already)
+        listener = _listen(host, port)
         try:
-            self.httpd = create_server(make_app(server, token), host=host, port=port,
+            self.httpd = create_server(make_app(server, token), sockets=[listener],
                                        threads=HTTP_THREADS, ident="streamsr")
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        except Exception:
+            listener.close()
+            raise
         self.port = int(self.httpd.effective_port)
         self._thread = threading.Thread(target=self.httpd.run, name="serve-http", daemon=True)
 
@@ -113,11 +118,26 @@ class HttpServer:
 
     def close(self) -> None:
         """Stop listening, close open connections and the worker threads. The sockets are
-        closed on the event loop's own thread (through its trigger), so its loop ends cleanly."""
+        closed on the event loop's own thread (through its trigger), so its loop ends cleanly;
+        should the trigger be unusable, they are closed here and the loop ends at its next
+        wake-up (waitress polls at least once a second)."""
         httpd = self.httpd
         if self._thread.is_alive():
-            httpd.trigger.pull_trigger(lambda: wasyncore.close_all(httpd._map))
+            try:
+                httpd.trigger.pull_trigger(lambda: wasyncore.close_all(httpd._map))
+            except OSError as exc:
+                log.debug("waitress trigger unusable (%s): closing from this thread", exc)
+                wasyncore.close_all(httpd._map, ignore_all=True)
             self._thread.join(5)
         else:
-            wasyncore.close_all(httpd._map)
+            wasyncore.close_all(httpd._map, ignore_all=True)
         httpd.task_dispatcher.shutdown()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (IPv4 or IPv6, as the host resolves)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, backlog=64)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
