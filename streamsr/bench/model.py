@@ -64,7 +64,8 @@ def engine_info(engine: Engine) -> dict:
     """What the engine chose (device, precision, batch, layout), as the report prints it."""
     graphs = engine._forward.graphs  # off if capture failed
     return {"backend": engine.backend, "device": str(engine.device),
-            "precision": str(engine.dtype).removeprefix("torch."),
+            "precision": getattr(engine._forward, "precision", None) if engine.backend != "torch"
+            else str(engine.dtype).removeprefix("torch."),  # a backend's own name: int8 too
             "batch": engine.batch, "channels_last": engine.config.channels_last,
             "compile": engine.config.compile,
             "cuda_graphs": graphs is not None and graphs.enabled}
