@@ -10,14 +10,6 @@ import click
 from streamsr.cli import common_options, main
 from streamsr.errors import OutputError
 from streamsr.models.configs import CONFIGS
-from streamsr.models.info import config_info
-from streamsr.models.weights import (
-    BUNDLED,
-    import_mprnet,
-    model_config,
-    read_metadata,
-    weights_problem,
-)
 
 
 @main.command()
@@ -40,6 +32,9 @@ def info(file: str | None, model_name: str, as_json: bool) -> None:
             return
         model_name = file
     # known figures or a meta-device count: no model is built and no weights are loaded
+    from streamsr.models.info import config_info  # torch: imported when a command runs
+    from streamsr.models.weights import BUNDLED, model_config, read_metadata, weights_problem
+
     config = model_config(model_name)
     path = BUNDLED.get(model_name) if model_name in CONFIGS else Path(model_name)
     data = config_info(config)
@@ -101,6 +96,8 @@ def import_mprnet_cmd(checkpoint: str, out: str, seed: int, overwrite: bool) -> 
     """
     if Path(out).exists() and not overwrite:
         raise OutputError(f"{out} exists; pass --overwrite to replace it")
+    from streamsr.models.weights import import_mprnet
+
     model = import_mprnet(checkpoint, out, seed=seed)
     n = sum(1 for _ in model.trunk.state_dict())
     click.echo(f"wrote {out}: MPRNet trunk ({n} tensors) from {checkpoint}, new SR head (seed {seed})")

@@ -7,7 +7,6 @@ import json
 import click
 
 from streamsr.cli import common_options, main, threads_option
-from streamsr.quality import compare_videos
 
 
 @main.command("eval-video")
@@ -27,6 +26,8 @@ def eval_video(output: str, reference: str, input_: str | None, y_channel: bool,
                frames: int | None, as_json: bool, per_frame: bool, progress: bool) -> None:
     """Mean per-frame PSNR/SSIM and temporal consistency of OUTPUT against --reference (and of
     bicubic x4 of --input)."""
+    from streamsr.quality import compare_videos  # torch and PyAV: imported when it runs
+
     r = compare_videos(output, reference, input_, y_channel=y_channel,
                        progress=progress and not as_json, frames=frames)
     if as_json:
