@@ -4,6 +4,7 @@ The configs are plain dataclasses and import at once; the networks (torch) are i
 first use, so code that only reads configs (`streamsr --help`, config checks) stays fast.
 """
 
+from streamsr.lazy import lazy_exports
 from streamsr.models.configs import (
            CONFIGS,
            LITE,
@@ -21,16 +22,4 @@ _LAZY = {"DeblurSR": "streamsr.models.deblur_sr", "DeblurSROutput": "streamsr.mo
 __all__ = ["CONFIGS", "LITE", "PAPER", "TINY", "DeblurSR", "DeblurSRConfig", "DeblurSROutput",
            "MPRNet", "MPRNetConfig", "TrunkOutput", "count_parameters", "get_config"]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'streamsr.models' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
