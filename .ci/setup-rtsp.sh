@@ -26,20 +26,5 @@ if have_all; then
   exit 0
 fi
 
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "setup-rtsp: apt-get not available; live-stream tests cannot run" >&2
-  exit 1
-fi
-
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; else
-    echo "setup-rtsp: not root and no sudo; live-stream tests cannot run" >&2
-    exit 1
-  fi
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}"
+bash "$(dirname "$0")/apt-install.sh" setup-rtsp "live-stream tests cannot run" "${PACKAGES[@]}"
 have_all
